@@ -1,0 +1,78 @@
+"""Feature extractors: a small CNN for 8x8 / 28x28 / 32x32 inputs, or any keras.applications.
+
+A backbone maps float images in [0, 1] (the model rescales raw pixels before it) to a
+flat feature vector. Build one with ``build_backbone(spec, input_shape)`` where spec is
+``"small_cnn"`` or ``"applications:NAME"`` (e.g. ``"applications:ResNet50"``), optionally
+with ``weights`` = None or a local weights file (nothing is downloaded).
+
+Example:
+    >>> net = build_backbone("small_cnn", (28, 28, 1))
+    >>> tuple(net.output.shape)
+    (None, 256)
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from keras_hashing.errors import ConfigError
+
+SMALL_CNN = "small_cnn"
+
+
+def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, width=32,
+                   feature_dim=256, dropout=0.3, weight_decay=0.0, name="backbone"):
+    """Return a functional ``keras.Model`` from images (H, W, C) in [0, 1] to features."""
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    if spec == SMALL_CNN:
+        return _small_cnn(tuple(input_shape), width, feature_dim, dropout, reg, name)
+    if isinstance(spec, str) and spec.startswith("applications:"):
+        return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name)
+    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn' or 'applications:NAME' "
+                      "(a keras.applications model, e.g. applications:ResNet50)")
+
+
+def _small_cnn(input_shape, width, feature_dim, dropout, reg, name):
+    """Conv-BN-ReLU blocks; one 2x2 pooling per block while the map is >= 8 pixels."""
+    h, w = input_shape[:2]
+    inputs = keras.Input(input_shape)
+    x = inputs
+    filters = width
+    size = min(h, w)
+    blocks = 0
+    while True:
+        for _ in range(2):
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                                    kernel_regularizer=reg)(x)
+            x = keras.layers.BatchNormalization(momentum=0.9)(x)
+            x = keras.layers.ReLU()(x)
+        blocks += 1
+        if size < 8 or blocks == 3:
+            break
+        x = keras.layers.MaxPooling2D(2)(x)
+        size //= 2
+        filters *= 2
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    x = keras.layers.Dense(feature_dim, activation="relu", kernel_regularizer=reg)(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _application(app_name, input_shape, weights, name):
+    constructor = getattr(keras.applications, app_name, None)
+    if constructor is None or not callable(constructor):
+        raise ConfigError(f"keras.applications has no model {app_name!r}")
+    if weights not in (None, "none") and not os.path.exists(str(weights)):
+        raise ConfigError(f"backbone weights file {weights!r} does not exist; pass a local "
+                          "file (downloads are not possible) or weights: null")
+    base = constructor(include_top=False, weights=None, input_shape=input_shape,
+                       pooling="avg")
+    if weights not in (None, "none"):
+        base.load_weights(weights)
+    inputs = keras.Input(input_shape)
+    # keras.applications expect 0..255 pixels (each applies its own preprocessing).
+    x = keras.layers.Rescaling(255.0)(inputs)
+    return keras.Model(inputs, base(x), name=name)

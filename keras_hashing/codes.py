@@ -1,0 +1,120 @@
+"""The one place that converts between binary code representations (numpy only).
+
+Conventions (see DESIGN.md):
+
+* in memory and on disk a code of K bits is a row of ``np.packbits(bits, axis=1)``
+  (big bit order), i.e. ``ceil(K / 8)`` bytes of ``uint8``;
+* ``bits`` are 0/1 ``uint8`` rows of length K;
+* +-1 codes exist only inside losses (bit 1 <-> +1, bit 0 <-> -1).
+
+Example:
+    >>> import numpy as np
+    >>> packed = pack_bits(np.array([[1, 0, 1, 1, 0, 0, 0, 0, 1]]))
+    >>> packed.tolist()
+    [[176, 128]]
+    >>> unpack_bits(packed, 9).tolist()
+    [[1, 0, 1, 1, 0, 0, 0, 0, 1]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_hashing.errors import CodeLengthError
+
+MIN_BITS = 1
+MAX_BITS = 4096
+
+
+def code_bytes(bits: int) -> int:
+    """Bytes taken by one packed code of ``bits`` bits: ceil(bits / 8)."""
+    check_bits(bits)
+    return (int(bits) + 7) // 8
+
+
+def check_bits(bits) -> int:
+    """Return ``bits`` as an int, or raise CodeLengthError when it is not a usable length."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise CodeLengthError(f"code length must be an integer number of bits, got {bits!r}")
+    if not MIN_BITS <= int(bits) <= MAX_BITS:
+        raise CodeLengthError(
+            f"code length {bits} is out of range; use {MIN_BITS}..{MAX_BITS} bits "
+            "(deep hashing usually uses 12 to 128)"
+        )
+    return int(bits)
+
+
+def pack_bits(bits) -> np.ndarray:
+    """Pack 0/1 rows of shape (N, K) into uint8 rows of shape (N, ceil(K/8))."""
+    bits = np.asarray(bits)
+    if bits.ndim != 2:
+        raise CodeLengthError(f"bits must be a 2-D array (N, K), got shape {bits.shape}")
+    return np.packbits(bits.astype(bool), axis=1)
+
+
+def unpack_bits(packed, bits: int) -> np.ndarray:
+    """Unpack uint8 rows (N, ceil(K/8)) into 0/1 uint8 rows (N, K)."""
+    packed = as_packed(packed, bits)
+    return np.unpackbits(packed, axis=1, count=bits)
+
+
+def sign_to_bits(values, threshold: float = 0.0) -> np.ndarray:
+    """Bits of real-valued codes: 1 where value >= threshold (so sign(0) = +1)."""
+    return (np.asarray(values) >= threshold).astype(np.uint8)
+
+
+def bits_to_pm1(bits) -> np.ndarray:
+    """0/1 bits -> -1/+1 float32 (for losses and reference computations)."""
+    return np.asarray(bits, dtype=np.float32) * 2.0 - 1.0
+
+
+def as_packed(codes, bits: int) -> np.ndarray:
+    """Validate packed codes of ``bits`` bits and return them as a C-contiguous uint8 array.
+
+    A single code (1-D) is promoted to one row.
+    """
+    nbytes = code_bytes(bits)
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[None, :]
+    if codes.ndim != 2:
+        raise CodeLengthError(f"packed codes must be 2-D (N, {nbytes}), got shape {codes.shape}")
+    if codes.dtype != np.uint8:
+        raise CodeLengthError(
+            f"packed codes must be uint8 (np.packbits output), got {codes.dtype}; "
+            "use keras_hashing.codes.pack_bits on 0/1 bits"
+        )
+    if codes.shape[1] != nbytes:
+        raise CodeLengthError(
+            f"codes have {codes.shape[1]} bytes per row but {bits}-bit codes take {nbytes}; "
+            "was the model trained with another --bits?"
+        )
+    return np.ascontiguousarray(codes)
+
+
+def hamming_distances(query_codes, database_codes, bits: int) -> np.ndarray:
+    """All Hamming distances between packed rows: (Q, N) int32, popcount of XOR.
+
+    Example:
+        >>> q = pack_bits([[1, 1, 0, 0]]); d = pack_bits([[1, 1, 0, 0], [0, 0, 1, 1]])
+        >>> hamming_distances(q, d, 4).tolist()
+        [[0, 4]]
+    """
+    q = as_packed(query_codes, bits)
+    d = as_packed(database_codes, bits)
+    qw, dw = _as_words(q), _as_words(d)
+    out = np.zeros((qw.shape[0], dw.shape[0]), dtype=np.int32)
+    for w in range(qw.shape[1]):  # word by word keeps the temporary at (Q, N)
+        out += np.bitwise_count(qw[:, w, None] ^ dw[None, :, w])
+    return out
+
+
+def _as_words(packed: np.ndarray) -> np.ndarray:
+    """View packed rows as uint64 words (zero-padded), so popcount works 8 bytes at a time."""
+    n, nbytes = packed.shape
+    padded_bytes = -(-nbytes // 8) * 8
+    if padded_bytes != nbytes:
+        buf = np.zeros((n, padded_bytes), dtype=np.uint8)
+        buf[:, :nbytes] = packed
+        packed = buf
+    return np.ascontiguousarray(packed).view(np.uint64)

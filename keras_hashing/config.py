@@ -1,0 +1,173 @@
+"""Run configuration: defaults < recipe YAML < --config file < CLI flags < --set key=value.
+
+A recipe is ``configs/<method>_<dataset>.yaml``; it is picked up automatically for
+``keras-hashing fit --method M --dataset D`` when no ``--config`` is given. The resolved
+configuration is written to every run directory as ``config.yaml``.
+
+Example:
+    >>> cfg = resolve_config(overrides={"bits": 32}, sets=["params.beta=0.5"], recipe=False)
+    >>> cfg["bits"], cfg["params"]["beta"], cfg["dataset"]
+    (32, 0.5, 'digits')
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+import yaml
+
+from keras_hashing.errors import ConfigError
+
+DEFAULTS = {
+    "method": "ssdh",
+    "dataset": "digits",
+    "protocol": None,
+    "data_dir": None,
+    "bits": 48,
+    "epochs": 20,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "weight_decay": 5e-4,
+    "seed": 0,
+    "backbone": "small_cnn",
+    "backbone_kwargs": {},
+    "image_size": None,
+    "channels": None,
+    "patience": None,
+    "val_database_size": 10000,
+    "params": {},
+}
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def recipe_dirs() -> list:
+    """Where recipes live: the source tree's configs/ (editable installs, checkouts), then
+    the installed data folder."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [os.path.join(os.path.dirname(here), "configs"),
+            os.path.join(sys.prefix, "share", "keras-hashing", "configs")]
+
+
+def recipe_path(method: str, dataset: str):
+    """The recipe YAML for (method, dataset), or None."""
+    name = f"{method.replace('-', '_')}_{dataset}.yaml"
+    for d in recipe_dirs():
+        if os.path.isfile(os.path.join(d, name)):
+            return os.path.join(d, name)
+    return None
+
+
+def load_yaml(path) -> dict:
+    """A YAML mapping from ``path``; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of key: value")
+    return data
+
+
+def parse_sets(items) -> dict:
+    """``["a=1", "params.beta=0.5"]`` -> ``{"a": 1, "params": {"beta": 0.5}}`` (YAML values)."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. Nested dicts (params) merge key by key."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_config(config_file=None, overrides=None, sets=None, recipe=True) -> dict:
+    """Resolve the configuration of a run (see the module docstring for the order)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_file = load_yaml(config_file) if config_file else {}
+    from_sets = parse_sets(sets)
+    layered = merge(merge(from_file, overrides), from_sets)
+    cfg = merge(DEFAULTS, {})
+    if recipe and not config_file:
+        method = layered.get("method", DEFAULTS["method"])
+        dataset = layered.get("dataset", DEFAULTS["dataset"])
+        path = recipe_path(str(method), str(dataset))
+        if path:
+            cfg = merge(cfg, load_yaml(path))
+    return validate(merge(cfg, layered))
+
+
+def validate(cfg: dict) -> dict:
+    """Check keys and value types; raise ConfigError listing what is valid."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
+    from keras_hashing.codes import check_bits
+    from keras_hashing.methods import canonical_name
+
+    cfg["method"] = canonical_name(cfg["method"])
+    try:
+        cfg["bits"] = check_bits(cfg["bits"])
+    except Exception as e:
+        raise ConfigError(str(e)) from None
+    for key, low in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("val_database_size", 1)):
+        _check_int(cfg, key, low)
+    if cfg["patience"] is not None:
+        _check_int(cfg, "patience", 1)
+    for key in ("learning_rate", "weight_decay"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be a non-negative number, got {cfg[key]!r}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {cfg['optimizer']!r} unknown; choose from {OPTIMIZERS}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {cfg['lr_schedule']!r} unknown; choose from "
+                          f"{LR_SCHEDULES}")
+    for key in ("params", "backbone_kwargs"):
+        if not isinstance(cfg[key], dict):
+            raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
+    if cfg["image_size"] is not None:
+        size = cfg["image_size"]
+        if isinstance(size, int):
+            size = [size, size]
+        if not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(s, int) and s > 0 for s in size)):
+            raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
+        cfg["image_size"] = size
+    return cfg
+
+
+def _check_int(cfg, key, low):
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {v!r}")
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False)

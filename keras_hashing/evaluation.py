@@ -1,0 +1,205 @@
+"""Retrieval metrics over Hamming rankings (numpy only, no TensorFlow).
+
+Conventions, stated because peers disagree silently:
+
+* Relevance: single-label (1-D labels) -> same label; multi-label (2-D multi-hot) -> at
+  least one shared label.
+* Ranking: by Hamming distance, ties broken by database position (stable sort).
+* mAP@k: the AP of a query is the mean of precision@i over the ranks i <= k that hold a
+  relevant item (normalised by the relevant items *in the top k*, as DeepHash-pytorch's
+  ``CalcTopMap`` and SSDH do); a query with no relevant item in its top k has AP 0 and
+  still counts. ``k=None`` means mAP@all (k = database size, no item dropped).
+* precision@radius r: relevant / retrieved among items at distance <= r; a query that
+  retrieves nothing scores 0.
+* precision@k: (#relevant in the top k) / k, averaged over queries.
+* precision-recall curve: swept over the Hamming radius r = 0..K, per-query precision
+  (0 when nothing is retrieved) and recall (0 when the database holds no relevant item),
+  averaged over queries.
+
+Example:
+    >>> import numpy as np
+    >>> from keras_hashing.codes import pack_bits
+    >>> db = pack_bits([[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]])
+    >>> q = pack_bits([[0, 0, 0, 0]])
+    >>> round(mean_average_precision(q, db, [0], [0, 1, 1], bits=4), 4)
+    1.0
+    >>> round(mean_average_precision(q, db, [1], [0, 1, 1], bits=4), 4)  # ranks 2, 3
+    0.5833
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_hashing import codes as codes_lib
+from keras_hashing.errors import HashingError
+
+# Cap on (queries x database) elements processed per chunk.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def relevance(query_labels, database_labels) -> np.ndarray:
+    """Boolean (Q, N) relevance: same label, or a shared label for multi-hot labels."""
+    ql, dl = np.asarray(query_labels), np.asarray(database_labels)
+    if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
+        raise HashingError(f"labels must both be 1-D class ids or both 2-D multi-hot, got "
+                           f"shapes {ql.shape} and {dl.shape}")
+    if ql.ndim == 1:
+        return ql[:, None] == dl[None, :]
+    if ql.shape[1] != dl.shape[1]:
+        raise HashingError(f"multi-hot labels have {ql.shape[1]} and {dl.shape[1]} classes")
+    return (ql.astype(np.float32) @ dl.astype(np.float32).T) > 0
+
+
+def retrieval_metrics(query_codes, database_codes, query_labels, database_labels, bits,
+                      map_at=(None, 1000), radius=2, precision_ks=(), relevance_fn=None):
+    """Every metric in one pass over query chunks.
+
+    Args:
+        query_codes, database_codes: packed uint8 codes (``codes.pack_bits`` rows).
+        query_labels, database_labels: class ids (N,) or multi-hot (N, C).
+        bits: code length K.
+        map_at: the k of each mAP@k to compute; None means @all.
+        radius: precision@radius r (inclusive); None to skip.
+        precision_ks: the k of each precision@k.
+        relevance_fn: optional ``fn(query_slice, all) -> bool (q, N)`` replacing label
+            relevance (e.g. Euclidean-neighbour ground truth); it receives query indices.
+
+    Returns:
+        dict with ``map_all`` / ``map_<k>``, ``p_r<radius>``, ``p_at_k`` (list),
+        ``num_queries`` and ``num_database``.
+    """
+    q = codes_lib.as_packed(query_codes, bits)
+    d = codes_lib.as_packed(database_codes, bits)
+    nq, n = q.shape[0], d.shape[0]
+    if nq == 0 or n == 0:
+        raise HashingError(f"cannot evaluate with {nq} queries and {n} database items")
+    if relevance_fn is None:
+        ql, dl = np.asarray(query_labels), np.asarray(database_labels)
+        if ql.shape[0] != nq or dl.shape[0] != n:
+            raise HashingError(f"{nq} query codes but {ql.shape[0]} labels, or {n} database "
+                               f"codes but {dl.shape[0]} labels")
+        relevance_fn = lambda rows: relevance(ql[rows], dl)  # noqa: E731
+    ks = [n if k is None else min(int(k), n) for k in map_at]
+    pks = [min(int(k), n) for k in precision_ks]
+    ap_sums = np.zeros(len(ks))
+    pk_sums = np.zeros(len(pks))
+    pr_sum = 0.0
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, nq, chunk):
+        rows = np.arange(start, min(nq, start + chunk))
+        dist = codes_lib.hamming_distances(q[rows], d, bits)
+        rel = np.asarray(relevance_fn(rows), dtype=bool)
+        # uint16 keys make numpy's stable sort a radix sort: O(N) per row.
+        order = np.argsort(dist.astype(np.uint16), axis=1, kind="stable")
+        rel_sorted = np.take_along_axis(rel, order, axis=1)
+        hits = np.cumsum(rel_sorted, axis=1, dtype=np.int64)
+        ranks = np.arange(1, n + 1)
+        precision = hits / ranks
+        for j, k in enumerate(ks):
+            relevant_in_top = hits[:, k - 1]
+            ap_num = (precision[:, :k] * rel_sorted[:, :k]).sum(axis=1)
+            ap_sums[j] += np.divide(ap_num, relevant_in_top, out=np.zeros(len(rows)),
+                                    where=relevant_in_top > 0).sum()
+        for j, k in enumerate(pks):
+            pk_sums[j] += (hits[:, k - 1] / k).sum()
+        if radius is not None:
+            within = dist <= radius
+            retrieved = within.sum(axis=1)
+            relevant_retrieved = (within & rel).sum(axis=1)
+            pr_sum += np.divide(relevant_retrieved, retrieved, out=np.zeros(len(rows)),
+                                where=retrieved > 0).sum()
+    out = {"num_queries": int(nq), "num_database": int(n)}
+    for k, s in zip(map_at, ap_sums):
+        out["map_all" if k is None else f"map_{int(k)}"] = float(s / nq)
+    if radius is not None:
+        out[f"p_r{int(radius)}"] = float(pr_sum / nq)
+    if pks:
+        out["p_at_k"] = [float(s / nq) for s in pk_sums]
+        out["precision_ks"] = [int(k) for k in precision_ks]
+    return out
+
+
+def mean_average_precision(query_codes, database_codes, query_labels, database_labels,
+                           bits, k=None) -> float:
+    """mAP@k (k=None: @all) with the conventions in the module docstring."""
+    m = retrieval_metrics(query_codes, database_codes, query_labels, database_labels, bits,
+                          map_at=(k,), radius=None)
+    return m["map_all" if k is None else f"map_{int(k)}"]
+
+
+def precision_at_radius(query_codes, database_codes, query_labels, database_labels, bits,
+                        radius=2) -> float:
+    """Mean precision of the items within Hamming distance ``radius``; empty result -> 0."""
+    m = retrieval_metrics(query_codes, database_codes, query_labels, database_labels, bits,
+                          map_at=(), radius=radius)
+    return m[f"p_r{int(radius)}"]
+
+
+def precision_at_k(query_codes, database_codes, query_labels, database_labels, bits,
+                   ks=(1, 10, 100, 1000)) -> np.ndarray:
+    """Mean precision@k for each k in ``ks`` (k is capped at the database size)."""
+    m = retrieval_metrics(query_codes, database_codes, query_labels, database_labels, bits,
+                          map_at=(), radius=None, precision_ks=ks)
+    return np.asarray(m["p_at_k"])
+
+
+def precision_recall_curve(query_codes, database_codes, query_labels, database_labels,
+                           bits):
+    """Precision and recall at every Hamming radius r = 0..K.
+
+    Returns:
+        (radii, precision, recall), each of length K + 1.
+    """
+    q = codes_lib.as_packed(query_codes, bits)
+    d = codes_lib.as_packed(database_codes, bits)
+    ql, dl = np.asarray(query_labels), np.asarray(database_labels)
+    nq, n = q.shape[0], d.shape[0]
+    bins = bits + 1
+    p_sum = np.zeros(bins)
+    r_sum = np.zeros(bins)
+    chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    for start in range(0, nq, chunk):
+        rows = np.arange(start, min(nq, start + chunk))
+        dist = codes_lib.hamming_distances(q[rows], d, bits)
+        rel = relevance(ql[rows], dl)
+        offsets = dist + (np.arange(len(rows)) * bins)[:, None]
+        count = np.bincount(offsets.ravel(), minlength=len(rows) * bins).reshape(-1, bins)
+        rel_count = np.bincount(offsets.ravel(), weights=rel.ravel().astype(np.float64),
+                                minlength=len(rows) * bins).reshape(-1, bins)
+        retrieved = np.cumsum(count, axis=1)
+        relevant_retrieved = np.cumsum(rel_count, axis=1)
+        total_relevant = rel.sum(axis=1, keepdims=True)
+        p_sum += np.divide(relevant_retrieved, retrieved, out=np.zeros_like(relevant_retrieved),
+                           where=retrieved > 0).sum(axis=0)
+        r_sum += np.divide(relevant_retrieved, total_relevant,
+                           out=np.zeros_like(relevant_retrieved),
+                           where=total_relevant > 0).sum(axis=0)
+    return np.arange(bins), p_sum / nq, r_sum / nq
+
+
+def code_statistics(bits) -> dict:
+    """Health of a set of 0/1 codes (N, K): balance, diversity and collapse indicators.
+
+    ``balanced_bit_fraction`` counts bits whose ones-rate is in [0.3, 0.7];
+    ``constant_bits`` counts bits that never change (a sign of collapse);
+    ``unique_code_fraction`` is distinct codes / N; ``mean_bit_correlation`` is the mean
+    absolute correlation between pairs of non-constant bits.
+    """
+    b = np.asarray(bits, dtype=np.float64)
+    if b.ndim != 2 or b.shape[0] == 0:
+        raise HashingError(f"bits must be a non-empty (N, K) array, got shape {b.shape}")
+    rate = b.mean(axis=0)
+    varying = (rate > 0) & (rate < 1)
+    corr = 0.0
+    if varying.sum() > 1:
+        c = np.corrcoef(b[:, varying], rowvar=False)
+        corr = float(np.abs(c[~np.eye(len(c), dtype=bool)]).mean())
+    return {
+        "ones_rate_mean": float(rate.mean()),
+        "balanced_bit_fraction": float(((rate >= 0.3) & (rate <= 0.7)).mean()),
+        "constant_bits": int((~varying).sum()),
+        "unique_code_fraction": float(len(np.unique(np.packbits(b.astype(bool), axis=1),
+                                                    axis=0)) / b.shape[0]),
+        "mean_bit_correlation": corr,
+    }

@@ -1,0 +1,115 @@
+"""Keras 3 layers for hashing heads. All registered as serializable under "keras_hashing"."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_hashing"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SigmoidLatent(keras.layers.Layer):
+    """The SSDH latent layer: Dense(bits) followed by a sigmoid, so activations lie in (0, 1).
+
+    Codes are the activations thresholded at 0.5. The kernel is initialised with a small
+    normal (std 0.01 as in the authors' Caffe prototxt) so training starts away from the
+    saturated regime.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = SigmoidLatent(12)
+        >>> a = layer(np.zeros((2, 5), "float32"))
+        >>> tuple(a.shape), float(a[0, 0])
+        ((2, 12), 0.5)
+    """
+
+    def __init__(self, bits, kernel_initializer=None, kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = int(bits)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.RandomNormal(stddev=0.01))
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.dense = keras.layers.Dense(self.bits, kernel_initializer=self.kernel_initializer,
+                                        kernel_regularizer=self.kernel_regularizer,
+                                        name="latent_dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        return ops.sigmoid(self.dense(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.bits)
+
+    def get_config(self):
+        return {**super().get_config(), "bits": self.bits,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SignQuantize(keras.layers.Layer):
+    """Sign quantisation with a straight-through gradient.
+
+    Forward: ``+1`` where x >= 0 (so sign(0) = +1), ``-1`` elsewhere. Backward: the
+    gradient passes through unchanged (identity), optionally only where |x| <= 1
+    (``clip_gradient=True``, the "hard tanh" straight-through estimator).
+
+    Example:
+        >>> import numpy as np
+        >>> SignQuantize()(np.array([[-0.3, 0.0, 2.0]], "float32")).numpy().tolist()
+        [[-1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, clip_gradient=False, **kwargs):
+        super().__init__(**kwargs)
+        self.clip_gradient = bool(clip_gradient)
+
+    def call(self, inputs):
+        hard = ops.where(inputs >= 0, ops.ones_like(inputs), -ops.ones_like(inputs))
+        soft = ops.clip(inputs, -1.0, 1.0) if self.clip_gradient else inputs
+        # soft + stop_gradient(hard - soft) equals hard forward, d/dx soft backward.
+        return soft + ops.stop_gradient(hard - soft)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "clip_gradient": self.clip_gradient}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SphericalEmbedding(keras.layers.Layer):
+    """Dense(bits) followed by L2 normalisation: codes live on the unit hypersphere (SDSH).
+
+    Example:
+        >>> import numpy as np
+        >>> z = SphericalEmbedding(16)(np.ones((3, 8), "float32"))
+        >>> [round(float(v), 5) for v in np.linalg.norm(z, axis=1)]
+        [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, bits, kernel_regularizer=None, epsilon=1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.bits = int(bits)
+        self.epsilon = float(epsilon)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.dense = keras.layers.Dense(self.bits, kernel_regularizer=self.kernel_regularizer,
+                                        name="sphere_dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        z = self.dense(inputs)
+        return z / ops.sqrt(ops.maximum(ops.sum(ops.square(z), axis=-1, keepdims=True),
+                                        self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.bits)
+
+    def get_config(self):
+        return {**super().get_config(), "bits": self.bits, "epsilon": self.epsilon,
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)}

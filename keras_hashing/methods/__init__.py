@@ -1,0 +1,36 @@
+"""Hashing methods by name. Listing names imports no TensorFlow; getting a class does.
+
+Example:
+    >>> "ssdh" in method_names()
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from keras_hashing.errors import ConfigError
+
+# name -> (module, class). Aliases point at the same entry.
+_REGISTRY = {
+    "ssdh": ("keras_hashing.methods.ssdh", "SSDH"),
+}
+_ALIASES: dict = {}
+
+
+def method_names() -> list:
+    return sorted(_REGISTRY)
+
+
+def canonical_name(name: str) -> str:
+    key = str(name).lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
+    return key
+
+
+def get_method(name: str):
+    """The HashingModel subclass (or baseline class) registered under ``name``."""
+    module, cls = _REGISTRY[canonical_name(name)]
+    return getattr(importlib.import_module(module), cls)

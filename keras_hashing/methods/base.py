@@ -1,0 +1,178 @@
+"""HashingModel: backbone -> hashing head -> continuous code, with one train/test skeleton.
+
+Every method is a subclass that fills in three things:
+
+* ``build_head()``: create the head layers;
+* ``head(features, training) -> dict`` with at least ``"code"`` (the continuous code h);
+* ``loss_terms(outputs, targets) -> dict`` of named scalar terms, including ``"loss"``,
+  the weighted total (terms come from ``keras_hashing.losses``);
+
+and may override ``binarize(code)`` (default: bit = code >= 0, i.e. sign with
+sign(0) = +1). Regularisation losses of the layers (weight decay) are added to the
+total by the skeleton. Every term is tracked as a ``keras.metrics.Mean`` and shows up in
+Keras' progress bar and in TensorBoard.
+
+Example:
+    >>> from keras_hashing.methods.ssdh import SSDH
+    >>> model = SSDH(bits=16, input_shape=(8, 8, 1), num_classes=10)
+    >>> import numpy as np
+    >>> model.encode(np.zeros((3, 8, 8, 1), "uint8")).shape
+    (3, 2)
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_hashing import codes as codes_lib
+from keras_hashing.backbones import build_backbone
+from keras_hashing.errors import ConfigError
+
+
+class HashingModel(keras.Model):
+    """Base class of every deep hashing method.
+
+    Args:
+        bits: code length K.
+        input_shape: image shape (H, W, C); inputs are raw pixels in 0..255.
+        num_classes: number of classes (supervised methods).
+        multi_label: labels are multi-hot (N, C) instead of class ids.
+        backbone: ``"small_cnn"`` or ``"applications:NAME"``.
+        backbone_kwargs: extra arguments of ``backbones.build_backbone``.
+        weight_decay: L2 factor on the head's (and small CNN's) kernels.
+        params: method hyperparameters, overriding ``default_params``.
+    """
+
+    method_name = "base"
+    supervised = True
+    default_params: dict = {}
+    term_names: tuple = ()
+
+    def __init__(self, bits, input_shape, num_classes=None, multi_label=False,
+                 backbone="small_cnn", backbone_kwargs=None, weight_decay=0.0, params=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.bits = codes_lib.check_bits(bits)
+        self.image_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.multi_label = bool(multi_label)
+        self.backbone_spec = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.weight_decay = float(weight_decay)
+        unknown = set(params or {}) - set(self.default_params)
+        if unknown:
+            raise ConfigError(f"unknown {self.method_name} parameter(s) {sorted(unknown)}; "
+                              f"valid: {sorted(self.default_params)}")
+        self.params = {**self.default_params, **(params or {})}
+        if self.supervised and not self.num_classes:
+            raise ConfigError(f"{self.method_name} is supervised: num_classes is required")
+        self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+        self.backbone = build_backbone(backbone, self.image_shape,
+                                       weight_decay=self.weight_decay, **self.backbone_kwargs)
+        self.build_head()
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in ("loss", *self.term_names, "weight_decay")}
+        # Build every weight now so a fresh model and a loaded one have the same variables.
+        self(np.zeros((1, *self.image_shape), np.float32))
+
+    # -- to fill in --------------------------------------------------------------------
+    def build_head(self):
+        raise NotImplementedError
+
+    def head(self, features, training=False) -> dict:
+        raise NotImplementedError
+
+    def loss_terms(self, outputs, targets) -> dict:
+        raise NotImplementedError
+
+    def binarize(self, code):
+        """0/1 bits of a continuous code, as a bool tensor. Default: code >= 0."""
+        return code >= 0
+
+    # -- forward -----------------------------------------------------------------------
+    def call(self, images, training=False):
+        x = self.rescale(ops.cast(images, "float32"))
+        return self.head(self.backbone(x, training=training), training=training)
+
+    # -- training skeleton ---------------------------------------------------------------
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _terms_with_total(self, images, targets, training):
+        outputs = self(images, training=training)
+        terms = dict(self.loss_terms(outputs, targets))
+        decay = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
+        terms["weight_decay"] = decay
+        terms["loss"] = terms["loss"] + decay
+        return outputs, terms
+
+    def train_step(self, data):
+        images, targets = data[0], data[1]
+        with tf.GradientTape() as tape:
+            outputs, terms = self._terms_with_total(images, targets, training=True)
+            # Keras divides its own losses by the replica count; ours must do it by hand so
+            # summed replica gradients equal the gradient of the global-batch mean.
+            scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.after_train_step(outputs, targets)
+        return self._record(terms)
+
+    def test_step(self, data):
+        images, targets = data[0], data[1]
+        _, terms = self._terms_with_total(images, targets, training=False)
+        return self._record(terms)
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        code = self(images, training=False)["code"]
+        return {"code": code, "bits": ops.cast(self.binarize(code), "uint8")}
+
+    def after_train_step(self, outputs, targets):
+        """Hook for methods with per-example state (e.g. BDNN's B table)."""
+
+    def _record(self, terms):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def training_step_fraction(self, steps):
+        """min(1, optimizer step / steps): a warm-up ramp usable inside loss_terms."""
+        if not steps or self.optimizer is None:
+            return 1.0
+        step = ops.cast(self.optimizer.iterations, "float32")
+        return ops.minimum(1.0, step / float(steps))
+
+    # -- inference ----------------------------------------------------------------------
+    def embed(self, images, batch_size=256, verbose=0) -> np.ndarray:
+        """Continuous codes h (N, K) as float32."""
+        return np.asarray(self.predict(images, batch_size=batch_size,
+                                       verbose=verbose)["code"], np.float32)
+
+    def encode_bits(self, images, batch_size=256, verbose=0) -> np.ndarray:
+        """0/1 bits (N, K) as uint8."""
+        return np.asarray(self.predict(images, batch_size=batch_size,
+                                       verbose=verbose)["bits"], np.uint8)
+
+    def encode(self, images, batch_size=256, verbose=0) -> np.ndarray:
+        """Packed codes (N, ceil(K/8)) uint8, the format of HammingIndex."""
+        return codes_lib.pack_bits(self.encode_bits(images, batch_size, verbose))
+
+    # -- serialization ------------------------------------------------------------------
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "bits": self.bits,
+                "input_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "multi_label": self.multi_label, "backbone": self.backbone_spec,
+                "backbone_kwargs": self.backbone_kwargs, "weight_decay": self.weight_decay,
+                "params": self.params}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def kernel_regularizer(self):
+        return keras.regularizers.L2(self.weight_decay) if self.weight_decay else None

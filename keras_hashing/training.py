@@ -1,0 +1,169 @@
+"""Fit a run, evaluate it, and read it back.
+
+A run directory holds everything needed to use a trained model again:
+
+    RUN/model.keras     the model (architecture + weights), loadable with keras.saving
+    RUN/config.yaml     the resolved configuration
+    RUN/metrics.json    query/database metrics, validation history, timings
+    RUN/logs/           TensorBoard event files
+
+Example:
+    >>> from keras_hashing.config import resolve_config
+    >>> cfg = resolve_config(overrides={"epochs": 1, "bits": 16})
+    >>> run = fit(cfg, out="/tmp/kh-doctest-run", verbose=0)   # doctest: +SKIP
+    >>> run.metrics["query"]["map_all"] > 0.1                  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_hashing import __version__, config as config_lib
+from keras_hashing import evaluation
+from keras_hashing.codes import code_bytes
+from keras_hashing.data import DatasetSplits, load_dataset, make_tf_dataset
+from keras_hashing.errors import RunDirError
+from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
+from keras_hashing.methods import get_method
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass
+class Run:
+    path: str
+    model: keras.Model
+    config: dict
+    metrics: dict
+
+
+def default_run_dir(cfg: dict, base="runs") -> str:
+    """runs/<method>_<dataset>_<bits>b, with _2, _3, ... if that run already exists."""
+    dataset = "".join(c if c.isalnum() else "_" for c in cfg["dataset"]).strip("_")
+    stem = os.path.join(base, f"{cfg['method'].replace('-', '_')}_{dataset}_{cfg['bits']}b")
+    path, n = stem, 1
+    while os.path.exists(os.path.join(path, MODEL_FILE)):
+        n += 1
+        path = f"{stem}_{n}"
+    return path
+
+
+def load_splits(cfg: dict) -> DatasetSplits:
+    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
+                        seed=cfg["seed"], image_size=cfg["image_size"],
+                        channels=cfg["channels"])
+
+
+def build_model(cfg: dict, splits: DatasetSplits):
+    cls = get_method(cfg["method"])
+    return cls(bits=cfg["bits"], input_shape=splits.input_shape,
+               num_classes=splits.num_classes, multi_label=splits.multi_label,
+               backbone=cfg["backbone"], backbone_kwargs=cfg["backbone_kwargs"],
+               weight_decay=cfg["weight_decay"], params=cfg["params"])
+
+
+def make_optimizer(cfg: dict, steps_per_epoch: int):
+    lr = cfg["learning_rate"]
+    if cfg["lr_schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, cfg["epochs"] * steps_per_epoch)
+    if cfg["optimizer"] == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9)
+    if cfg["optimizer"] == "rmsprop":
+        return keras.optimizers.RMSprop(lr)
+    return keras.optimizers.Adam(lr)
+
+
+def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
+    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
+    from keras_hashing.callbacks import RetrievalValidation
+
+    out = out or default_run_dir(cfg)
+    os.makedirs(out, exist_ok=True)
+    keras.utils.set_random_seed(cfg["seed"])
+    splits = splits or load_splits(cfg)
+    model = build_model(cfg, splits)
+    steps = -(-len(splits.train) // cfg["batch_size"])
+    model.compile(optimizer=make_optimizer(cfg, steps))
+    rng = np.random.default_rng(cfg["seed"])
+    db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
+    validation = RetrievalValidation(splits.val.x, splits.val.y, splits.train.x[db_idx],
+                                     splits.train.y[db_idx], cfg["bits"])
+    callbacks = [validation, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    if cfg["patience"]:
+        callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
+                                                       mode="max"))
+    start = time.time()
+    history = model.fit(
+        make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"]),
+        validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
+        epochs=cfg["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
+    train_seconds = time.time() - start
+    metrics = {
+        "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
+        **splits.summary(),
+        "query": evaluate_model(model, splits),
+        "validation": {"best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
+                       "map_all_per_epoch": validation.history},
+        "epochs_run": len(history.history.get("loss", [])),
+        "train_seconds": round(train_seconds, 2),
+    }
+    save_run(out, model, cfg, metrics)
+    return Run(out, model, cfg, metrics)
+
+
+def evaluate_model(model, splits: DatasetSplits, precision_ks=(1, 10, 100, 1000)) -> dict:
+    """Query-vs-database retrieval metrics plus code statistics of the database."""
+    db_bits = model.encode_bits(splits.database.x)
+    from keras_hashing.codes import pack_bits
+
+    metrics = evaluation.retrieval_metrics(
+        model.encode(splits.query.x), pack_bits(db_bits), splits.query.y, splits.database.y,
+        model.bits, map_at=(None, 1000), radius=2, precision_ks=precision_ks)
+    metrics["code_stats"] = evaluation.code_statistics(db_bits)
+    return metrics
+
+
+def save_run(path, model, cfg, metrics) -> None:
+    os.makedirs(path, exist_ok=True)
+    with atomic_path(os.path.join(path, MODEL_FILE), suffix=".keras") as tmp:
+        model.save(tmp)
+    write_text(os.path.join(path, CONFIG_FILE), config_lib.dump(cfg))
+    write_json(os.path.join(path, METRICS_FILE), metrics)
+
+
+def load_run(path, need_metrics=False) -> Run:
+    """Read a run directory; a missing or unreadable file raises RunDirError naming it."""
+    if not os.path.isdir(path):
+        raise RunDirError(f"run directory {path} does not exist; train one with "
+                          "`keras-hashing fit --out DIR`")
+    model_path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise RunDirError(f"{path} has no {MODEL_FILE}; is it a finished keras-hashing run?")
+    cfg = config_lib.load_yaml(os.path.join(path, CONFIG_FILE))
+    try:
+        get_method(cfg.get("method", "ssdh"))  # registers the class before loading
+        model = keras.saving.load_model(model_path)
+    except Exception as e:  # Keras raises many types for a bad file
+        raise RunDirError(f"{model_path}: cannot load the model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    metrics_path = os.path.join(path, METRICS_FILE)
+    metrics = read_json(metrics_path) if (need_metrics or os.path.exists(metrics_path)) else {}
+    return Run(path, model, cfg, metrics)
+
+
+def check_code_length(model, bits: int, what: str) -> None:
+    """Raise CodeLengthError when a model's codes do not match ``bits`` of ``what``."""
+    from keras_hashing.errors import CodeLengthError
+
+    if model.bits != bits:
+        raise CodeLengthError(f"the model makes {model.bits}-bit codes ({code_bytes(model.bits)}"
+                              f" bytes) but {what} holds {bits}-bit codes; use the run that "
+                              "built it")
