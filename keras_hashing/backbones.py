@@ -20,22 +20,32 @@ import keras
 from keras_hashing.errors import ConfigError
 
 SMALL_CNN = "small_cnn"
+LENET = "lenet"
 
 
 def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, width=32,
-                   feature_dim=256, dropout=0.3, weight_decay=0.0, name="backbone"):
+                   convs_per_block=1, feature_dim=256, dropout=0.3, weight_decay=0.0,
+                   name="backbone"):
     """Return a functional ``keras.Model`` from images (H, W, C) in [0, 1] to features."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     if spec == SMALL_CNN:
-        return _small_cnn(tuple(input_shape), width, feature_dim, dropout, reg, name)
+        return _small_cnn(tuple(input_shape), width, convs_per_block, feature_dim, dropout,
+                          reg, name)
+    if spec == LENET:
+        return _lenet(tuple(input_shape), width, feature_dim, dropout, reg, name)
     if isinstance(spec, str) and spec.startswith("applications:"):
         return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name)
-    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn' or 'applications:NAME' "
+    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet' or "
+                      "'applications:NAME' "
                       "(a keras.applications model, e.g. applications:ResNet50)")
 
 
-def _small_cnn(input_shape, width, feature_dim, dropout, reg, name):
-    """Conv-BN-ReLU blocks; one 2x2 pooling per block while the map is >= 8 pixels."""
+def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, name):
+    """Up to 3 blocks of Conv-BN-ReLU (width, 2x, 4x filters), 2x2 pooling between blocks.
+
+    One conv per block by default: on 2 CPU cores two convs per block cost 4x the time
+    (about 150 vs 600+ images/s at 28x28) for a small gain in accuracy.
+    """
     h, w = input_shape[:2]
     inputs = keras.Input(input_shape)
     x = inputs
@@ -43,7 +53,7 @@ def _small_cnn(input_shape, width, feature_dim, dropout, reg, name):
     size = min(h, w)
     blocks = 0
     while True:
-        for _ in range(2):
+        for _ in range(convs_per_block):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                     kernel_regularizer=reg)(x)
             x = keras.layers.BatchNormalization(momentum=0.9)(x)
@@ -58,6 +68,30 @@ def _small_cnn(input_shape, width, feature_dim, dropout, reg, name):
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(feature_dim, activation="relu", kernel_regularizer=reg)(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def _lenet(input_shape, width, feature_dim, dropout, reg, name):
+    """Two 5x5 valid Conv-BN-ReLU-MaxPool blocks (width, 2x width filters), then a dense layer.
+
+    The shape of DSH's and DPSH's small nets; on 2 CPU cores it trains about twice as
+    fast as ``small_cnn`` at 28x28 (about 1,200 vs 600 images/s), so the 28x28 / 32x32
+    recipes use it. Needs inputs of at least 16x16.
+    """
+    if min(input_shape[:2]) < 16:
+        raise ConfigError(f"the lenet backbone needs images of at least 16x16, got "
+                          f"{input_shape[:2]}; use small_cnn")
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (width, 2 * width):
+        x = keras.layers.Conv2D(filters, 5, use_bias=False, kernel_regularizer=reg)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(feature_dim, activation="relu", kernel_regularizer=reg)(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
     return keras.Model(inputs, x, name=name)
 
 

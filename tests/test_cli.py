@@ -1,0 +1,137 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_hashing import cli
+from keras_hashing.codes import pack_bits
+from keras_hashing.index import HammingIndex
+
+
+def run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_evaluate_matches_independent_brute_force(trained_run, digits, capsys):
+    code, out, _ = run_cli(capsys, "evaluate", "--run", trained_run.path)
+    assert code == 0
+    got = json.loads(out)
+    model = trained_run.model
+    qb = model.encode_bits(digits.query.x).astype(int)
+    db = model.encode_bits(digits.database.x).astype(int)
+    dist = (qb[:, None, :] != db[None, :, :]).sum(-1)
+    rel = digits.query.y[:, None] == digits.database.y[None, :]
+    aps, aps1000, prs = [], [], []
+    for i in range(len(qb)):
+        order = np.lexsort((np.arange(len(db)), dist[i]))
+        r = rel[i, order]
+        prec = np.cumsum(r) / np.arange(1, len(r) + 1)
+        aps.append(prec[r].mean() if r.any() else 0.0)
+        r1 = r[:1000]
+        aps1000.append(prec[:1000][r1].mean() if r1.any() else 0.0)
+        within = dist[i] <= 2
+        prs.append(rel[i, within].mean() if within.any() else 0.0)
+    assert got["map_all"] == pytest.approx(np.mean(aps), abs=1e-6)
+    assert got["map_1000"] == pytest.approx(np.mean(aps1000), abs=1e-6)
+    assert got["p_r2"] == pytest.approx(np.mean(prs), abs=1e-6)
+
+
+def test_encode_index_search_roundtrip(trained_run, digits, tmp_path, capsys):
+    npz, khi = tmp_path / "q.npz", tmp_path / "db.khi"
+    assert run_cli(capsys, "encode", "--run", trained_run.path, "--split", "query",
+                   "--out", str(npz))[0] == 0
+    with np.load(npz) as f:
+        assert int(f["bits"]) == 24 and f["codes"].shape == (len(digits.query), 3)
+        np.testing.assert_array_equal(f["labels"], digits.query.y)
+    assert run_cli(capsys, "index", "build", "--run", trained_run.path, "--out", str(khi))[0] == 0
+    index = HammingIndex.load(khi)
+    assert len(index) == len(digits.database)
+    np.save(tmp_path / "imgs.npy", digits.query.x[:3])
+    code, out, _ = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
+                           "--images", str(tmp_path / "imgs.npy"), "-k", "5")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 3
+    expected_d, expected_i = index.search(trained_run.model.encode(digits.query.x[:3]), 5)
+    assert [r["ids"] for r in rows] == expected_i.tolist()
+    assert [r["labels"] for r in rows] == digits.database.y[expected_i].tolist()
+
+
+def test_search_with_image_files(trained_run, digits, tmp_path, capsys):
+    from PIL import Image
+
+    khi = tmp_path / "db.khi"
+    run_cli(capsys, "index", "build", "--run", trained_run.path, "--out", str(khi))
+    Image.fromarray(digits.query.x[0, :, :, 0]).save(tmp_path / "q.png")
+    code, out, _ = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
+                           "--images", str(tmp_path / "q.png"), "-k", "3")
+    assert code == 0 and len(json.loads(out)["ids"]) == 3
+
+
+def _one_line_error(code, err, pattern):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keras-hashing: error:"), err
+    assert pattern in lines[0]
+
+
+def test_error_unknown_method(capsys):
+    _one_line_error(*run_cli(capsys, "fit", "--method", "nope")[::2], "unknown method 'nope'")
+
+
+def test_error_missing_data_dir(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "fit", "--dataset", "fashion_mnist", "--data-dir",
+                           str(tmp_path / "absent"))
+    _one_line_error(code, err, "dataset-fashion-mnist")
+
+
+def test_error_wrong_image_shape(trained_run, tmp_path, capsys):
+    khi = tmp_path / "db.khi"
+    index = HammingIndex(24)
+    index.add(pack_bits(np.zeros((3, 24))))
+    index.save(khi)
+    np.save(tmp_path / "big.npy", np.zeros((2, 28, 28, 1), np.uint8))
+    code, _, err = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
+                           "--images", str(tmp_path / "big.npy"))
+    _one_line_error(code, err, "model expects (8, 8, 1)")
+
+
+def test_error_index_and_model_bit_lengths_differ(trained_run, tmp_path, capsys):
+    khi = tmp_path / "db.khi"
+    index = HammingIndex(64)
+    index.add(pack_bits(np.zeros((3, 64))))
+    index.save(khi)
+    np.save(tmp_path / "q.npy", np.zeros((1, 8, 8, 1), np.uint8))
+    code, _, err = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
+                           "--images", str(tmp_path / "q.npy"))
+    _one_line_error(code, err, "24-bit codes")
+
+
+def test_error_missing_model_in_run_dir(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(tmp_path))
+    _one_line_error(code, err, "has no model.keras")
+
+
+def test_error_corrupt_index_from_real_console_script(tmp_path):
+    """The installed entry point: exit status 2, one line, no traceback."""
+    bad = tmp_path / "bad.khi"
+    bad.write_bytes(b"KHASHIDX" + os.urandom(60))
+    proc = subprocess.run([sys.executable, "-m", "keras_hashing.cli", "search", "--index",
+                           str(bad), "--run", str(tmp_path), "--images", "x.png"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "bad.khi" in proc.stderr
+
+
+def test_help_lists_examples_and_imports_no_tensorflow():
+    code = ("import sys; from keras_hashing import cli\n"
+            "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TF', 'tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "keras-hashing fit --method ssdh" in proc.stdout
+    assert proc.stdout.strip().endswith("TF False")

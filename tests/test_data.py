@@ -1,0 +1,148 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from keras_hashing import data
+from keras_hashing.errors import DataError
+
+
+def test_digits_protocol_is_disjoint_and_stratified(digits):
+    assert digits.input_shape == (8, 8, 1) and digits.train.x.dtype == np.uint8
+    assert len(digits.query) + len(digits.database) == 1797
+    assert len(digits.train) + len(digits.val) == len(digits.database)
+    assert digits.train.x.max() == 255
+    counts = np.bincount(digits.query.y, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 37  # about 20% of each class
+
+
+def test_splits_are_reproducible_by_seed():
+    a = data.load_dataset("digits", seed=3)
+    b = data.load_dataset("digits", seed=3)
+    c = data.load_dataset("digits", seed=4)
+    np.testing.assert_array_equal(a.query.y, b.query.y)
+    assert not np.array_equal(a.query.x, c.query.x)
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6000), ("t10k", 1500)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return tmp_path
+
+
+def test_fashion_mnist_protocols_on_idx_files_in_data_dir(fake_fmnist):
+    x_tr, y_tr, x_te, y_te = data.load_fashion_mnist(str(fake_fmnist))
+    assert x_tr.shape == (6000, 28, 28, 1) and x_te.shape == (1500, 28, 28, 1)
+    s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist))
+    assert (len(s.query), len(s.database), len(s.val), len(s.train)) == (1500, 6000, 5000, 1000)
+    assert not set(map(bytes, s.val.x)) & set(map(bytes, s.train.x))
+    r = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol="fmnist-reduced")
+    assert (len(r.query), len(r.train), len(r.val), len(r.database)) == (1000, 5000, 500, 6500)
+    db = set(map(bytes, r.database.x))
+    assert not set(map(bytes, r.query.x)) & db           # queries are not in the database
+    assert set(map(bytes, r.train.x)) <= db              # DPSH style: training images are
+    assert not set(map(bytes, r.val.x)) & set(map(bytes, r.train.x))
+
+
+def test_too_few_images_for_a_protocol_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 1200), ("t10k", 300)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    with pytest.raises(DataError, match="split 'train' is empty"):
+        data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_fashion_mnist_real_protocols():
+    if not os.path.isdir(data.FASHION_MNIST_DIR):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    s = data.load_dataset("fashion_mnist")
+    assert (len(s.query), len(s.database), len(s.val), len(s.train)) == (10000, 60000, 5000,
+                                                                        55000)
+    assert np.bincount(s.val.y).tolist() == [500] * 10
+    r = data.load_dataset("fashion_mnist", protocol="fmnist-reduced")
+    assert (len(r.query), len(r.train), len(r.database)) == (1000, 5000, 69000)
+    assert np.bincount(r.query.y).tolist() == [100] * 10
+
+
+def test_missing_fashion_mnist_dir_names_the_package(tmp_path):
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        data.load_dataset("fashion_mnist", data_dir=str(tmp_path / "nope"))
+
+
+def test_truncated_idx_file_is_reported(tmp_path):
+    path = tmp_path / "x-idx3-ubyte"
+    arr = np.zeros((5, 28, 28), np.uint8)
+    path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(int(s).to_bytes(4, "big")
+                                                    for s in arr.shape) + arr.tobytes()[:-3])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data.read_idx(str(path))
+
+
+def test_tfds_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=60):
+        s = data.load_dataset("tfds:mnist")
+    assert s.input_shape == (28, 28, 1) and s.num_classes == 10
+    assert len(s.query) == 60 and len(s.database) == 60
+    assert len(s.train) + len(s.val) == 60
+
+
+def _png_folder(root, classes=("cat", "dog"), per_class=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        os.makedirs(root / c)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png")
+    return root
+
+
+def test_folder_dataset_resizes_and_labels(tmp_path):
+    root = _png_folder(tmp_path / "imgs")
+    s = data.load_dataset(f"folder:{root}", image_size=(16, 16))
+    assert s.input_shape == (16, 16, 3) and s.class_names == ["cat", "dog"]
+    assert len(s.query) + len(s.database) == 24
+
+
+def test_folder_with_non_image_file_names_it(tmp_path):
+    root = _png_folder(tmp_path / "imgs")
+    (root / "cat" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt: not an image file"):
+        data.load_dataset(f"folder:{root}")
+    (root / "cat" / "notes.txt").unlink()
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: cannot read image"):
+        data.load_dataset(f"folder:{root}")
+
+
+@pytest.mark.parametrize("name", ["cifar", "tfds:", "folder:"])
+def test_unknown_dataset_names(name):
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.load_dataset(name)
+
+
+def test_check_images_rejects_bad_shapes_and_nan():
+    with pytest.raises(DataError, match=r"model expects \(8, 8, 1\)"):
+        data.check_images(np.zeros((2, 28, 28, 1)), (8, 8, 1))
+    with pytest.raises(DataError, match="NaN"):
+        data.check_images(np.full((1, 8, 8, 1), np.nan), (8, 8, 1))
+
+
+def test_tf_pipeline_batches_all_examples(digits):
+    ds = data.make_tf_dataset(digits.val, batch_size=32, shuffle=True)
+    seen = sum(int(x.shape[0]) for x, _ in ds)
+    assert seen == len(digits.val)

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from keras_hashing import evaluation as ev
+from keras_hashing.codes import pack_bits
+from keras_hashing.errors import HashingError
+
+
+def codes_at_distances(distances, bits=8):
+    """Query = all zeros; database item i has its first distances[i] bits set."""
+    d = np.zeros((len(distances), bits), np.uint8)
+    for i, k in enumerate(distances):
+        d[i, :k] = 1
+    return pack_bits(np.zeros((1, bits))), pack_bits(d)
+
+
+def test_map_with_ties_broken_by_position():
+    # distances [1, 0, 1, 0]: ranking by (distance, position) = items 1, 3, 0, 2
+    q, db = codes_at_distances([1, 0, 1, 0])
+    # relevant: items 0 and 3 -> ranks 2 (item 3) and 3 (item 0)
+    m = ev.mean_average_precision(q, db, [1], [1, 0, 0, 1], bits=8)
+    assert m == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_map_at_k_normalises_by_relevant_in_top_k():
+    q, db = codes_at_distances([0, 1, 2, 3, 4])
+    labels = [0, 1, 1, 0, 1]  # relevant (label 1) at ranks 2, 3, 5
+    assert ev.mean_average_precision(q, db, [1], labels, 8, k=3) == pytest.approx(
+        (1 / 2 + 2 / 3) / 2)
+    assert ev.mean_average_precision(q, db, [1], labels, 8) == pytest.approx(
+        (1 / 2 + 2 / 3 + 3 / 5) / 3)
+
+
+def test_query_without_relevant_items_counts_as_zero():
+    q1, db = codes_at_distances([0, 1, 2])
+    q = np.concatenate([q1, q1])
+    # query 0 (label 5) has no relevant item at all; query 1 (label 0) finds item 0 first
+    m = ev.mean_average_precision(q, db, [5, 0], [0, 1, 2], 8)
+    assert m == pytest.approx((0 + 1) / 2)
+    # in the top 1, a relevant item at rank 2 does not count: AP 0
+    q, db = codes_at_distances([0, 1])
+    assert ev.mean_average_precision(q, db, [1], [0, 1], 8, k=1) == 0.0
+
+
+def test_precision_at_radius_empty_result_scores_zero():
+    q, db = codes_at_distances([0, 2, 3, 5])
+    labels = [1, 0, 1, 1]
+    assert ev.precision_at_radius(q, db, [1], labels, 8, radius=2) == pytest.approx(1 / 2)
+    q, db = codes_at_distances([3, 4])
+    assert ev.precision_at_radius(q, db, [1], [1, 1], 8, radius=2) == 0.0
+
+
+def test_precision_at_k_and_pr_curve():
+    q, db = codes_at_distances([0, 1, 1, 3])
+    labels = [1, 0, 1, 1]
+    np.testing.assert_allclose(ev.precision_at_k(q, db, [1], labels, 8, ks=(1, 2, 4)),
+                               [1, 1 / 2, 3 / 4])
+    radii, precision, recall = ev.precision_recall_curve(q, db, [1], labels, 8)
+    assert len(radii) == 9
+    np.testing.assert_allclose(precision[:4], [1, 2 / 3, 2 / 3, 3 / 4])
+    np.testing.assert_allclose(recall[:4], [1 / 3, 2 / 3, 2 / 3, 1])
+
+
+def test_multi_label_relevance_is_any_shared_label():
+    rel = ev.relevance(np.array([[1, 0, 1]]), np.array([[0, 0, 1], [0, 1, 0], [1, 1, 1]]))
+    assert rel.tolist() == [[True, False, True]]
+
+
+def brute_force_metrics(q_bits, d_bits, ql, dl, k):
+    dist = (q_bits[:, None, :] != d_bits[None, :, :]).sum(-1)
+    aps, aps_k, prs = [], [], []
+    for i in range(len(q_bits)):
+        order = sorted(range(len(d_bits)), key=lambda j: (dist[i, j], j))
+        rel = [ql[i] == dl[j] for j in order]
+
+        def ap(cut):
+            hits, s = 0, 0.0
+            for rank, r in enumerate(rel[:cut], 1):
+                if r:
+                    hits += 1
+                    s += hits / rank
+            return s / hits if hits else 0.0
+        aps.append(ap(len(rel)))
+        aps_k.append(ap(k))
+        within = [j for j in range(len(d_bits)) if dist[i, j] <= 2]
+        prs.append(sum(ql[i] == dl[j] for j in within) / len(within) if within else 0.0)
+    return np.mean(aps), np.mean(aps_k), np.mean(prs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metrics_match_independent_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    bits = 12
+    d_bits = rng.integers(0, 2, (120, bits))
+    q_bits = rng.integers(0, 2, (15, bits))
+    ql, dl = rng.integers(0, 4, 15), rng.integers(0, 4, 120)
+    m = ev.retrieval_metrics(pack_bits(q_bits), pack_bits(d_bits), ql, dl, bits,
+                             map_at=(None, 30), radius=2)
+    exp_all, exp_k, exp_pr = brute_force_metrics(q_bits, d_bits, ql, dl, 30)
+    assert m["map_all"] == pytest.approx(exp_all, abs=1e-9)
+    assert m["map_30"] == pytest.approx(exp_k, abs=1e-9)
+    assert m["p_r2"] == pytest.approx(exp_pr, abs=1e-9)
+
+
+def test_code_statistics_detect_collapse():
+    collapsed = np.ones((50, 16), np.uint8)
+    s = ev.code_statistics(collapsed)
+    assert s["constant_bits"] == 16 and s["unique_code_fraction"] == pytest.approx(1 / 50)
+    healthy = np.random.default_rng(0).integers(0, 2, (500, 16))
+    s = ev.code_statistics(healthy)
+    assert s["constant_bits"] == 0 and s["balanced_bit_fraction"] == 1.0
+    assert s["mean_bit_correlation"] < 0.1
+
+
+def test_mismatched_labels_raise():
+    q, db = codes_at_distances([0, 1])
+    with pytest.raises(HashingError):
+        ev.retrieval_metrics(q, db, [1, 2], [0, 1], 8)
