@@ -20,6 +20,9 @@ EXAMPLES = """examples:
   keras-hashing encode --run runs/fm48 --dataset fashion_mnist --split query --out q.npz
   keras-hashing index build --run runs/fm48 --out fm48.khi
   keras-hashing search --index fm48.khi --run runs/fm48 --images shoe.png -k 10
+  keras-hashing export --run runs/fm48 --base saved_models --name fm48
+  keras-hashing search --index fm48.khi --serving-url http://localhost:8501 --model fm48 \
+      --images shoe.png -k 10
 """
 
 
@@ -80,11 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--data-dir")
     ib.add_argument("--out", required=True)
 
+    x = sub.add_parser("export", help="SavedModel for TF Serving (saved_models/NAME/V/)",
+                       epilog="example: keras-hashing export --run runs/d48 --base "
+                              "saved_models --name digits")
+    x.add_argument("--run", required=True)
+    x.add_argument("--base", default="saved_models")
+    x.add_argument("--name", help="model name (default: the run folder's name)")
+    x.add_argument("--version", type=int, help="default: the next integer")
+
     s = sub.add_parser("search", help="nearest database items of query images",
-                       epilog="example: keras-hashing search --index d.khi --run runs/d48 "
-                              "--images a.png b.png -k 5")
+                       epilog="examples: keras-hashing search --index d.khi --run runs/d48 "
+                              "--images a.png b.png -k 5\n  keras-hashing search --index d.khi "
+                              "--serving-url http://localhost:8501 --model digits --images a.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--index", required=True)
-    s.add_argument("--run", required=True)
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", help="encode in-process with this run's model")
+    where.add_argument("--serving-url", help="encode with TF Serving at this URL")
+    s.add_argument("--model", help="served model name (with --serving-url)")
+    s.add_argument("--model-version", type=int, help="served version (default latest)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     s.add_argument("--images", nargs="+", required=True,
                    help="image files, or one .npy array of images (N, H, W, C)")
     s.add_argument("-k", type=int, default=10)
@@ -179,45 +197,77 @@ def cmd_index(args) -> int:
     return 0
 
 
-def cmd_search(args) -> int:
+def cmd_export(args) -> int:
+    _quiet_tensorflow()
+    from keras_hashing.export import export_run
+
+    path = export_run(args.run, base=args.base, name=args.name, version=args.version)
+    print(json.dumps({"export": path}))
+    return 0
+
+
+def _read_query_images(paths, shape=None):
+    """(pixels or None, encoded bytes or None, names) from image files or one .npy array."""
     import numpy as np
 
-    from keras_hashing.data import check_images, load_images
-    from keras_hashing.errors import HashingError as _HE
-    from keras_hashing.index import HammingIndex
-
-    index = HammingIndex.load(args.index)  # fail fast, before TensorFlow loads
-    if args.k < 1:
-        raise _HE(f"-k must be >= 1, got {args.k}")
-    _quiet_tensorflow()
-    from keras_hashing import training
-
-    run = training.load_run(args.run)
-    training.check_code_length(run.model, index.bits, f"index {args.index}")
-    shape = run.model.image_shape
-    if len(args.images) == 1 and args.images[0].endswith(".npy"):
+    if len(paths) == 1 and paths[0].endswith(".npy"):
         try:
-            images = np.load(args.images[0], allow_pickle=False)
+            images = np.load(paths[0], allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise _HE(f"{args.images[0]}: cannot read a .npy array of images ({e})") from None
-        names = [f"{args.images[0]}[{i}]" for i in range(len(images))]
+            raise HashingError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
+        if images.ndim == 3 and shape is not None and len(shape) == 3:
+            images = images[None]
+        return images, None, [f"{paths[0]}[{i}]" for i in range(len(images))]
+    if shape is not None:
+        from keras_hashing.data import load_images
+
+        return load_images(paths, shape[:2], shape[2]), None, list(paths)
+    blobs = []
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                blobs.append(f.read())
+        except OSError as e:
+            raise HashingError(f"{p}: cannot read image ({e.strerror})") from None
+    return None, blobs, list(paths)
+
+
+def cmd_search(args) -> int:
+    from keras_hashing.index import HammingIndex
+    from keras_hashing.serving import RetrievalClient, TFServingClient
+
+    index = HammingIndex.load(args.index)  # fail fast, before any model loads
+    if args.k < 1:
+        raise HashingError(f"-k must be >= 1, got {args.k}")
+    if args.serving_url:
+        # This path imports no TensorFlow: the served model encodes.
+        if not args.model:
+            raise HashingError("--serving-url needs --model NAME (the served model's name)")
+        encoder = TFServingClient(args.serving_url, args.model, version=args.model_version,
+                                  timeout=args.timeout)
+        images, blobs, names = _read_query_images(args.images)
     else:
-        images = load_images(args.images, shape[:2], shape[2])
-        names = list(args.images)
-    images = check_images(images, shape)
-    distances, ids = index.search(run.model.encode(images), args.k)
-    for name, d, i in zip(names, distances, ids):
-        row = {"query": name, "ids": i.tolist(), "distances": d.tolist()}
-        if index.labels is not None:
-            pos = np.searchsorted(index.ids, i) if np.all(np.diff(index.ids) > 0) else None
-            if pos is not None:
-                row["labels"] = index.labels[pos].tolist()
+        _quiet_tensorflow()
+        from keras_hashing import training
+        from keras_hashing.data import check_images
+
+        run = training.load_run(args.run)
+        training.check_code_length(run.model, index.bits, f"index {args.index}")
+        encoder = run.model
+        images, blobs, names = _read_query_images(args.images, run.model.image_shape)
+        images = check_images(images, run.model.image_shape)
+    result = RetrievalClient(encoder, index).query(images=images, image_bytes=blobs, k=args.k)
+    for i, name in enumerate(names):
+        row = {"query": name, "ids": result.ids[i].tolist(),
+               "distances": result.distances[i].tolist()}
+        if result.labels is not None:
+            row["labels"] = result.labels[i].tolist()
         print(json.dumps(row))
     return 0
 
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "encode": cmd_encode,
-            "index": cmd_index, "search": cmd_search}
+            "index": cmd_index, "search": cmd_search, "export": cmd_export}
 
 
 if __name__ == "__main__":

@@ -81,6 +81,17 @@ class HammingIndex:
         """Per-item labels ((N,) ints or (N, C) multi-hot) or None."""
         return self._labels
 
+    def positions_of(self, ids) -> np.ndarray:
+        """Positions in the index of the given ids (any shape); unknown ids raise."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(self._ids, kind="stable")
+        sorted_ids = self._ids[order]
+        where = np.searchsorted(sorted_ids, ids)
+        where = np.minimum(where, max(len(sorted_ids) - 1, 0))
+        if len(sorted_ids) == 0 or np.any(sorted_ids[where] != ids):
+            raise HashingError("some ids are not in the index")
+        return order[where]
+
     def add(self, codes, ids=None, labels=None) -> None:
         """Append packed codes; ids default to positions continuing from the current size."""
         codes = codes_lib.as_packed(codes, self.bits)

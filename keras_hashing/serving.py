@@ -1,0 +1,284 @@
+"""TF Serving REST client and a retrieval client (encoder + HammingIndex).
+
+Standard library + numpy only: a search service imports no TensorFlow.
+
+TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest):
+
+* ``GET  /v1/models/NAME[/versions/V]``           model status
+* ``GET  /v1/models/NAME[/versions/V]/metadata``  signatures
+* ``POST /v1/models/NAME[/versions/V]:predict``   ``{"signature_name": ..., "instances": [...]}``
+  (row format) or ``{"inputs": ...}`` (columnar); binary strings as ``{"b64": "..."}``;
+  errors come back as ``{"error": "..."}`` with an HTTP status.
+
+Example:
+    >>> client = TFServingClient("http://localhost:8501", "fmnist")      # doctest: +SKIP
+    >>> codes = client.encode(images)            # packed uint8 (N, ceil(K/8))  # doctest: +SKIP
+    >>> retrieval = RetrievalClient(client, HammingIndex.load("fm.khi"))  # doctest: +SKIP
+    >>> result = retrieval.query(images, k=10)    # ids, distances, labels  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import json
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+
+from keras_hashing.codes import as_packed
+from keras_hashing.errors import CodeLengthError, HashingError
+
+SERVING_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "encode_bytes"
+
+
+class ServingError(HashingError):
+    """An error answered by (or on the way to) TF Serving; ``status`` is the HTTP code."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelNotFoundError(ServingError):
+    """404: no such model or version is loaded."""
+
+
+class BadRequestError(ServingError):
+    """400: the request does not fit the signature (shape, dtype, names)."""
+
+
+class ServingUnavailableError(ServingError):
+    """503 or connection refused, still after every retry."""
+
+
+class ServingTimeoutError(ServingError):
+    """No complete answer within the timeout."""
+
+
+class MalformedResponseError(ServingError):
+    """The server answered something that is not TF Serving's JSON."""
+
+
+class TFServingClient:
+    """Client of one model on a TF Serving REST endpoint.
+
+    Args:
+        url: base URL, e.g. ``http://localhost:8501``.
+        model_name: the served model's name.
+        version: a fixed version, or None for the latest.
+        timeout: seconds for each HTTP request (connect + read).
+        retries: extra attempts on 503 / connection refused / truncated answers.
+        backoff: first retry delay in seconds; doubles on each retry.
+    """
+
+    def __init__(self, url, model_name, version=None, timeout=10.0, retries=3, backoff=0.2):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise HashingError(f"serving URL {url!r} must look like http://HOST:8501")
+        self.url = url.rstrip("/")
+        self.model_name = model_name
+        self.version = version
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self._bits = None
+
+    # -- REST verbs -----------------------------------------------------------------------
+    @property
+    def model_path(self) -> str:
+        path = f"/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
+        return path + (f"/versions/{int(self.version)}" if self.version is not None else "")
+
+    def status(self) -> dict:
+        """The model's version status (``model_version_status``)."""
+        return self._request("GET", self.model_path)
+
+    def metadata(self) -> dict:
+        """The model's signatures as TF Serving describes them."""
+        return self._request("GET", self.model_path + "/metadata")
+
+    def predict(self, instances=None, inputs=None, signature_name=SERVING_SIGNATURE) -> dict:
+        """Raw predict call: give exactly one of ``instances`` (rows) or ``inputs`` (columns)."""
+        if (instances is None) == (inputs is None):
+            raise HashingError("predict needs exactly one of instances= or inputs=")
+        body = {"signature_name": signature_name}
+        body["instances" if instances is not None else "inputs"] = (
+            instances if instances is not None else inputs)
+        return self._request("POST", self.model_path + ":predict", body)
+
+    # -- encoding ---------------------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        """Code length, read once from the model's metadata."""
+        if self._bits is None:
+            meta = self.metadata()
+            try:
+                sig = meta["metadata"]["signature_def"]["signature_def"][SERVING_SIGNATURE]
+                dims = sig["outputs"]["bits"]["tensor_shape"]["dim"]
+                self._bits = int(dims[-1]["size"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise MalformedResponseError(
+                    f"metadata of {self.model_name} has no '{SERVING_SIGNATURE}' signature "
+                    "with a 'bits' output; was it exported by keras-hashing?") from None
+        return self._bits
+
+    def encode(self, images, batch_size=64, columnar=False) -> np.ndarray:
+        """Packed codes of raw-pixel images (N, H, W, C) via ``serving_default``."""
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise HashingError(f"images must be (N, H, W, C), got shape {images.shape}")
+        parts = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size].tolist()
+            if columnar:
+                out = self.predict(inputs={"images": chunk})
+            else:
+                out = self.predict(instances=chunk)
+            parts.append(self._codes_from(out, len(chunk)))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.uint8)
+
+    def encode_bytes(self, blobs, batch_size=32) -> np.ndarray:
+        """Packed codes of encoded image files (PNG/JPEG bytes) via ``encode_bytes``."""
+        blobs = list(blobs)
+        parts = []
+        for start in range(0, len(blobs), batch_size):
+            chunk = [{"b64": base64.b64encode(b).decode("ascii")}
+                     for b in blobs[start:start + batch_size]]
+            out = self.predict(instances=chunk, signature_name=BYTES_SIGNATURE)
+            parts.append(self._codes_from(out, len(chunk)))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.uint8)
+
+    def _codes_from(self, response, n) -> np.ndarray:
+        try:
+            if "predictions" in response:
+                rows = [p["codes"] for p in response["predictions"]]
+            else:
+                rows = response["outputs"]["codes"]
+            codes = np.asarray(rows)
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponseError(
+                f"predict answer has no 'codes' output: {str(response)[:200]}") from None
+        if codes.ndim != 2 or codes.shape[0] != n or not np.issubdtype(codes.dtype, np.integer) \
+                or codes.min(initial=0) < 0 or codes.max(initial=0) > 255:
+            raise MalformedResponseError(f"'codes' must be {n} rows of bytes 0..255, got "
+                                         f"shape {codes.shape} of {codes.dtype}")
+        return codes.astype(np.uint8)
+
+    # -- transport ----------------------------------------------------------------------------
+    def _request(self, method, path, body=None) -> dict:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            retryable = None
+            try:
+                return self._once(method, path, data)
+            except ServingUnavailableError as e:
+                retryable = e
+            except _Truncated as e:
+                retryable = MalformedResponseError(f"{method} {path}: truncated answer ({e})")
+            if attempt == self.retries:
+                raise retryable
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _once(self, method, path, data) -> dict:
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        where = f"{method} {self.url}{path}"
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raise self._http_error(e, where) from None
+        except http.client.IncompleteRead as e:
+            raise _Truncated(str(e)) from None
+        except (socket.timeout, TimeoutError):
+            raise ServingTimeoutError(f"{where}: no answer within {self.timeout:g} s") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (socket.timeout, TimeoutError)):
+                raise ServingTimeoutError(f"{where}: no answer within {self.timeout:g} s") \
+                    from None
+            raise ServingUnavailableError(f"{where}: cannot connect ({e.reason}); is TF "
+                                          "Serving running there?") from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise ServingUnavailableError(f"{where}: connection failed ({e})") from None
+        return _parse_json(raw, where)
+
+    def _http_error(self, e, where) -> ServingError:
+        try:
+            body = e.read()
+        except (OSError, http.client.HTTPException):
+            body = b""
+        try:
+            message = json.loads(body).get("error", "")
+        except (ValueError, AttributeError):
+            message = body[:200].decode("utf-8", "replace")
+        message = f"{where}: HTTP {e.code}: {message or e.reason}"
+        cls = {400: BadRequestError, 404: ModelNotFoundError,
+               503: ServingUnavailableError}.get(e.code, ServingError)
+        return cls(message, status=e.code)
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _parse_json(raw, where) -> dict:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedResponseError(f"{where}: answer is not JSON: {raw[:100]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedResponseError(f"{where}: answer is not a JSON object")
+    if "error" in obj:
+        raise ServingError(f"{where}: {obj['error']}")
+    return obj
+
+
+@dataclasses.dataclass
+class QueryResult:
+    """Neighbours of each query: ids and distances (Q, k), labels where the index has them."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    labels: np.ndarray | None = None
+
+
+class RetrievalClient:
+    """Encode queries with a served (or in-process) model and search a HammingIndex.
+
+    Args:
+        encoder: anything with ``encode(images) -> packed codes`` (a TFServingClient or an
+            ``export.SavedModelEncoder``) and optionally ``encode_bytes`` and ``bits``.
+        index: a ``keras_hashing.index.HammingIndex``.
+    """
+
+    def __init__(self, encoder, index):
+        self.encoder = encoder
+        self.index = index
+        bits = getattr(encoder, "bits", None)
+        if bits is not None and int(bits) != index.bits:
+            raise CodeLengthError(f"the encoder makes {bits}-bit codes but the index holds "
+                                  f"{index.bits}-bit codes; use the index built with the "
+                                  "same model")
+
+    def query(self, images=None, k=10, image_bytes=None) -> QueryResult:
+        """k nearest database items of each query image (pixels or encoded bytes)."""
+        if (images is None) == (image_bytes is None):
+            raise HashingError("query needs exactly one of images= or image_bytes=")
+        codes = (self.encoder.encode(images) if images is not None
+                 else self.encoder.encode_bytes(image_bytes))
+        codes = as_packed(codes, self.index.bits)
+        distances, ids = self.index.search(codes, k)
+        labels = None
+        if self.index.labels is not None:
+            labels = self.index.labels[self.index.positions_of(ids)]
+        return QueryResult(ids=ids, distances=distances, labels=labels)

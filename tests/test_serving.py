@@ -1,0 +1,165 @@
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+
+from keras_hashing import cli
+from keras_hashing.export import SavedModelEncoder, export_run
+from keras_hashing.index import HammingIndex
+from keras_hashing.serving import (BadRequestError, MalformedResponseError, ModelNotFoundError,
+                                   RetrievalClient, ServingTimeoutError,
+                                   ServingUnavailableError, TFServingClient)
+from tf_serving_stub import TFServingStub
+
+
+@pytest.fixture(scope="module")
+def served(trained_run, digits, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving")
+    export_path = export_run(trained_run.path, base=str(base), name="digits")
+    index = HammingIndex(trained_run.model.bits)
+    index.add(trained_run.model.encode(digits.database.x), labels=digits.database.y)
+    with TFServingStub(str(base)) as server:
+        yield server, export_path, index
+
+
+@pytest.fixture(autouse=True)
+def _clear_faults(request):
+    yield
+    if "served" in request.fixturenames:
+        request.getfixturevalue("served")[0].faults.clear()
+
+
+def client(server, **kw):
+    return TFServingClient(server.url, "digits", **{"timeout": 5, "backoff": 0.01, **kw})
+
+
+def test_status_and_metadata(served):
+    server, _, _ = served
+    c = client(server)
+    assert c.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    sigs = c.metadata()["metadata"]["signature_def"]["signature_def"]
+    assert {"serving_default", "encode_bytes"} <= set(sigs)
+    assert c.bits == 24
+    assert client(server, version=1).status()["model_version_status"][0]["version"] == "1"
+
+
+def test_row_and_columnar_formats_agree_with_in_process(served, trained_run, digits):
+    server, _, _ = served
+    c = client(server)
+    x = digits.query.x[:10]
+    expected = trained_run.model.encode(x)
+    np.testing.assert_array_equal(c.encode(x), expected)
+    np.testing.assert_array_equal(c.encode(x, columnar=True), expected)
+
+
+def test_b64_bytes(served, trained_run, digits):
+    from PIL import Image
+
+    server, _, _ = served
+    blobs = []
+    for img in digits.query.x[:5]:
+        buf = io.BytesIO()
+        Image.fromarray(img[:, :, 0]).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    np.testing.assert_array_equal(client(server).encode_bytes(blobs),
+                                  trained_run.model.encode(digits.query.x[:5]))
+
+
+def test_retrieval_through_serving_equals_in_process_for_100_queries(served, trained_run, digits):
+    server, export_path, index = served
+    queries = digits.query.x[:100]
+    remote = RetrievalClient(client(server), index).query(queries, k=10)
+    local = RetrievalClient(SavedModelEncoder(export_path), index).query(queries, k=10)
+    keras_model = RetrievalClient(trained_run.model, index).query(queries, k=10)
+    np.testing.assert_array_equal(remote.ids, local.ids)
+    np.testing.assert_array_equal(remote.ids, keras_model.ids)
+    np.testing.assert_array_equal(remote.distances, local.distances)
+    np.testing.assert_array_equal(remote.labels, digits.database.y[remote.ids])
+
+
+def test_404_unknown_model_and_version(served):
+    server, _, _ = served
+    with pytest.raises(ModelNotFoundError, match="Servable not found"):
+        TFServingClient(server.url, "nope", timeout=5).status()
+    with pytest.raises(ModelNotFoundError) as e:
+        client(server, version=7).status()
+    assert e.value.status == 404
+
+
+def test_400_bad_input(served):
+    server, _, _ = served
+    with pytest.raises(BadRequestError, match="HTTP 400"):
+        client(server).encode(np.zeros((2, 28, 28, 1)))
+    with pytest.raises(BadRequestError, match="signature"):
+        client(server).predict(instances=[[0]], signature_name="nope")
+
+
+def test_503_then_success_is_retried(served, digits):
+    server, _, _ = served
+    server.faults["unavailable"] = 2
+    before = server.requests
+    assert client(server, retries=3).encode(digits.query.x[:2]).shape == (2, 3)
+    assert server.requests - before == 3
+
+
+def test_503_past_the_retries_raises(served):
+    server, _, _ = served
+    server.faults["unavailable"] = 5
+    with pytest.raises(ServingUnavailableError, match="HTTP 503"):
+        client(server, retries=1).status()
+
+
+def test_timeout_does_not_hang(served):
+    server, _, _ = served
+    server.faults["delay"] = 2.0
+    start = time.monotonic()
+    with pytest.raises(ServingTimeoutError, match="within 0.3 s"):
+        client(server, timeout=0.3, retries=0).status()
+    assert time.monotonic() - start < 1.5
+
+
+def test_malformed_json_and_truncated_body(served):
+    server, _, _ = served
+    server.faults["malformed"] = 1
+    with pytest.raises(MalformedResponseError, match="not JSON"):
+        client(server, retries=0).status()
+    server.faults["truncate"] = 1
+    assert client(server, retries=1).status()["model_version_status"]  # retried once
+    server.faults["truncate"] = 3
+    with pytest.raises(MalformedResponseError, match="truncated"):
+        client(server, retries=1).status()
+
+
+def test_connection_refused():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ServingUnavailableError, match="cannot connect"):
+        TFServingClient(f"http://127.0.0.1:{port}", "m", retries=1, backoff=0.01).status()
+
+
+def test_bit_length_mismatch_between_encoder_and_index(served):
+    server, _, _ = served
+    from keras_hashing.errors import CodeLengthError
+
+    with pytest.raises(CodeLengthError, match="24-bit codes but the index holds 48"):
+        RetrievalClient(client(server), HammingIndex(48))
+
+
+def test_cli_search_through_serving(served, digits, tmp_path, capsys):
+    server, _, index = served
+    index.save(tmp_path / "db.khi")
+    from PIL import Image
+
+    Image.fromarray(digits.query.x[0, :, :, 0]).save(tmp_path / "q.png")
+    code = cli.main(["search", "--index", str(tmp_path / "db.khi"), "--serving-url", server.url,
+                     "--model", "digits", "--images", str(tmp_path / "q.png"), "-k", "4"])
+    row = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(row["ids"]) == 4
+    expected = index.search(SavedModelEncoder(served[1]).encode(digits.query.x[:1]), 4)[1]
+    assert row["ids"] == expected[0].tolist()
