@@ -69,8 +69,11 @@ def load_yaml(path) -> dict:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except (OSError, ValueError) as e:  # a folder, unreadable, NUL characters, ...
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -126,12 +129,20 @@ def resolve_config(config_file=None, overrides=None, sets=None, recipe=True) -> 
 
 def validate(cfg: dict) -> dict:
     """Check keys and value types; raise ConfigError listing what is valid."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+    unknown = sorted(map(str, set(cfg) - set(DEFAULTS)))
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
     from keras_hashing.codes import check_bits
     from keras_hashing.methods import canonical_name
 
+    if not isinstance(cfg["method"], str):
+        raise ConfigError(f"method must be a name, got {cfg['method']!r}")
+    for key in ("dataset", "backbone"):
+        if not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a name, got {cfg[key]!r}")
+    for key in ("protocol", "data_dir"):
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a string, got {cfg[key]!r}")
     cfg["method"] = canonical_name(cfg["method"])
     try:
         cfg["bits"] = check_bits(cfg["bits"])
@@ -152,12 +163,15 @@ def validate(cfg: dict) -> dict:
     for key in ("params", "backbone_kwargs"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
+    if cfg["channels"] is not None and cfg["channels"] not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {cfg['channels']!r}")
     if cfg["image_size"] is not None:
         size = cfg["image_size"]
         if isinstance(size, int):
             size = [size, size]
         if not (isinstance(size, list) and len(size) == 2 and all(
-                isinstance(s, int) and s > 0 for s in size)):
+                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096
+                for s in size)):
             raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
         cfg["image_size"] = size
     return cfg

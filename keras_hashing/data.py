@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
+import zlib
 import struct
 
 import numpy as np
@@ -194,6 +196,9 @@ def load_fashion_mnist(data_dir=None):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{data_dir}: {prefix} images {images.shape} and labels "
                             f"{labels.shape} do not match")
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{data_dir}: {prefix} labels go up to {labels.max()}, but "
+                            "Fashion-MNIST has classes 0..9; the label file is corrupt")
         parts += [images[..., None], labels.astype(np.int64)]
     return tuple(parts)
 
@@ -213,7 +218,7 @@ def read_idx(path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
@@ -222,7 +227,7 @@ def read_idx(path) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4:header])
-    if len(data) - header != int(np.prod(shape)):
+    if len(data) - header != math.prod(shape):
         raise DataError(f"{path}: IDX header says shape {shape} but the file holds "
                         f"{len(data) - header} values; the file is truncated or corrupt")
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
@@ -302,6 +307,11 @@ def load_image_folder(path, image_size=None, channels=None):
                 labels.append(label)
     if not files:
         raise DataError(f"image folder {path} holds no images")
+    counts = np.bincount(labels, minlength=len(class_names))
+    if counts.min() < 2:
+        cls = class_names[int(np.argmin(counts))]
+        raise DataError(f"class {cls!r} in {path} has {counts.min()} image(s); every class "
+                        "needs at least 2 (similar pairs and relevant items need two)")
     x = load_images(files, image_size or (32, 32), channels or 3)
     return x, np.asarray(labels, np.int64), class_names
 
@@ -346,13 +356,13 @@ def check_images(x, input_shape) -> np.ndarray:
     Accepts uint8 pixels (0..255) or float pixels in the same range; NaN/inf raise.
     """
     x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"images must be numeric pixels, got dtype {x.dtype}")
     if x.ndim == len(input_shape):
         x = x[None]
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(f"images have shape {tuple(x.shape[1:])} but the model expects "
                         f"{tuple(input_shape)} (height, width, channels)")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"images must be numeric pixels, got dtype {x.dtype}")
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise DataError("images contain NaN or infinite pixels")
     return x

@@ -76,8 +76,10 @@ def read_json(path):
             return json.load(f)
     except FileNotFoundError:
         raise HashingError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HashingError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise HashingError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise HashingError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def _fsync_file(path) -> None:

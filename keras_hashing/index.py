@@ -122,6 +122,22 @@ class HammingIndex:
             self._labels = labels if self._labels is None else np.concatenate(
                 [self._labels, labels])
 
+    def remove(self, ids) -> int:
+        """Delete the items with these ids; an id not in the index raises (nothing removed).
+
+        Returns the number of items removed.
+        """
+        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
+        missing = np.setdiff1d(ids, self._ids)
+        if missing.size:
+            raise HashingError(f"cannot remove ids not in the index: "
+                               f"{missing[:10].tolist()}{' ...' if missing.size > 10 else ''}")
+        keep = ~np.isin(self._ids, ids)
+        self._codes, self._ids = self._codes[keep], self._ids[keep]
+        if self._labels is not None:
+            self._labels = self._labels[keep]
+        return int((~keep).sum())
+
     # -- search -----------------------------------------------------------------------
     def search(self, queries, k: int):
         """The k nearest codes of each query: (distances int32 (Q, k'), ids int64 (Q, k')).

@@ -55,7 +55,7 @@ class BadRequestError(ServingError):
 
 
 class ServingUnavailableError(ServingError):
-    """503 or connection refused, still after every retry."""
+    """5xx or connection refused, still after every retry."""
 
 
 class ServingTimeoutError(ServingError):
@@ -74,7 +74,7 @@ class TFServingClient:
         model_name: the served model's name.
         version: a fixed version, or None for the latest.
         timeout: seconds for each HTTP request (connect + read).
-        retries: extra attempts on 503 / connection refused / truncated answers.
+        retries: extra attempts on 5xx / connection refused / truncated answers.
         backoff: first retry delay in seconds; doubles on each retry.
     """
 
@@ -193,9 +193,10 @@ class TFServingClient:
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         where = f"{method} {self.url}{path}"
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
+                raw = _read_before(resp, deadline, where, self.timeout)
         except urllib.error.HTTPError as e:
             raise self._http_error(e, where) from None
         except http.client.IncompleteRead as e:
@@ -222,13 +223,32 @@ class TFServingClient:
         except (ValueError, AttributeError):
             message = body[:200].decode("utf-8", "replace")
         message = f"{where}: HTTP {e.code}: {message or e.reason}"
-        cls = {400: BadRequestError, 404: ModelNotFoundError,
-               503: ServingUnavailableError}.get(e.code, ServingError)
+        if e.code >= 500:  # TF Serving answers 5xx while loading or overloaded: retry
+            return ServingUnavailableError(message, status=e.code)
+        cls = {400: BadRequestError, 404: ModelNotFoundError}.get(e.code, ServingError)
         return cls(message, status=e.code)
 
 
 class _Truncated(Exception):
     pass
+
+
+def _read_before(resp, deadline, where, timeout) -> bytes:
+    """Read the body in chunks, giving up at ``deadline``: the socket timeout alone
+    restarts with every byte, so a server that trickles could hold us forever."""
+    chunks = []
+    while True:
+        if time.monotonic() > deadline:
+            raise ServingTimeoutError(f"{where}: no complete answer within {timeout:g} s")
+        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    length = resp.headers.get("Content-Length")
+    if length is not None and length.isdigit() and len(raw) < int(length):
+        raise _Truncated(f"{len(raw)} of {length} bytes")
+    return raw
 
 
 def _parse_json(raw, where) -> dict:

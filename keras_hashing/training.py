@@ -35,6 +35,7 @@ from keras_hashing.methods import get_method
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+BACKUP_DIR = "backup"
 
 
 @dataclasses.dataclass
@@ -83,9 +84,12 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
 
 def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
-    from keras_hashing.callbacks import RetrievalValidation
+    from keras_hashing.callbacks import RetrievalValidation, TrainingBackup
 
     out = out or default_run_dir(cfg)
+    if os.path.exists(os.path.join(out, MODEL_FILE)):
+        raise RunDirError(f"{out} already holds a finished run; choose another --out or delete "
+                          "it (nothing is overwritten)")
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(cfg["seed"])
     splits = splits or load_splits(cfg)
@@ -96,15 +100,23 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
     validation = RetrievalValidation(splits.val.x, splits.val.y, splits.train.x[db_idx],
                                      splits.train.y[db_idx], cfg["bits"])
-    callbacks = [validation, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    # Order matters: validation adds val_map to the logs the others read; the backup
+    # must come after validation so it saves the updated selection state.
+    backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation)
+    backup.set_model(model)
+    initial_epoch = backup.restore()
+    callbacks = [validation, backup, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
     if cfg["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
                                                        mode="max"))
+    if initial_epoch and verbose:
+        print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
-    history = model.fit(
+    model.fit(
         make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"]),
         validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
-        epochs=cfg["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False)
+        epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
+        verbose=verbose, shuffle=False)
     train_seconds = time.time() - start
     metrics = {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
@@ -112,7 +124,8 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
         "query": evaluate_model(model, splits),
         "validation": {"best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
                        "map_all_per_epoch": validation.history},
-        "epochs_run": len(history.history.get("loss", [])),
+        "epochs_run": len(validation.history),
+        "resumed_from_epoch": initial_epoch or None,
         "train_seconds": round(train_seconds, 2),
     }
     save_run(out, model, cfg, metrics)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from keras_hashing.codes import pack_bits
-from keras_hashing.errors import CodeLengthError, IndexFileError
+from keras_hashing.errors import CodeLengthError, HashingError, IndexFileError
 from keras_hashing.index import HammingIndex
 
 
@@ -160,3 +160,12 @@ def test_index_module_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}).stdout.strip()
     assert out == "False False"
+
+
+def test_remove_deletes_by_id_and_rejects_unknown_ids():
+    index = _index_with_labels(n=10)  # ids 0, 7, 14, ...
+    assert index.remove([7, 14]) == 2
+    assert len(index) == 8 and 7 not in index.ids and len(index.labels) == 8
+    with pytest.raises(HashingError, match=r"not in the index: \[3\]"):
+        index.remove([0, 3])
+    assert len(index) == 8  # nothing removed on error

@@ -163,3 +163,18 @@ def test_cli_search_through_serving(served, digits, tmp_path, capsys):
     assert code == 0 and len(row["ids"]) == 4
     expected = index.search(SavedModelEncoder(served[1]).encode(digits.query.x[:1]), 4)[1]
     assert row["ids"] == expected[0].tolist()
+
+
+def test_500_is_retried_then_succeeds(served):
+    server, _, _ = served
+    server.faults["error500"] = 1
+    assert client(server, retries=2).status()["model_version_status"]
+
+
+def test_trickling_server_cannot_hold_the_client_past_its_timeout(served):
+    server, _, _ = served
+    server.faults["trickle"] = 0.05  # ~40-byte body -> 2 s in total
+    start = time.monotonic()
+    with pytest.raises(ServingTimeoutError):
+        client(server, timeout=0.5, retries=0).status()
+    assert time.monotonic() - start < 1.5

@@ -16,8 +16,9 @@ that page and TF Serving's ``http_rest_api_handler.cc`` / ``json_tensor.cc`` beh
   malformed request or one that does not fit the signature.
 
 Fault injection for client tests: ``server.faults`` = {"unavailable": n (answer 503 n
-times), "delay": seconds, "malformed": n (answer non-JSON n times), "truncate": n (close
-the connection half-way through the body n times)}.
+times), "error500": n (answer 500 n times), "delay": seconds, "trickle": seconds per
+body byte, "malformed": n (answer non-JSON n times), "truncate": n (close the connection
+half-way through the body n times)}.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.server.faults
         if faults.get("delay"):
             time.sleep(faults["delay"])
+        if faults.get("trickle"):  # headers at once, then one byte every `trickle` s
+            body = json.dumps({"model_version_status": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for b in body:
+                self.wfile.write(bytes([b]))
+                self.wfile.flush()
+                time.sleep(faults["trickle"])
+            return True
+        if faults.get("error500", 0) > 0:
+            faults["error500"] -= 1
+            self._send(500, {"error": "Internal: something broke"})
+            return True
         if faults.get("unavailable", 0) > 0:
             faults["unavailable"] -= 1
             self._send(503, {"error": "Model is not available yet"})

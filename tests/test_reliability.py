@@ -1,0 +1,338 @@
+"""Faults and bad input: nothing lost, nothing crashes (see docs/RELIABILITY.md)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from keras_hashing import cli, config, data, fileio
+from keras_hashing.codes import pack_bits
+from keras_hashing.errors import HashingError
+from keras_hashing.index import HammingIndex
+
+# -- fit survives kill -9 -------------------------------------------------------------------
+
+
+def test_fit_killed_mid_run_resumes_at_last_finished_epoch(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "keras_hashing.cli", "fit", "--method", "ssdh", "--epochs",
+           "5", "--bits", "16", "--out", str(out), "--quiet", "--set", "val_database_size=300"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = out / "backup" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "fit finished before it could be killed"
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_epoch = json.loads(state.read_text())["epoch"]
+    assert not (out / "model.keras").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == saved_epoch >= 2
+    assert metrics["epochs_run"] == 5 and len(metrics["validation"]["map_all_per_epoch"]) == 5
+    assert not (out / "backup").exists()
+    # a finished run is never overwritten by a rerun
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr
+
+
+# -- every writer is atomic: kill it at random points -------------------------------------
+
+WRITER = r"""
+import itertools, sys, numpy as np
+from keras_hashing import fileio, config
+from keras_hashing.index import HammingIndex
+d = sys.argv[1]
+for i in itertools.count():
+    v = i % 2
+    idx = HammingIndex(64)
+    idx.add(np.full((2000 + 1000 * v, 8), v, np.uint8), labels=np.full(2000 + 1000 * v, v))
+    idx.save(d + "/index.khi")
+    fileio.write_json(d + "/metrics.json", {"v": v, "pad": "x" * (200000 + v)})
+    fileio.write_text(d + "/config.yaml", config.dump({"v": v, "pad": "y" * 100000}))
+"""
+
+
+def _check_versions(d):
+    idx = HammingIndex.load(os.path.join(d, "index.khi"))
+    assert len(idx) in (2000, 3000)
+    assert set(np.unique(idx.codes)) == {len(idx) // 1000 - 2}
+    assert fileio.read_json(os.path.join(d, "metrics.json"))["v"] in (0, 1)
+    assert config.load_yaml(os.path.join(d, "config.yaml"))["v"] in (0, 1)
+
+
+def test_writers_killed_at_random_points_leave_old_or_new_files(tmp_path):
+    rng = random.Random(0)
+    d = str(tmp_path)
+    idx = HammingIndex(64)
+    idx.add(np.zeros((2000, 8), np.uint8), labels=np.zeros(2000))
+    idx.save(d + "/index.khi")
+    fileio.write_json(d + "/metrics.json", {"v": 0})
+    fileio.write_text(d + "/config.yaml", "v: 0\n")
+    kills = 0
+    while kills < 100:
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, d])
+        time.sleep(rng.uniform(0.15, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        _check_versions(d)
+    leftovers = [f for f in os.listdir(d) if ".tmp" in f]
+    # a kill can orphan a temp file; it never replaces a real one
+    assert all(f.startswith(".") for f in leftovers)
+
+
+# -- fuzzing: the only exception allowed out of a reader is HashingError -------------------
+
+def _valid_index_bytes(tmp_path):
+    idx = HammingIndex(24)
+    idx.add(pack_bits(np.random.default_rng(0).integers(0, 2, (6, 24))), labels=np.arange(6))
+    idx.save(tmp_path / "v.khi")
+    return (tmp_path / "v.khi").read_bytes()
+
+
+def _mutations(valid):
+    flips = st.lists(st.tuples(st.integers(0, len(valid) - 1), st.integers(1, 255)),
+                     max_size=4)
+    return st.one_of(
+        st.binary(max_size=200),
+        st.integers(0, len(valid)).map(lambda n: valid[:n]),
+        flips.map(lambda fl: _flip(valid, fl)),
+        st.tuples(st.integers(8, 38), st.binary(min_size=1, max_size=8)).map(
+            lambda t: valid[:t[0]] + t[1] + valid[t[0] + len(t[1]):]),
+    )
+
+
+def _flip(data, flips):
+    b = bytearray(data)
+    for pos, x in flips:
+        b[pos] ^= x
+    return bytes(b)
+
+
+def _fuzz_readers(tmp_path, examples):
+    valid = _valid_index_bytes(tmp_path)
+    path = tmp_path / "f.bin"
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(blob=_mutations(valid), text=st.text(max_size=120))
+    def run(blob, text):
+        path.write_bytes(blob)
+        for reader in (HammingIndex.load, config.load_yaml, fileio.read_json,
+                       lambda p: data.read_idx(str(p))):
+            try:
+                reader(path)
+            except HashingError:
+                pass
+        path.write_text(text)
+        for reader in (config.load_yaml, fileio.read_json, _resolve):
+            try:
+                reader(path)
+            except HashingError:
+                pass
+
+    run()
+
+
+def _resolve(path):
+    return config.resolve_config(str(path))
+
+
+def test_fuzz_readers_short(tmp_path):
+    _fuzz_readers(tmp_path, 300)
+
+
+@pytest.mark.slow
+def test_fuzz_readers_10000(tmp_path):
+    _fuzz_readers(tmp_path, 10_000)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(cfg=st.dictionaries(
+    st.sampled_from(sorted(config.DEFAULTS)) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=True)
+    | st.text(max_size=8) | st.lists(st.integers(-5, 50), max_size=3)
+    | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2), max_size=6))
+def test_fuzz_config_values(cfg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    try:
+        config.resolve_config(str(path))
+    except HashingError:
+        pass
+
+
+# -- bad input at the CLI: one line, exit status 2 -----------------------------------------
+
+def _png_folder(root, counts):
+    from PIL import Image
+
+    for cls, n in counts.items():
+        os.makedirs(root / cls, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((10, 10, 3), i, np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(trained_run, tmp_path_factory):
+    """Files for the bad-input table, built once."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "bad.yaml").write_text("bits: [1, 2\n")
+    (d / "list.yaml").write_text("- 1\n")
+    good = HammingIndex(24)
+    good.add(pack_bits(np.zeros((4, 24))), labels=np.arange(4))
+    good.save(d / "good.khi")
+    raw = (d / "good.khi").read_bytes()
+    (d / "garbage.khi").write_bytes(os.urandom(100))
+    (d / "truncated.khi").write_bytes(raw[:-7])
+    (d / "v9.khi").write_bytes(raw[:8] + (9).to_bytes(2, "little") + raw[10:])
+    wide = HammingIndex(64)
+    wide.add(pack_bits(np.zeros((2, 64))))
+    wide.save(d / "wide.khi")
+    np.save(d / "big.npy", np.zeros((2, 28, 28, 1), np.uint8))
+    np.save(d / "nan.npy", np.full((2, 8, 8, 1), np.nan, np.float32))
+    np.save(d / "ok.npy", np.zeros((2, 8, 8, 1), np.uint8))
+    np.save(d / "strings.npy", np.array(["a", "b"]))
+    (d / "notes.txt").write_text("not an image")
+    (d / "broken.npy").write_bytes(b"garbage")
+    _png_folder(d / "onecls", {"a": 4})
+    _png_folder(d / "single", {"a": 5, "b": 1})
+    _png_folder(d / "txtfolder", {"a": 5, "b": 5})
+    (d / "txtfolder" / "a" / "readme.md").write_text("x")
+    _png_folder(d / "corruptimg", {"a": 5, "b": 5})
+    (d / "corruptimg" / "b" / "x.png").write_bytes(b"\x89PNG garbage")
+    (d / "emptyfolder" / "a").mkdir(parents=True)
+    (d / "emptyfolder" / "b").mkdir()
+    norun = d / "norun"
+    norun.mkdir()
+    (norun / "config.yaml").write_text("method: ssdh\n")
+    badmodel = d / "badmodel"
+    badmodel.mkdir()
+    (badmodel / "model.keras").write_bytes(b"PK garbage")
+    (badmodel / "config.yaml").write_text("method: ssdh\n")
+    badcfg = d / "badcfg"
+    badcfg.mkdir()
+    (badcfg / "model.keras").write_bytes(b"x")
+    (badcfg / "config.yaml").write_text("method: [unclosed\n")
+    fm = d / "fm"
+    fm.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        imgs = np.zeros((n, 28, 28), np.uint8)
+        (fm / f"{prefix}-images-idx3-ubyte").write_bytes(
+            bytes([0, 0, 8, 3]) + b"".join(int(s).to_bytes(4, "big") for s in imgs.shape)
+            + imgs.tobytes())
+        labels = np.full(n, 12, np.uint8)
+        (fm / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + labels.tobytes())
+    return d, trained_run.path
+
+
+BAD_INPUT_CASES = [
+    # (id, argv with {d} = files folder and {run} = a trained 24-bit digits run, message)
+    ("unknown method", "fit --method nope", "unknown method 'nope'"),
+    ("unknown dataset", "fit --dataset cifar", "unknown dataset 'cifar'"),
+    ("unknown config key", "fit --set colour=red", "unknown config key"),
+    ("bad --set syntax", "fit --set bits", "key=value"),
+    ("bits not an integer", "fit --set bits=abc", "code length must be an integer"),
+    ("bits out of range", "fit --bits 0", "out of range"),
+    ("bits too large", "fit --bits 100000", "out of range"),
+    ("epochs zero", "fit --epochs 0", "epochs must be an integer >= 1"),
+    ("unknown optimizer", "fit --set optimizer=adagrad", "optimizer 'adagrad' unknown"),
+    ("unknown method parameter", "fit --set params.delta=1 --epochs 1",
+     "unknown ssdh parameter"),
+    ("unknown protocol", "fit --protocol fmnist", "does not apply to digits"),
+    ("bad image size", "fit --set image_size=[0,3]", "image_size must be"),
+    ("bad channels", "fit --set channels=2", "channels must be 1 or 3"),
+    ("bad YAML", "fit --config {d}/bad.yaml", "not valid YAML"),
+    ("YAML not a mapping", "fit --config {d}/list.yaml", "must be a YAML mapping"),
+    ("missing config file", "fit --config {d}/none.yaml", "config file not found"),
+    ("missing data dir", "fit --dataset fashion_mnist --data-dir {d}/none",
+     "dataset-fashion-mnist"),
+    ("labels out of range", "fit --dataset fashion_mnist --data-dir {d}/fm",
+     "labels go up to 12"),
+    ("missing image folder", "fit --dataset folder:{d}/none", "does not exist"),
+    ("folder with one class", "fit --dataset folder:{d}/onecls", "at least 2"),
+    ("class with one example", "fit --dataset folder:{d}/single", "class 'b'"),
+    ("non-image file in folder", "fit --dataset folder:{d}/txtfolder", "readme.md"),
+    ("unreadable image in folder", "fit --dataset folder:{d}/corruptimg", "x.png"),
+    ("empty dataset", "fit --dataset folder:{d}/emptyfolder", "holds no images"),
+    ("run dir missing", "evaluate --run {d}/none", "does not exist"),
+    ("run dir without model.keras", "evaluate --run {d}/norun", "has no model.keras"),
+    ("corrupt model.keras", "evaluate --run {d}/badmodel", "cannot load the model"),
+    ("bad config.yaml in run", "evaluate --run {d}/badcfg", "not valid YAML"),
+    ("garbage index file", "search --index {d}/garbage.khi --run {run} --images {d}/ok.npy",
+     "garbage.khi"),
+    ("truncated index file", "search --index {d}/truncated.khi --run {run} --images x.png",
+     "truncated"),
+    ("wrong-version index", "search --index {d}/v9.khi --run {run} --images x.png",
+     "version 9 is not supported"),
+    ("missing index file", "search --index {d}/none.khi --run {run} --images x.png",
+     "cannot read index file"),
+    ("model and index bit lengths differ",
+     "search --index {d}/wide.khi --run {run} --images {d}/ok.npy", "64-bit codes"),
+    ("wrong image shape", "search --index {d}/good.khi --run {run} --images {d}/big.npy",
+     "model expects (8, 8, 1)"),
+    ("NaN pixels", "search --index {d}/good.khi --run {run} --images {d}/nan.npy", "NaN"),
+    ("non-numeric images", "search --index {d}/good.khi --run {run} --images {d}/strings.npy",
+     "numeric pixels"),
+    ("non-image query file", "search --index {d}/good.khi --run {run} --images {d}/notes.txt",
+     "not an image file"),
+    ("unreadable .npy", "search --index {d}/good.khi --run {run} --images {d}/broken.npy",
+     "cannot read a .npy"),
+    ("k below 1", "search --index {d}/good.khi --run {run} --images {d}/ok.npy -k 0",
+     "-k must be >= 1"),
+    ("serving URL without model", "search --index {d}/good.khi --serving-url "
+     "http://127.0.0.1:9 --images {d}/ok.npy", "needs --model"),
+    ("bad serving URL", "search --index {d}/good.khi --serving-url localhost --model m "
+     "--images {d}/ok.npy", "must look like http://"),
+    ("export over an existing version", "export --run {run} --base {d}/sm --name m "
+     "--version 1", "already exists"),
+    ("export with a bad name", "export --run {run} --base {d}/sm --name ../x",
+     "plain folder name"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT_CASES, ids=[c[0] for c in BAD_INPUT_CASES])
+def test_bad_input_one_line_exit_2(case, bad_inputs, capsys):
+    d, run = bad_inputs
+    if case[0] == "export over an existing version":
+        os.makedirs(d / "sm" / "m" / "1", exist_ok=True)
+    argv = case[1].format(d=d, run=run).split()
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("keras-hashing: error:"), err
+    assert case[2] in err, err
+
+
+def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
+    from tf_serving_stub import TFServingStub
+
+    d, _ = bad_inputs
+    (tmp_path / "empty").mkdir()
+    with TFServingStub(str(tmp_path / "empty")) as server:
+        code = cli.main(["search", "--index", str(d / "good.khi"), "--serving-url", server.url,
+                         "--model", "absent", "--images", str(d / "ok.npy")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "HTTP 404: Servable not found for request: Latest(absent)" in err
+
+
+def test_there_are_at_least_30_bad_input_cases():
+    assert len(BAD_INPUT_CASES) + 1 >= 30
