@@ -137,3 +137,114 @@ class TrainingBackup(keras.callbacks.Callback):
         import shutil
 
         shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+class HashingTensorBoard(keras.callbacks.Callback):
+    """Hashing-specific TensorBoard summaries, beside Keras' own scalars.
+
+    Every epoch, on a fixed sample of validation images, writes under ``log_dir/hashing``:
+
+    * ``bits/balanced_fraction``: share of bits whose ones-rate is in [0.3, 0.7];
+    * ``bits/constant_bits``: bits that never change (collapse);
+    * ``bits/quantization_error``: mean |h - b|, continuous code vs its binary value;
+    * ``bits/mean_correlation``: mean |correlation| between pairs of bits;
+    * ``bits/unique_code_fraction``;
+    * histograms ``code/activations`` (all of h) and ``bits/ones_rate`` (per bit).
+
+    At the end of training it writes the Embedding Projector files (Keras 3's
+    ``embeddings_freq`` does not work) under ``log_dir/projector``: a checkpoint of the
+    continuous codes, ``metadata.tsv`` (labels) and ``sprite.png`` (thumbnails), tied
+    together by ``projector_config.pbtxt``.
+
+    Args:
+        log_dir: the run's TensorBoard folder (``RUN/logs``).
+        images, labels: validation sample (subsampled to ``max_samples``).
+        class_names: names for the projector's metadata, or None.
+    """
+
+    def __init__(self, log_dir, images, labels, class_names=None, max_samples=1000, seed=0):
+        super().__init__()
+        import os
+
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.permutation(len(images))[:max_samples])
+        self.images, self.labels = images[keep], labels[keep]
+        self.class_names = class_names
+        self.log_dir = log_dir
+        self.hashing_dir = os.path.join(log_dir, "hashing")
+        self.projector_dir = os.path.join(log_dir, "projector")
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        from keras_hashing.evaluation import code_statistics
+
+        model = self.model
+        out = model.predict(self.images, batch_size=256, verbose=0)
+        h = np.asarray(out["code"], np.float32)
+        bits = np.asarray(out["bits"], np.uint8)
+        stats = code_statistics(bits)
+        target = np.asarray(model.quantization_target(h, bits), np.float32)
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.hashing_dir)
+        with self._writer.as_default(step=epoch):
+            tf.summary.scalar("bits/balanced_fraction", stats["balanced_bit_fraction"])
+            tf.summary.scalar("bits/constant_bits", stats["constant_bits"])
+            tf.summary.scalar("bits/mean_correlation", stats["mean_bit_correlation"])
+            tf.summary.scalar("bits/unique_code_fraction", stats["unique_code_fraction"])
+            tf.summary.scalar("bits/quantization_error", float(np.abs(h - target).mean()))
+            tf.summary.histogram("code/activations", h)
+            tf.summary.histogram("bits/ones_rate", bits.mean(axis=0))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+        write_projector(self.projector_dir, self.model.embed(self.images), self.labels,
+                        self.images, self.class_names)
+
+
+def write_projector(out_dir, embeddings, labels, images=None, class_names=None) -> None:
+    """Embedding Projector files: checkpoint + metadata.tsv + sprite.png + config."""
+    import os
+
+    import tensorflow as tf
+    from tensorboard.plugins import projector
+
+    from keras_hashing.fileio import atomic_path, write_text
+
+    os.makedirs(out_dir, exist_ok=True)
+    labels = np.asarray(labels)
+    names = [(class_names[int(y)] if class_names else str(int(y))) if labels.ndim == 1
+             else ",".join(map(str, np.flatnonzero(y))) for y in labels]
+    write_text(os.path.join(out_dir, "metadata.tsv"), "".join(f"{n}\n" for n in names))
+    # save() (not write()) keeps the "checkpoint" state file the projector looks for.
+    tf.train.Checkpoint(embedding=tf.Variable(np.asarray(embeddings, np.float32))).save(
+        os.path.join(out_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    emb = config.embeddings.add()
+    emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    emb.metadata_path = "metadata.tsv"
+    if images is not None:
+        sprite, (h, w) = _sprite(np.asarray(images))
+        from PIL import Image
+
+        with atomic_path(os.path.join(out_dir, "sprite.png"), suffix=".png") as tmp:
+            Image.fromarray(sprite).save(tmp, format="PNG")
+        emb.sprite.image_path = "sprite.png"
+        emb.sprite.single_image_dim.extend([w, h])
+    projector.visualize_embeddings(out_dir, config)
+
+
+def _sprite(images):
+    """Square mosaic of thumbnails (the projector's sprite format), uint8."""
+    n, h, w = images.shape[:3]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    side = int(np.ceil(np.sqrt(n)))
+    sprite = np.zeros((side * h, side * w, 3), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, side)
+        sprite[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+    return sprite, (h, w)

@@ -6,6 +6,7 @@ Errors a user can cause are printed on one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   keras-hashing encode --run runs/fm48 --dataset fashion_mnist --split query --out q.npz
   keras-hashing index build --run runs/fm48 --out fm48.khi
   keras-hashing search --index fm48.khi --run runs/fm48 --images shoe.png -k 10
+  keras-hashing plot --run runs/fm48                         # PNGs in runs/fm48/plots
+  keras-hashing config show --method ssdh --dataset fashion_mnist
   keras-hashing export --run runs/fm48 --base saved_models --name fm48
   keras-hashing search --index fm48.khi --serving-url http://localhost:8501 --model fm48 \
       --images shoe.png -k 10
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: keras-hashing evaluate --run runs/digits48")
     e.add_argument("--run", required=True)
     e.add_argument("--data-dir")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser("encode", help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
@@ -71,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("train", "val", "query", "database"))
     c.add_argument("--data-dir")
     c.add_argument("--out", required=True)
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
 
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
@@ -82,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=("train", "val", "query", "database"))
     ib.add_argument("--data-dir")
     ib.add_argument("--out", required=True)
+    ib.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    pl = sub.add_parser("plot", help="PR curve, precision@k, bit balance, retrieval grid",
+                        epilog="examples: keras-hashing plot --run runs/d48\n"
+                               "  keras-hashing plot --run runs/d48 --runs runs/d12 runs/d24 "
+                               "runs/d32   # adds mAP vs bits",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--run", required=True)
+    pl.add_argument("--runs", nargs="*", default=[], help="more runs for the mAP-vs-bits plot")
+    pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
+    pl.add_argument("--data-dir")
+
+    cf = sub.add_parser("config", help="show the configuration a fit would use")
+    cfsub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cs = cfsub.add_parser("show", help="print defaults < recipe < --set as YAML",
+                          epilog="example: keras-hashing config show --method ssdh "
+                                 "--dataset fashion_mnist --set bits=32")
+    cs.add_argument("--method")
+    cs.add_argument("--dataset")
+    cs.add_argument("--config")
+    cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
     x = sub.add_parser("export", help="SavedModel for TF Serving (saved_models/NAME/V/)",
                        epilog="example: keras-hashing export --run runs/d48 --base "
@@ -103,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="served model name (with --serving-url)")
     s.add_argument("--model-version", type=int, help="served version (default latest)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    s.add_argument("--show", metavar="PNG", help="also draw queries and neighbours to a PNG "
+                   "(needs an index made by `index build`, which records its dataset)")
     s.add_argument("--images", nargs="+", required=True,
                    help="image files, or one .npy array of images (N, H, W, C)")
     s.add_argument("-k", type=int, default=10)
@@ -112,14 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _stdout
+    _stdout = sys.stdout
     try:
-        return COMMANDS[args.command](args)
+        # Progress bars (Keras prints them to stdout) go to stderr: stdout carries only
+        # the results, so `keras-hashing evaluate ... | jq` works.
+        with contextlib.redirect_stdout(sys.stderr):
+            return COMMANDS[args.command](args)
     except HashingError as e:
         print(f"keras-hashing: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("keras-hashing: interrupted", file=sys.stderr)
         return 130
+
+
+_stdout = sys.stdout
+
+
+def emit(text: str) -> None:
+    """Write a result line to the real stdout (progress output goes to stderr)."""
+    _stdout.write(text + "\n")
+    _stdout.flush()
 
 
 def cmd_fit(args) -> int:
@@ -139,7 +181,7 @@ def cmd_fit(args) -> int:
                "best_epoch": run.metrics["validation"]["best_epoch"],
                "query_map_all": q["map_all"], "query_map_1000": q["map_1000"],
                "query_p_r2": q["p_r2"], "train_seconds": run.metrics["train_seconds"]}
-    print(json.dumps(summary, indent=2))
+    emit(json.dumps(summary, indent=2))
     return 0
 
 
@@ -167,7 +209,8 @@ def cmd_evaluate(args) -> int:
     from keras_hashing import training
 
     run, splits = _run_and_splits(args)
-    print(json.dumps(training.evaluate_model(run.model, splits), indent=2))
+    emit(json.dumps(training.evaluate_model(run.model, splits, verbose=_verbose(args)),
+                    indent=2))
     return 0
 
 
@@ -178,10 +221,10 @@ def cmd_encode(args) -> int:
 
     run, splits = _run_and_splits(args)
     split = getattr(splits, args.split)
-    codes = run.model.encode(split.x)
+    codes = run.model.encode(split.x, verbose=_verbose(args))
     with atomic_open(args.out, "wb") as f:
         np.savez(f, codes=codes, labels=split.y, bits=np.int64(run.model.bits))
-    print(json.dumps({"out": args.out, "count": int(codes.shape[0]), "bits": run.model.bits}))
+    emit(json.dumps({"out": args.out, "count": int(codes.shape[0]), "bits": run.model.bits}))
     return 0
 
 
@@ -191,10 +234,83 @@ def cmd_index(args) -> int:
     run, splits = _run_and_splits(args)
     split = getattr(splits, args.split)
     index = HammingIndex(run.model.bits)
-    index.add(run.model.encode(split.x), labels=split.y)
+    index.add(run.model.encode(split.x, verbose=_verbose(args)), labels=split.y)
+    cfg = run.config
+    index.metadata = {"run": os.path.abspath(args.run), "dataset": splits.name,
+                      "protocol": splits.protocol, "split": args.split, "seed": cfg.get("seed"),
+                      "data_dir": cfg.get("data_dir") if not args.data_dir else args.data_dir,
+                      "image_size": cfg.get("image_size"), "channels": cfg.get("channels"),
+                      "method": run.model.method_name}
     index.save(args.out)
-    print(json.dumps({"out": args.out, "count": len(index), "bits": index.bits}))
+    emit(json.dumps({"out": args.out, "count": len(index), "bits": index.bits}))
     return 0
+
+
+def _verbose(args):
+    return 0 if getattr(args, "quiet", False) else "auto"
+
+
+def cmd_plot(args) -> int:
+    from keras_hashing import plots
+    from keras_hashing.fileio import read_json
+
+    run, splits = _run_and_splits(args)
+    out = args.out or os.path.join(args.run, "plots")
+    paths = plots.plot_run(run, splits, out)
+    if args.runs:
+        rows = []
+        for r in [args.run, *args.runs]:
+            m = read_json(os.path.join(r, "metrics.json"))
+            try:
+                rows.append({"method": m["method"], "bits": m["bits"],
+                             "map_all": m["query"]["map_all"]})
+            except (KeyError, TypeError):
+                raise HashingError(f"{r}/metrics.json lacks method, bits or query map_all")
+        paths["map_vs_bits"] = plots.plot_map_vs_bits(rows, os.path.join(out, "map_vs_bits.png"))
+    emit(json.dumps(paths, indent=2))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from keras_hashing import config
+
+    cfg = config.resolve_config(args.config, {"method": args.method, "dataset": args.dataset},
+                                args.set)
+    _quiet_tensorflow()
+    from keras_hashing.methods import get_method
+
+    cls = get_method(cfg["method"])
+    cfg["params"] = {**getattr(cls, "default_params", {}), **cfg["params"]}
+    source = config.recipe_path(cfg["method"], cfg["dataset"]) if not args.config else args.config
+    emit(f"# {cfg['method']} on {cfg['dataset']}; recipe: {source or 'none (defaults)'}")
+    emit(config.dump(cfg).rstrip("\n"))
+    return 0
+
+
+def _show_grid(index, result, query_images, query_names, path) -> None:
+    """Draw queries and their neighbours, with database images found from index.metadata."""
+    import numpy as np
+
+    from keras_hashing import data, plots
+
+    meta = index.metadata
+    if not meta.get("dataset") or not meta.get("split"):
+        raise HashingError("--show needs an index made by `keras-hashing index build`, which "
+                           "records the dataset its codes came from")
+    splits = data.load_dataset(meta["dataset"], protocol=meta.get("protocol"),
+                               data_dir=meta.get("data_dir"), seed=meta.get("seed") or 0,
+                               image_size=meta.get("image_size"), channels=meta.get("channels"))
+    db = getattr(splits, meta["split"])
+    if len(db) != len(index) or not np.array_equal(index.ids, np.arange(len(index))):
+        raise HashingError("--show: the index no longer matches its dataset split (items were "
+                           "added or removed); rebuild it with `index build`")
+    if query_images is None:
+        shape = splits.input_shape
+        query_images = data.load_images(query_names, shape[:2], shape[2])
+    labels = db.y if db.y.ndim == 1 else None
+    plots.plot_retrieval_grid(query_images, db.x[result.ids], path, None,
+                              None if labels is None else labels[result.ids],
+                              splits.class_names, result.distances)
 
 
 def cmd_export(args) -> int:
@@ -202,7 +318,7 @@ def cmd_export(args) -> int:
     from keras_hashing.export import export_run
 
     path = export_run(args.run, base=args.base, name=args.name, version=args.version)
-    print(json.dumps({"export": path}))
+    emit(json.dumps({"export": path}))
     return 0
 
 
@@ -257,17 +373,20 @@ def cmd_search(args) -> int:
         images, blobs, names = _read_query_images(args.images, run.model.image_shape)
         images = check_images(images, run.model.image_shape)
     result = RetrievalClient(encoder, index).query(images=images, image_bytes=blobs, k=args.k)
+    if args.show:
+        _show_grid(index, result, images, names, args.show)
     for i, name in enumerate(names):
         row = {"query": name, "ids": result.ids[i].tolist(),
                "distances": result.distances[i].tolist()}
         if result.labels is not None:
             row["labels"] = result.labels[i].tolist()
-        print(json.dumps(row))
+        emit(json.dumps(row))
     return 0
 
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "encode": cmd_encode,
-            "index": cmd_index, "search": cmd_search, "export": cmd_export}
+            "index": cmd_index, "search": cmd_search, "export": cmd_export, "plot": cmd_plot,
+            "config": cmd_config}
 
 
 if __name__ == "__main__":

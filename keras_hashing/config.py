@@ -39,6 +39,7 @@ DEFAULTS = {
     "channels": None,
     "patience": None,
     "val_database_size": 10000,
+    "tensorboard_samples": 1000,
     "params": {},
 }
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -148,7 +149,8 @@ def validate(cfg: dict) -> dict:
         cfg["bits"] = check_bits(cfg["bits"])
     except Exception as e:
         raise ConfigError(str(e)) from None
-    for key, low in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("val_database_size", 1)):
+    for key, low in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("val_database_size", 1),
+                     ("tensorboard_samples", 1)):
         _check_int(cfg, key, low)
     if cfg["patience"] is not None:
         _check_int(cfg, "patience", 1)

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
@@ -35,8 +36,8 @@ from keras_hashing.fileio import atomic_open
 
 MAGIC = b"KHASHIDX"
 FORMAT_VERSION = 1
-# magic, version, bits, count, labels_kind, labels_dim, payload_len, crc32
-_HEADER = struct.Struct("<8sHIQBIQI")
+# magic, version, bits, count, labels_kind, labels_dim, meta_len, payload_len, crc32
+_HEADER = struct.Struct("<8sHIQBIIQI")
 _LABELS_NONE, _LABELS_SINGLE, _LABELS_MULTI = 0, 1, 2
 # Cap on the (queries x database) distance block held in memory at once.
 _BLOCK_ELEMENTS = 1 << 23
@@ -47,6 +48,8 @@ class HammingIndex:
 
     Args:
         bits: code length K; every added and queried code must be ceil(K/8) bytes.
+        metadata: a free JSON-able dict saved with the index (``index build`` records the
+            run, dataset, protocol and split the codes came from).
     """
 
     def __init__(self, bits: int):
@@ -60,6 +63,7 @@ class HammingIndex:
         self._codes = np.zeros((0, self.code_size), dtype=np.uint8)
         self._ids = np.zeros((0,), dtype=np.int64)
         self._labels = None
+        self.metadata = {}
 
     def __len__(self) -> int:
         return int(self._codes.shape[0])
@@ -206,9 +210,11 @@ class HammingIndex:
                 labels_bytes = self._labels.astype(np.uint8).tobytes()
             else:
                 labels_kind, labels_bytes = _LABELS_SINGLE, self._labels.astype("<i8").tobytes()
-        payload = (self._codes.tobytes() + self._ids.astype("<i8").tobytes() + labels_bytes)
+        meta = json.dumps(self.metadata, sort_keys=True).encode("utf-8")
+        payload = (self._codes.tobytes() + self._ids.astype("<i8").tobytes() + labels_bytes
+                   + meta)
         header = _HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, len(self), labels_kind,
-                              labels_dim, len(payload), zlib.crc32(payload))
+                              labels_dim, len(meta), len(payload), zlib.crc32(payload))
         with atomic_open(path, "wb") as f:
             f.write(header)
             f.write(payload)
@@ -226,7 +232,7 @@ class HammingIndex:
             raise IndexFileError(f"{path}: truncated index file ({len(data)} bytes, header "
                                  f"alone is {_HEADER.size}); rebuild it with "
                                  "`keras-hashing index build`")
-        magic, version, bits, count, labels_kind, labels_dim, payload_len, crc = \
+        magic, version, bits, count, labels_kind, labels_dim, meta_len, payload_len, crc = \
             _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise IndexFileError(f"{path}: not a keras-hashing index (bad magic {magic!r})")
@@ -240,7 +246,7 @@ class HammingIndex:
         if labels_kind not in (_LABELS_NONE, _LABELS_SINGLE, _LABELS_MULTI):
             raise IndexFileError(f"{path}: unknown labels kind {labels_kind} in header")
         label_size = {_LABELS_NONE: 0, _LABELS_SINGLE: 8, _LABELS_MULTI: labels_dim}[labels_kind]
-        expected = count * (code_size + 8 + label_size)
+        expected = count * (code_size + 8 + label_size) + meta_len
         payload = data[_HEADER.size:]
         if payload_len != expected or len(payload) != payload_len:
             raise IndexFileError(
@@ -250,6 +256,13 @@ class HammingIndex:
             raise IndexFileError(f"{path}: checksum mismatch: the file is corrupt")
         index = cls(bits)
         o1, o2 = count * code_size, count * (code_size + 8)
+        try:
+            meta = json.loads(payload[len(payload) - meta_len:]) if meta_len else {}
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            meta = None
+        if not isinstance(meta, dict):
+            raise IndexFileError(f"{path}: the metadata block is not a JSON object")
+        index.metadata = meta
         index._codes = np.frombuffer(payload, np.uint8, o1).reshape(count, code_size).copy()
         index._ids = np.frombuffer(payload, "<i8", count, o1).astype(np.int64)
         if labels_kind == _LABELS_SINGLE:
@@ -260,4 +273,5 @@ class HammingIndex:
         return index
 
     def get_config(self) -> dict:
-        return {"bits": self.bits, "ntotal": len(self), "has_labels": self._labels is not None}
+        return {"bits": self.bits, "ntotal": len(self), "has_labels": self._labels is not None,
+                "metadata": dict(self.metadata)}

@@ -84,7 +84,7 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
 
 def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
-    from keras_hashing.callbacks import RetrievalValidation, TrainingBackup
+    from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
 
     out = out or default_run_dir(cfg)
     if os.path.exists(os.path.join(out, MODEL_FILE)):
@@ -105,7 +105,10 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation)
     backup.set_model(model)
     initial_epoch = backup.restore()
-    callbacks = [validation, backup, keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    logs = os.path.join(out, "logs")
+    callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
+                 HashingTensorBoard(logs, splits.val.x, splits.val.y, splits.class_names,
+                                    max_samples=cfg["tensorboard_samples"])]
     if cfg["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
                                                        mode="max"))
@@ -132,14 +135,16 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     return Run(out, model, cfg, metrics)
 
 
-def evaluate_model(model, splits: DatasetSplits, precision_ks=(1, 10, 100, 1000)) -> dict:
+def evaluate_model(model, splits: DatasetSplits, precision_ks=(1, 10, 100, 1000),
+                   verbose=0) -> dict:
     """Query-vs-database retrieval metrics plus code statistics of the database."""
-    db_bits = model.encode_bits(splits.database.x)
     from keras_hashing.codes import pack_bits
 
+    db_bits = model.encode_bits(splits.database.x, verbose=verbose)
     metrics = evaluation.retrieval_metrics(
-        model.encode(splits.query.x), pack_bits(db_bits), splits.query.y, splits.database.y,
-        model.bits, map_at=(None, 1000), radius=2, precision_ks=precision_ks)
+        model.encode(splits.query.x, verbose=verbose), pack_bits(db_bits), splits.query.y,
+        splits.database.y, model.bits, map_at=(None, 1000), radius=2,
+        precision_ks=precision_ks)
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
     return metrics
 

@@ -42,3 +42,21 @@ def test_bad_yaml_names_the_file(tmp_path):
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         config.resolve_config(str(f))
+
+
+def test_every_method_has_a_valid_recipe_per_dataset():
+    import glob
+    import os
+
+    from keras_hashing.methods import get_method, method_names
+
+    recipes = glob.glob(os.path.join(config.recipe_dirs()[0], "*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = config.resolve_config(path)
+        defaults = get_method(cfg["method"]).default_params
+        # every method hyperparameter is spelled out, named as the method names it
+        assert set(cfg["params"]) == set(defaults), path
+    for method in method_names():
+        for dataset in ("digits", "fashion_mnist"):
+            assert config.recipe_path(method, dataset), (method, dataset)

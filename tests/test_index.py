@@ -75,6 +75,7 @@ def _index_with_labels(bits=12, n=20, multi=False):
     index = HammingIndex(bits)
     labels = rng.integers(0, 2, (n, 5)) if multi else rng.integers(0, 10, n)
     index.add(pack_bits(rng.integers(0, 2, (n, bits))), ids=np.arange(n) * 7, labels=labels)
+    index.metadata = {"dataset": "digits", "split": "database"}
     return index
 
 
@@ -87,6 +88,7 @@ def test_save_load_roundtrip(tmp_path, multi):
     np.testing.assert_array_equal(loaded.codes, index.codes)
     np.testing.assert_array_equal(loaded.ids, index.ids)
     np.testing.assert_array_equal(loaded.labels, index.labels)
+    assert loaded.metadata == {"dataset": "digits", "split": "database"}
 
 
 def test_add_appends_and_checks_code_length():
@@ -108,8 +110,9 @@ CORRUPTIONS = {
     "bad labels kind": lambda b: b[:22] + bytes([7]) + b[23:],
     "truncated payload": lambda b: b[:-5],
     "flipped payload byte": lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]),
-    "bad payload length": lambda b: b[:27] + (5).to_bytes(8, "little") + b[35:],
-    "bad checksum": lambda b: b[:35] + bytes([b[35] ^ 1]) + b[36:],
+    "bad meta length": lambda b: b[:27] + (10**6).to_bytes(4, "little") + b[31:],
+    "bad payload length": lambda b: b[:31] + (5).to_bytes(8, "little") + b[39:],
+    "bad checksum": lambda b: b[:39] + bytes([b[39] ^ 1]) + b[40:],
 }
 
 

@@ -112,7 +112,7 @@ def _mutations(valid):
         st.binary(max_size=200),
         st.integers(0, len(valid)).map(lambda n: valid[:n]),
         flips.map(lambda fl: _flip(valid, fl)),
-        st.tuples(st.integers(8, 38), st.binary(min_size=1, max_size=8)).map(
+        st.tuples(st.integers(8, 42), st.binary(min_size=1, max_size=8)).map(
             lambda t: valid[:t[0]] + t[1] + valid[t[0] + len(t[1]):]),
     )
 

@@ -92,6 +92,14 @@ class HashingModel(keras.Model):
         """0/1 bits of a continuous code, as a bool tensor. Default: code >= 0."""
         return code >= 0
 
+    def quantization_target(self, code, bits):
+        """The binary value a continuous code is pushed towards, in code space (numpy).
+
+        Default: +-1 (sign codes). SSDH overrides it with 0/1. Used for the
+        quantisation error |h - b| in TensorBoard.
+        """
+        return np.where(np.asarray(bits) > 0, 1.0, -1.0)
+
     # -- forward -----------------------------------------------------------------------
     def call(self, images, training=False):
         x = self.rescale(ops.cast(images, "float32"))

@@ -78,3 +78,6 @@ class SSDH(HashingModel):
 
     def binarize(self, code):
         return code > 0.5
+
+    def quantization_target(self, code, bits):
+        return bits.astype("float32")
