@@ -7,6 +7,8 @@ batch (per-example mean), so its value does not depend on the batch size.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -60,3 +62,110 @@ def ssdh_balance_loss(activations):
         activations: (N, K) sigmoid outputs.
     """
     return ops.mean(ops.square(ops.mean(activations, axis=-1) - 0.5))
+
+
+def pairwise_similarity(labels, multi_label=False):
+    """S_ij = 1 when items i and j are similar (same label / a shared label), else 0.
+
+    Formula:
+        single: S_ij = [y_i == y_j]
+        multi:  S_ij = [y_i . y_j > 0]
+
+    Args:
+        labels: (N,) class ids or (N, C) multi-hot.
+    """
+    if multi_label:
+        y = ops.cast(labels, "float32")
+        return ops.cast(ops.matmul(y, ops.transpose(y)) > 0, "float32")
+    y = ops.reshape(labels, (-1,))
+    return ops.cast(ops.equal(y[:, None], y[None, :]), "float32")
+
+
+def squared_distances(codes):
+    """(N, N) squared Euclidean distances between rows, clipped at 0 (float noise)."""
+    sq = ops.sum(ops.square(codes), axis=-1)
+    return ops.maximum(sq[:, None] + sq[None, :] - 2.0 * ops.matmul(codes, ops.transpose(codes)),
+                       0.0)
+
+
+def dsh_pair_loss(codes, similarity, margin):
+    """DSH's contrastive term over every pair i < j of the batch (Liu et al., CVPR 2016).
+
+    Formula:
+        D_ij = ||b_i - b_j||^2
+        L = sum_{i<j} [ 1/2 S_ij D_ij + 1/2 (1 - S_ij) max(m - D_ij, 0) ] / (n (n - 1))
+
+    The hinge is on the squared distance, and the sum is divided by n(n-1), both as
+    in the authors' ``hashing_loss_layer.cpp``.
+
+    Args:
+        codes: (n, K) real-valued outputs b.
+        similarity: (n, n) 1 for similar pairs, 0 for dissimilar (DSH's y = 1 - S).
+        margin: m (the authors use m = 2K).
+    """
+    n = ops.cast(ops.shape(codes)[0], codes.dtype)
+    d = squared_distances(codes)
+    per_pair = 0.5 * similarity * d + 0.5 * (1.0 - similarity) * ops.relu(margin - d)
+    upper = ops.triu(ops.ones_like(d), k=1)
+    return ops.sum(per_pair * upper) / ops.maximum(n * (n - 1.0), 1.0)
+
+
+def dsh_regularizer(codes):
+    """DSH's regulariser pulling every output towards +-1.
+
+    Formula:
+        R = (1/n) sum_i || |b_i| - 1 ||_1
+    """
+    return ops.mean(ops.sum(ops.abs(ops.abs(codes) - 1.0), axis=-1))
+
+
+def dpsh_likelihood_loss(codes, similarity):
+    """DPSH's negative log-likelihood of the pairwise labels (Li et al., IJCAI 2016).
+
+    Formula:
+        Theta_ij = 1/2 u_i^T u_j
+        L = mean_ij [ log(1 + exp(Theta_ij)) - S_ij Theta_ij ]
+
+    log(1 + e^x) is ``softplus``, computed stably (as log(1 + e^-|x|) + max(x, 0)).
+
+    Args:
+        codes: (n, K) real-valued outputs u.
+        similarity: (n, n) 0/1.
+    """
+    theta = 0.5 * ops.matmul(codes, ops.transpose(codes))
+    return ops.mean(ops.softplus(theta) - similarity * theta)
+
+
+def quantization_loss(codes):
+    """Squared distance from the outputs to their signs (DPSH / DMRH quantisation term).
+
+    Formula:
+        Q = mean_i ||b_i - u_i||^2,   b = sign(u) (sign(0) = +1), no gradient through b
+    """
+    b = ops.stop_gradient(ops.where(codes >= 0, 1.0, -1.0))
+    return ops.mean(ops.sum(ops.square(b - codes), axis=-1))
+
+
+def sdsh_spring_loss(embeddings, similarity):
+    """SDSH's "spring" triplet loss on unit-sphere embeddings (Pidhorskyi et al., ACCV 2018).
+
+    Formula:
+        for every valid in-batch triplet (q, p, n): p != q similar to q, n dissimilar
+        D = ||q - p||^2 - ||q - n||^2 = 2 q.n - 2 q.p            (in [-4, 4])
+        E = (sqrt(8) - sqrt(4 - D))^2, averaged over the valid triplets
+
+    No margin: the minimum is at p = q, n = -q. A batch without a valid triplet gives 0.
+
+    Args:
+        embeddings: (n, K) L2-normalised rows.
+        similarity: (n, n) 0/1.
+    """
+    dots = ops.matmul(embeddings, ops.transpose(embeddings))
+    n = ops.shape(embeddings)[0]
+    not_self = 1.0 - ops.eye(n, dtype=dots.dtype)
+    positive = similarity * not_self                 # (q, p)
+    negative = 1.0 - similarity                      # (q, n)
+    valid = positive[:, :, None] * negative[:, None, :]
+    d = 2.0 * dots[:, None, :] - 2.0 * dots[:, :, None]  # D[q, p, n]
+    energy = ops.square(math.sqrt(8.0) - ops.sqrt(ops.maximum(4.0 - d, 1e-12)))
+    return ops.sum(energy * valid) / ops.maximum(ops.sum(valid), 1.0)

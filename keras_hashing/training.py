@@ -65,10 +65,13 @@ def load_splits(cfg: dict) -> DatasetSplits:
 
 def build_model(cfg: dict, splits: DatasetSplits):
     cls = get_method(cfg["method"])
+    params = dict(cfg["params"])
+    if "num_train" in cls.default_params and params.get("num_train") is None:
+        params["num_train"] = len(splits.train)  # DPSH's normalisation by N_train
     return cls(bits=cfg["bits"], input_shape=splits.input_shape,
                num_classes=splits.num_classes, multi_label=splits.multi_label,
                backbone=cfg["backbone"], backbone_kwargs=cfg["backbone_kwargs"],
-               weight_decay=cfg["weight_decay"], params=cfg["params"])
+               weight_decay=cfg["weight_decay"], params=params)
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int):
@@ -120,6 +123,7 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
         validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
         epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
         verbose=verbose, shuffle=False)
+    after_fit = model.after_fit(splits, seed=cfg["seed"])
     train_seconds = time.time() - start
     metrics = {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
@@ -129,6 +133,7 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
                        "map_all_per_epoch": validation.history},
         "epochs_run": len(validation.history),
         "resumed_from_epoch": initial_epoch or None,
+        **({"after_fit": after_fit} if after_fit else {}),
         "train_seconds": round(train_seconds, 2),
     }
     save_run(out, model, cfg, metrics)

@@ -53,3 +53,77 @@ def test_ssdh_relaxed_terms_gradient_matches_finite_differences():
         numeric[idx] = (float(total(tf.constant(plus))) - float(total(tf.constant(minus)))) / (
             2 * eps)
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_pairwise_similarity_single_and_multi_label():
+    s = losses.pairwise_similarity(np.array([1, 2, 1])).numpy()
+    assert s.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
+    m = losses.pairwise_similarity(np.array([[1, 0], [1, 1], [0, 1]]), multi_label=True).numpy()
+    assert m.tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+
+
+B3 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+S3 = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.float32)
+
+
+def test_dsh_golden():
+    # D01 = 2 (dissimilar: 1/2 max(4-2, 0) = 1), D02 = 1 (similar: 1/2), D12 = 1 (3/2)
+    assert float(losses.dsh_pair_loss(B3, S3, 4.0)) == pytest.approx(3.0 / 6.0)
+    # | |b| - 1 |_1 per row: 1, 1, 0
+    assert float(losses.dsh_regularizer(B3)) == pytest.approx(2.0 / 3.0)
+
+
+def test_dpsh_golden():
+    theta = 0.5 * B3 @ B3.T
+    expected = np.mean(np.log1p(np.exp(theta)) - S3 * theta)
+    assert float(losses.dpsh_likelihood_loss(B3, S3)) == pytest.approx(expected, rel=1e-6)
+    # sign(0.5) = 1, sign(-0.2) = -1: (0.5)^2 + (0.8)^2
+    assert float(losses.quantization_loss(np.array([[0.5, -0.2]], np.float32))) == \
+        pytest.approx(0.89)
+    big = np.array([[60.0, 60.0]], np.float32)  # softplus stays finite at large Theta
+    assert np.isfinite(float(losses.dpsh_likelihood_loss(big, np.ones((1, 1), np.float32))))
+
+
+def test_spring_golden():
+    e = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]], np.float32)
+    s = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
+    assert float(losses.sdsh_spring_loss(e, s)) == pytest.approx(0.0, abs=1e-5)  # ideal
+    # q = p = n: D = 0 -> E = (sqrt 8 - 2)^2 for both valid triplets
+    same = np.array([[1.0, 0.0]] * 3, np.float32)
+    assert float(losses.sdsh_spring_loss(same, s)) == pytest.approx((np.sqrt(8) - 2) ** 2,
+                                                                     rel=1e-5)
+    # no valid triplet (all similar) -> 0, not NaN
+    assert float(losses.sdsh_spring_loss(same, np.ones((3, 3), np.float32))) == 0.0
+
+
+def _finite_difference_check(fn, x0, rtol=1e-4):
+    x = tf.Variable(x0)
+    with tf.GradientTape() as tape:
+        value = fn(x)
+    grad = tape.gradient(value, x).numpy()
+    eps = 1e-6
+    numeric = np.zeros_like(x0)
+    for idx in np.ndindex(x0.shape):
+        plus, minus = x0.copy(), x0.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric[idx] = (float(fn(tf.constant(plus))) - float(fn(tf.constant(minus)))) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("term", ["dsh", "dpsh", "spring"])
+def test_relaxed_terms_gradient_matches_finite_differences(term):
+    rng = np.random.default_rng(1)
+    s = (rng.integers(0, 3, 5)[:, None] == rng.integers(0, 3, 5)[None, :]).astype(np.float64)
+    s = np.triu(s) + np.triu(s, 1).T  # symmetric
+    np.fill_diagonal(s, 1)
+    x0 = rng.normal(size=(5, 4))
+    if term == "dsh":
+        fn = lambda x: losses.dsh_pair_loss(x, s, 3.0)  # noqa: E731
+    elif term == "dpsh":
+        fn = lambda x: losses.dpsh_likelihood_loss(x, s)  # noqa: E731
+    else:
+        def fn(x):
+            z = x / tf.norm(x, axis=1, keepdims=True)
+            return losses.sdsh_spring_loss(z, s)
+    _finite_difference_check(fn, x0)

@@ -14,8 +14,11 @@ from keras_hashing.errors import ConfigError
 # name -> (module, class). Aliases point at the same entry.
 _REGISTRY = {
     "ssdh": ("keras_hashing.methods.ssdh", "SSDH"),
+    "dsh": ("keras_hashing.methods.dsh", "DSH"),
+    "dpsh": ("keras_hashing.methods.dpsh", "DPSH"),
+    "sdsh": ("keras_hashing.methods.sdsh", "SDSH"),
 }
-_ALIASES: dict = {}
+_ALIASES: dict = {"dshse": "sdsh"}
 
 
 def method_names() -> list:

@@ -140,6 +140,10 @@ class HashingModel(keras.Model):
         code = self(images, training=False)["code"]
         return {"code": code, "bits": ops.cast(self.binarize(code), "uint8")}
 
+    def after_fit(self, splits, seed=0) -> dict:
+        """Hook run once after gradient training (SDSH's rotation search); returns metrics."""
+        return {}
+
     def after_train_step(self, outputs, targets):
         """Hook for methods with per-example state (e.g. BDNN's B table)."""
 

@@ -1,0 +1,105 @@
+"""SDSH ("DSHSE"): deep supervised hashing with spherical embedding (Pidhorskyi et al.,
+ACCV 2018; code github.com/podgorskiy/SDSH).
+
+Model: backbone -> ``SphericalEmbedding`` (Dense(K) + L2 normalisation): codes live on
+the unit hypersphere, with no binarisation prior in the loss.
+
+Loss: the "spring" triplet loss on every valid in-batch triplet (q, p, n),
+
+    D = ||q - p||^2 - ||q - n||^2,   E = (sqrt(8) - sqrt(4 - D))^2,   no margin.
+
+After training, a rotation R is searched at random to maximise the mAP of sign(H R) on
+training embeddings (the authors' ``train.py``): start at R = I; at step i of
+``rotation_steps`` (800) draw a random plane and rotate by +-s, s = (steps - i) / steps
+rad; keep the rotation when the training mAP improves. R is a (non-trainable) weight of
+the model, so it is saved in ``model.keras`` and applied inside the exported graph:
+bits = [h R >= 0].
+
+Departures: the search uses a sample of the training split (``rotation_queries``
+queries against ``rotation_database`` items; the authors use 2k / 16k) so it takes
+seconds on a CPU; each step rotates in a random plane directly (same distribution as
+U^T G U with a random orthogonal U).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_hashing import losses
+from keras_hashing.codes import pack_bits
+from keras_hashing.evaluation import mean_average_precision
+from keras_hashing.layers import PACKAGE, SphericalEmbedding
+from keras_hashing.methods.base import HashingModel
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SDSH(HashingModel):
+    """SDSH hashing model with its learned quantisation rotation.
+
+    Example:
+        >>> import numpy as np
+        >>> m = SDSH(bits=8, input_shape=(8, 8, 1), num_classes=10)
+        >>> np.allclose(m.rotation.numpy(), np.eye(8))
+        True
+    """
+
+    method_name = "sdsh"
+    default_params = {"rotation_steps": 800, "rotation_queries": 1000,
+                      "rotation_database": 5000}
+    term_names = ("spring",)
+
+    def build_head(self):
+        self.sphere = SphericalEmbedding(self.bits, kernel_regularizer=self.kernel_regularizer(),
+                                         name="sphere")
+        self.rotation = self.add_weight(shape=(self.bits, self.bits), name="rotation",
+                                        initializer="identity", trainable=False)
+
+    def head(self, features, training=False):
+        return {"code": self.sphere(features)}
+
+    def loss_terms(self, outputs, targets):
+        similarity = losses.pairwise_similarity(targets, self.multi_label)
+        spring = losses.sdsh_spring_loss(outputs["code"], similarity)
+        return {"spring": spring, "loss": spring}
+
+    def binarize(self, code):
+        return ops.matmul(code, ops.cast(self.rotation, code.dtype)) >= 0
+
+    def after_fit(self, splits, seed=0):
+        """Random rotation search on training embeddings; returns mAP before and after."""
+        p = self.params
+        rng = np.random.default_rng(seed)
+        n = len(splits.train)
+        q_idx = rng.permutation(n)[:p["rotation_queries"]]
+        d_idx = rng.permutation(n)[:p["rotation_database"]]
+        h_q, h_d = self.embed(splits.train.x[q_idx]), self.embed(splits.train.x[d_idx])
+        y_q, y_d = splits.train.y[q_idx], splits.train.y[d_idx]
+        rotation, before, after = search_rotation(h_q, h_d, y_q, y_d, p["rotation_steps"], rng)
+        self.rotation.assign(rotation.astype("float32"))
+        return {"train_map_sign": before, "train_map_rotated": after}
+
+
+def search_rotation(h_query, h_database, y_query, y_database, steps, rng):
+    """SDSH's random rotation search; returns (R, mAP of sign(H), mAP of sign(H R))."""
+    bits = h_query.shape[1]
+
+    def score(r):
+        return mean_average_precision(pack_bits(h_query @ r >= 0), pack_bits(h_database @ r >= 0),
+                                      y_query, y_database, bits)
+
+    rotation = np.eye(bits)
+    best = start = score(rotation)
+    for i in range(steps):
+        angle = (steps - i) / steps
+        u, _ = np.linalg.qr(rng.normal(size=(bits, 2)))
+        a, b = u[:, :1], u[:, 1:]
+        for s in (angle, -angle):
+            plane = (np.cos(s) - 1.0) * (a @ a.T + b @ b.T) + np.sin(s) * (b @ a.T - a @ b.T)
+            candidate = rotation @ (np.eye(bits) + plane)
+            value = score(candidate)
+            if value > best:
+                best, rotation = value, candidate
+                break
+    return rotation, start, best

@@ -1,0 +1,74 @@
+import os
+
+import numpy as np
+import pytest
+
+from keras_hashing.config import resolve_config
+from keras_hashing.methods import canonical_name, get_method
+from keras_hashing.training import fit, load_run
+
+SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
+        "sdsh": ["params.rotation_steps=40", "params.rotation_queries=200",
+                 "params.rotation_database=600"]}
+
+
+@pytest.fixture(scope="module", params=sorted(SETS))
+def short_run(request, tmp_path_factory):
+    method = request.param
+    cfg = resolve_config(overrides={"method": method, "epochs": 6, "bits": 16,
+                                    "learning_rate": 0.005},
+                         sets=SETS[method] + ["val_database_size=600",
+                                              "tensorboard_samples=100"])
+    return fit(cfg, out=str(tmp_path_factory.mktemp(method) / "run"), verbose=0)
+
+
+def test_trains_on_digits_without_collapse(short_run):
+    q = short_run.metrics["query"]
+    assert q["map_all"] > 0.6, (short_run.config["method"], q["map_all"])  # chance ~0.1
+    assert q["code_stats"]["constant_bits"] <= 2
+    assert q["code_stats"]["unique_code_fraction"] > 0.05
+
+
+def test_run_roundtrips_through_model_keras(short_run, digits):
+    loaded = load_run(short_run.path).model
+    assert type(loaded) is get_method(short_run.config["method"])
+    np.testing.assert_array_equal(loaded.encode(digits.query.x[:40]),
+                                  short_run.model.encode(digits.query.x[:40]))
+
+
+def test_sdsh_alias_and_rotation(short_run, digits, tmp_path):
+    if short_run.config["method"] != "sdsh":
+        pytest.skip("SDSH only")
+    assert canonical_name("DSHSE") == "sdsh"
+    model = short_run.model
+    r = model.rotation.numpy()
+    np.testing.assert_allclose(r @ r.T, np.eye(16), atol=1e-4)  # still a rotation
+    after = short_run.metrics["after_fit"]
+    assert after["train_map_rotated"] >= after["train_map_sign"]
+    h = model.embed(digits.query.x[:30])
+    np.testing.assert_array_equal(model.encode_bits(digits.query.x[:30]),
+                                  (h @ r >= 0).astype(np.uint8))
+    # the rotation is inside the exported graph
+    from keras_hashing.export import SavedModelEncoder, export_run
+
+    enc = SavedModelEncoder(export_run(short_run.path, base=str(tmp_path), name="s"))
+    np.testing.assert_array_equal(enc.encode(digits.query.x[:30]),
+                                  model.encode(digits.query.x[:30]))
+
+
+def test_dpsh_gets_num_train_from_the_split(short_run, digits):
+    if short_run.config["method"] != "dpsh":
+        pytest.skip("DPSH only")
+    assert short_run.model.params["num_train"] == len(digits.train)
+
+
+def test_dsh_margin_defaults_to_twice_the_bits(short_run):
+    if short_run.config["method"] != "dsh":
+        pytest.skip("DSH only")
+    import numpy as np
+
+    model = short_run.model
+    b = np.zeros((2, 16), np.float32)
+    b[1, :] = 1.0  # D = 16 < m = 32: the dissimilar pair pays 1/2 (32 - 16) / 2 pairs
+    terms = model.loss_terms({"code": b}, np.array([0, 1]))
+    assert float(terms["pairs"]) == pytest.approx(0.5 * 16 / 2)
