@@ -31,11 +31,14 @@ def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, widt
     if spec == SMALL_CNN:
         return _small_cnn(tuple(input_shape), width, convs_per_block, feature_dim, dropout,
                           reg, name)
+    if spec == "flatten":  # raw pixels as features (the classic baselines)
+        inputs = keras.Input(tuple(input_shape))
+        return keras.Model(inputs, keras.layers.Flatten()(inputs), name=name)
     if spec == LENET:
         return _lenet(tuple(input_shape), width, feature_dim, dropout, reg, name)
     if isinstance(spec, str) and spec.startswith("applications:"):
         return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name)
-    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet' or "
+    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet', 'flatten' or "
                       "'applications:NAME' "
                       "(a keras.applications model, e.g. applications:ResNet50)")
 

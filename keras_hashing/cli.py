@@ -30,7 +30,9 @@ EXAMPLES = """examples:
 
 
 def _quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3 hides the GPU probe's "failed call to cuInit" on CPU-only machines; set
+    # TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's own logs.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_parser() -> argparse.ArgumentParser:

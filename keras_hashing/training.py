@@ -118,12 +118,16 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     if initial_epoch and verbose:
         print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
-    model.fit(
-        make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"]),
-        validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
-        epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
-        verbose=verbose, shuffle=False)
+    if model.gradient_training:
+        model.fit(
+            make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"]),
+            validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
+            epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
+            verbose=verbose, shuffle=False)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
+    if not model.gradient_training:  # closed form: one validation measurement
+        validation.set_model(model)
+        validation.on_epoch_end(0)
     train_seconds = time.time() - start
     metrics = {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,

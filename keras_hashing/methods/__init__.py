@@ -17,6 +17,9 @@ _REGISTRY = {
     "dsh": ("keras_hashing.methods.dsh", "DSH"),
     "dpsh": ("keras_hashing.methods.dpsh", "DPSH"),
     "sdsh": ("keras_hashing.methods.sdsh", "SDSH"),
+    "lsh": ("keras_hashing.methods.linear", "LSHModel"),
+    "pcah": ("keras_hashing.methods.linear", "PCAHModel"),
+    "itq": ("keras_hashing.methods.linear", "ITQModel"),
 }
 _ALIASES: dict = {"dshse": "sdsh"}
 

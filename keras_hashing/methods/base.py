@@ -48,6 +48,7 @@ class HashingModel(keras.Model):
 
     method_name = "base"
     supervised = True
+    gradient_training = True  # False: fitted in closed form by after_fit (baselines)
     default_params: dict = {}
     term_names: tuple = ()
 

@@ -1,0 +1,77 @@
+"""LSH, PCAH and ITQ behind the HashingModel API (``--method lsh|pcah|itq``).
+
+The model is: raw pixels -> rescale -> flatten -> fixed linear projection (x W + c) ->
+sign. W and c come from the numpy estimators of ``keras_hashing.baselines``, fitted in
+closed form on the training split by ``after_fit``; there is no gradient training.
+Being HashingModels, the baselines get the same run directory, ``encode``, index,
+search, evaluation and TF Serving export as the deep methods.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from keras_hashing import baselines
+from keras_hashing.layers import PACKAGE
+from keras_hashing.methods.base import HashingModel
+
+
+class LinearHashing(HashingModel):
+    """Base of the closed-form linear baselines."""
+
+    supervised = False
+    gradient_training = False
+    estimator = None
+    default_params = {"seed": 0}
+
+    def __init__(self, *args, backbone="flatten", **kwargs):
+        if backbone != "flatten":
+            from keras_hashing.errors import ConfigError
+
+            raise ConfigError(f"{self.method_name} hashes raw pixels: set backbone: flatten "
+                              f"(got {backbone!r}; features of a trained run are not "
+                              "supported yet)")
+        super().__init__(*args, backbone=backbone, **kwargs)
+
+    def build_head(self):
+        self.projection = keras.layers.Dense(self.bits, trainable=False, name="projection")
+
+    def head(self, features, training=False):
+        return {"code": self.projection(features)}
+
+    def loss_terms(self, outputs, targets):
+        raise TypeError(f"{self.method_name} is fitted in closed form, not by gradients")
+
+    def features(self, images, batch_size=512):
+        return np.asarray(self.backbone.predict(
+            self.rescale(np.asarray(images, np.float32)), batch_size=batch_size, verbose=0))
+
+    def after_fit(self, splits, seed=0):
+        est = self.estimator(self.bits, seed=self.params["seed"]).fit(
+            self.features(splits.train.x))
+        w, c = est.projection()
+        self.projection.set_weights([w.astype("float32"), c.astype("float32")])
+        out = {}
+        if hasattr(est, "quantization_loss_"):
+            out["quantization_loss_first_last"] = [est.quantization_loss_[0],
+                                                   est.quantization_loss_[-1]]
+        return out
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LSHModel(LinearHashing):
+    method_name = "lsh"
+    estimator = baselines.LSH
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PCAHModel(LinearHashing):
+    method_name = "pcah"
+    estimator = baselines.PCAH
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ITQModel(LinearHashing):
+    method_name = "itq"
+    estimator = baselines.ITQ

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from keras_hashing import baselines
+from keras_hashing.codes import unpack_bits
+from keras_hashing.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def features(digits):
+    return digits.train.x.reshape(len(digits.train), -1) / 255.0
+
+
+def test_itq_rotation_lowers_quantisation_loss(features):
+    itq = baselines.ITQ(bits=16, seed=0).fit(features)
+    loss = itq.quantization_loss_
+    assert len(loss) == 50 and loss[-1] < loss[0]
+    assert all(b <= a + 1e-6 for a, b in zip(loss, loss[1:]))  # alternation never worsens
+    r = itq.rotation_
+    np.testing.assert_allclose(r @ r.T, np.eye(16), atol=1e-8)
+
+
+def test_pcah_uses_orthonormal_principal_directions(features):
+    w, c = baselines.PCAH(bits=8).fit(features).projection()
+    np.testing.assert_allclose(w.T @ w, np.eye(8), atol=1e-8)
+    # centred data: bits are sign((x - mean) W)
+    est = baselines.PCAH(bits=8).fit(features)
+    expected = ((features - features.mean(0)) @ est.weights_ >= 0).astype(np.uint8)
+    np.testing.assert_array_equal(unpack_bits(est.encode(features), 8), expected)
+
+
+def test_lsh_is_reproducible_by_seed(features):
+    a = baselines.LSH(bits=12, seed=3).fit(features).encode(features)
+    b = baselines.LSH(bits=12, seed=3).fit(features).encode(features)
+    c = baselines.LSH(bits=12, seed=4).fit(features).encode(features)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_bad_inputs():
+    with pytest.raises(ConfigError, match="needs at least 80 feature dimensions"):
+        baselines.ITQ(bits=80).fit(np.random.default_rng(0).normal(size=(100, 64)))
+    with pytest.raises(DataError, match="NaN"):
+        baselines.LSH(bits=8).fit(np.full((4, 3), np.nan))
+
+
+@pytest.mark.parametrize("method", ["lsh", "pcah", "itq"])
+def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
+    from keras_hashing.config import resolve_config
+    from keras_hashing.export import SavedModelEncoder, export_run
+    from keras_hashing.training import fit, load_run
+
+    run = fit(resolve_config(overrides={"method": method, "bits": 16}), out=str(tmp_path / "r"),
+              verbose=0)
+    q = run.metrics["query"]
+    assert q["map_all"] > 0.2, q["map_all"]  # chance is about 0.1
+    assert run.metrics["validation"]["best_map_all"] > 0.2
+    est = baselines.BASELINES[method](16).fit(digits.train.x.reshape(len(digits.train), -1)
+                                              / 255.0)
+    model = load_run(run.path).model
+    x = digits.query.x[:50]
+    np.testing.assert_array_equal(model.encode(x), est.encode(x.reshape(50, -1) / 255.0))
+    enc = SavedModelEncoder(export_run(run.path, base=str(tmp_path / "sm"), name=method))
+    np.testing.assert_array_equal(enc.encode(x), model.encode(x))
+
+
+def test_baselines_refuse_a_cnn_backbone():
+    from keras_hashing.methods import get_method
+
+    with pytest.raises(ConfigError, match="backbone: flatten"):
+        get_method("itq")(bits=8, input_shape=(8, 8, 1), backbone="small_cnn")
