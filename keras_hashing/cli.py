@@ -71,25 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("encode", help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
                               "--out q.npz")
-    c.add_argument("--run", required=True)
-    c.add_argument("--dataset", help="default: the run's dataset")
-    c.add_argument("--split", default="database",
-                   choices=("train", "val", "query", "database"))
-    c.add_argument("--data-dir")
-    c.add_argument("--out", required=True)
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_split_args(c)
 
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     ib = isub.add_parser("build", help="encode a split and save it as an index",
                          epilog="example: keras-hashing index build --run runs/d48 --out d.khi")
-    ib.add_argument("--run", required=True)
-    ib.add_argument("--dataset", help="default: the run's dataset")
-    ib.add_argument("--split", default="database",
-                    choices=("train", "val", "query", "database"))
-    ib.add_argument("--data-dir")
-    ib.add_argument("--out", required=True)
-    ib.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_split_args(ib)
 
     pl = sub.add_parser("plot", help="PR curve, precision@k, bit balance, retrieval grid",
                         epilog="examples: keras-hashing plot --run runs/d48\n"
@@ -137,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files, or one .npy array of images (N, H, W, C)")
     s.add_argument("-k", type=int, default=10)
     return p
+
+
+def _add_split_args(p) -> None:
+    """Arguments of the commands that encode one split of a run's dataset."""
+    p.add_argument("--run", required=True)
+    p.add_argument("--dataset", help="default: the run's dataset")
+    p.add_argument("--split", default="database", choices=("train", "val", "query", "database"))
+    p.add_argument("--data-dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv=None) -> int:

@@ -108,11 +108,13 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return name, v, versions[v], action
 
-    def do_GET(self):
+    def _start(self):
+        """Count the request, apply injected faults, route it; None when answered already."""
         self.server.requests += 1
-        if self._faulted():
-            return
-        routed = self._route()
+        return None if self._faulted() else self._route()
+
+    def do_GET(self):
+        routed = self._start()
         if routed is None:
             return
         name, v, model, action = routed
@@ -128,10 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": "predict needs POST"})
 
     def do_POST(self):
-        self.server.requests += 1
-        if self._faulted():
-            return
-        routed = self._route()
+        routed = self._start()
         if routed is None:
             return
         _, _, model, action = routed

@@ -189,3 +189,14 @@ class HashingModel(keras.Model):
 
     def kernel_regularizer(self):
         return keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
+
+
+class LinearCodeModel(HashingModel):
+    """A HashingModel whose head is one linear layer of K real outputs (DSH, DPSH, ...)."""
+
+    def build_head(self):
+        self.hash_layer = keras.layers.Dense(self.bits, kernel_regularizer=self.kernel_regularizer(),
+                                             name="hash")
+
+    def head(self, features, training=False):
+        return {"code": self.hash_layer(features)}

@@ -23,11 +23,11 @@ import keras
 
 from keras_hashing import losses
 from keras_hashing.layers import PACKAGE
-from keras_hashing.methods.base import HashingModel
+from keras_hashing.methods.base import LinearCodeModel
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DPSH(HashingModel):
+class DPSH(LinearCodeModel):
     """DPSH hashing model.
 
     Example:
@@ -40,13 +40,6 @@ class DPSH(HashingModel):
     method_name = "dpsh"
     default_params = {"eta": 10.0, "num_train": 5000}
     term_names = ("likelihood", "quantization")
-
-    def build_head(self):
-        self.hash_layer = keras.layers.Dense(self.bits, kernel_regularizer=self.kernel_regularizer(),
-                                             name="hash")
-
-    def head(self, features, training=False):
-        return {"code": self.hash_layer(features)}
 
     def loss_terms(self, outputs, targets):
         u = outputs["code"]

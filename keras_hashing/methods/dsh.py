@@ -23,11 +23,11 @@ import keras
 
 from keras_hashing import losses
 from keras_hashing.layers import PACKAGE
-from keras_hashing.methods.base import HashingModel
+from keras_hashing.methods.base import LinearCodeModel
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class DSH(HashingModel):
+class DSH(LinearCodeModel):
     """DSH hashing model. ``margin: null`` means m = 2K.
 
     Example:
@@ -40,13 +40,6 @@ class DSH(HashingModel):
     method_name = "dsh"
     default_params = {"margin": None, "alpha": 0.01}
     term_names = ("pairs", "regularizer")
-
-    def build_head(self):
-        self.hash_layer = keras.layers.Dense(self.bits, kernel_regularizer=self.kernel_regularizer(),
-                                             name="hash")
-
-    def head(self, features, training=False):
-        return {"code": self.hash_layer(features)}
 
     def loss_terms(self, outputs, targets):
         b = outputs["code"]
