@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_hashing import codes as codes_lib
-from keras_hashing.errors import HashingError
+from . import codes as codes_lib
+from .errors import HashingError
 
 # Cap on (queries x database) elements processed per chunk.
 _CHUNK_ELEMENTS = 1 << 22

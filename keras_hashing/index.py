@@ -30,9 +30,9 @@ import zlib
 
 import numpy as np
 
-from keras_hashing import codes as codes_lib
-from keras_hashing.errors import HashingError, IndexFileError
-from keras_hashing.fileio import atomic_open
+from . import codes as codes_lib
+from .errors import HashingError, IndexFileError
+from .fileio import atomic_open
 
 MAGIC = b"KHASHIDX"
 FORMAT_VERSION = 1
