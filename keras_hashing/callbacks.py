@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorboard.plugins import projector
 
-from keras_hashing.evaluation import retrieval_metrics
+from keras_hashing.errors import RunDirError
+from keras_hashing.evaluation import code_statistics, retrieval_metrics
+from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
 
 
 class RetrievalValidation(keras.callbacks.Callback):
@@ -84,17 +92,10 @@ class TrainingBackup(keras.callbacks.Callback):
         self.validation = validation
 
     def _path(self, name):
-        import os
-
         return os.path.join(self.backup_dir, name)
 
     def restore(self) -> int:
         """Load the last complete checkpoint into the model; return the epoch to start at."""
-        import os
-
-        from keras_hashing.errors import RunDirError
-        from keras_hashing.fileio import read_json
-
         if not os.path.exists(self._path(self.STATE)):
             return 0
         state = read_json(self._path(self.STATE))
@@ -112,10 +113,6 @@ class TrainingBackup(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
-        import os
-
-        from keras_hashing.fileio import atomic_path, read_json, write_json
-
         os.makedirs(self.backup_dir, exist_ok=True)
         weights = f"ckpt-{epoch + 1}.weights.h5"
         with atomic_path(self._path(weights), suffix=".weights.h5") as tmp:
@@ -134,8 +131,6 @@ class TrainingBackup(keras.callbacks.Callback):
                 os.unlink(self._path(name))
 
     def on_train_end(self, logs=None):
-        import shutil
-
         shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
@@ -164,8 +159,6 @@ class HashingTensorBoard(keras.callbacks.Callback):
 
     def __init__(self, log_dir, images, labels, class_names=None, max_samples=1000, seed=0):
         super().__init__()
-        import os
-
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.permutation(len(images))[:max_samples])
         self.images, self.labels = images[keep], labels[keep]
@@ -176,10 +169,6 @@ class HashingTensorBoard(keras.callbacks.Callback):
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        from keras_hashing.evaluation import code_statistics
-
         model = self.model
         out = model.predict(self.images, batch_size=256, verbose=0)
         h = np.asarray(out["code"], np.float32)
@@ -207,13 +196,6 @@ class HashingTensorBoard(keras.callbacks.Callback):
 
 def write_projector(out_dir, embeddings, labels, images=None, class_names=None) -> None:
     """Embedding Projector files: checkpoint + metadata.tsv + sprite.png + config."""
-    import os
-
-    import tensorflow as tf
-    from tensorboard.plugins import projector
-
-    from keras_hashing.fileio import atomic_path, write_text
-
     os.makedirs(out_dir, exist_ok=True)
     labels = np.asarray(labels)
     names = [(class_names[int(y)] if class_names else str(int(y))) if labels.ndim == 1
@@ -228,8 +210,6 @@ def write_projector(out_dir, embeddings, labels, images=None, class_names=None) 
     emb.metadata_path = "metadata.tsv"
     if images is not None:
         sprite, (h, w) = _sprite(np.asarray(images))
-        from PIL import Image
-
         with atomic_path(os.path.join(out_dir, "sprite.png"), suffix=".png") as tmp:
             Image.fromarray(sprite).save(tmp, format="PNG")
         emb.sprite.image_path = "sprite.png"

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from keras_hashing import cli
-from keras_hashing.codes import pack_bits
 from keras_hashing.index import HammingIndex
 
 
@@ -72,48 +71,8 @@ def test_search_with_image_files(trained_run, digits, tmp_path, capsys):
     assert code == 0 and len(json.loads(out)["ids"]) == 3
 
 
-def _one_line_error(code, err, pattern):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("keras-hashing: error:"), err
-    assert pattern in lines[0]
-
-
-def test_error_unknown_method(capsys):
-    _one_line_error(*run_cli(capsys, "fit", "--method", "nope")[::2], "unknown method 'nope'")
-
-
-def test_error_missing_data_dir(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "fit", "--dataset", "fashion_mnist", "--data-dir",
-                           str(tmp_path / "absent"))
-    _one_line_error(code, err, "dataset-fashion-mnist")
-
-
-def test_error_wrong_image_shape(trained_run, tmp_path, capsys):
-    khi = tmp_path / "db.khi"
-    index = HammingIndex(24)
-    index.add(pack_bits(np.zeros((3, 24))))
-    index.save(khi)
-    np.save(tmp_path / "big.npy", np.zeros((2, 28, 28, 1), np.uint8))
-    code, _, err = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
-                           "--images", str(tmp_path / "big.npy"))
-    _one_line_error(code, err, "model expects (8, 8, 1)")
-
-
-def test_error_index_and_model_bit_lengths_differ(trained_run, tmp_path, capsys):
-    khi = tmp_path / "db.khi"
-    index = HammingIndex(64)
-    index.add(pack_bits(np.zeros((3, 64))))
-    index.save(khi)
-    np.save(tmp_path / "q.npy", np.zeros((1, 8, 8, 1), np.uint8))
-    code, _, err = run_cli(capsys, "search", "--index", str(khi), "--run", trained_run.path,
-                           "--images", str(tmp_path / "q.npy"))
-    _one_line_error(code, err, "24-bit codes")
-
-
-def test_error_missing_model_in_run_dir(tmp_path, capsys):
-    code, _, err = run_cli(capsys, "evaluate", "--run", str(tmp_path))
-    _one_line_error(code, err, "has no model.keras")
+# Bad-input cases at the CLI (unknown method, missing data, wrong image shape, bit-length
+# mismatch, missing model.keras, ...) are one table: tests/test_reliability.py.
 
 
 def test_error_corrupt_index_from_real_console_script(tmp_path):
