@@ -93,10 +93,11 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     if os.path.exists(os.path.join(out, MODEL_FILE)):
         raise RunDirError(f"{out} already holds a finished run; choose another --out or delete "
                           "it (nothing is overwritten)")
-    os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(cfg["seed"])
     splits = splits or load_splits(cfg)
     model = build_model(cfg, splits)
+    # Only once data and model are good: bad input must not leave an empty run directory.
+    os.makedirs(out, exist_ok=True)
     steps = -(-len(splits.train) // cfg["batch_size"])
     model.compile(optimizer=make_optimizer(cfg, steps))
     rng = np.random.default_rng(cfg["seed"])

@@ -309,8 +309,9 @@ BAD_INPUT_CASES = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUT_CASES, ids=[c[0] for c in BAD_INPUT_CASES])
-def test_bad_input_one_line_exit_2(case, bad_inputs, capsys):
+def test_bad_input_one_line_exit_2(case, bad_inputs, capsys, monkeypatch, tmp_path):
     d, run = bad_inputs
+    monkeypatch.chdir(tmp_path)  # default run directories would land here
     if case[0] == "export over an existing version":
         os.makedirs(d / "sm" / "m" / "1", exist_ok=True)
     argv = case[1].format(d=d, run=run).split()
@@ -319,6 +320,7 @@ def test_bad_input_one_line_exit_2(case, bad_inputs, capsys):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("keras-hashing: error:"), err
     assert case[2] in err, err
+    assert not (tmp_path / "runs").exists(), "a failed command left a run directory behind"
 
 
 def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
