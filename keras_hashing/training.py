@@ -145,16 +145,24 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     return Run(out, model, cfg, metrics)
 
 
-def evaluate_model(model, splits: DatasetSplits, precision_ks=(1, 10, 100, 1000),
+PRECISION_KS = (1, 10, 50, 100, 200, 500, 1000)
+
+
+def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                    verbose=0) -> dict:
-    """Query-vs-database retrieval metrics plus code statistics of the database."""
+    """Query-vs-database retrieval metrics, the PR curve over Hamming radii, and code
+    statistics of the database."""
     from keras_hashing.codes import pack_bits
 
     db_bits = model.encode_bits(splits.database.x, verbose=verbose)
+    query_codes, db_codes = model.encode(splits.query.x, verbose=verbose), pack_bits(db_bits)
     metrics = evaluation.retrieval_metrics(
-        model.encode(splits.query.x, verbose=verbose), pack_bits(db_bits), splits.query.y,
-        splits.database.y, model.bits, map_at=(None, 1000), radius=2,
-        precision_ks=precision_ks)
+        query_codes, db_codes, splits.query.y, splits.database.y, model.bits,
+        map_at=(None, 1000), radius=2, precision_ks=precision_ks)
+    _, precision, recall = evaluation.precision_recall_curve(
+        query_codes, db_codes, splits.query.y, splits.database.y, model.bits)
+    metrics["pr_curve"] = {"precision": [round(float(p), 5) for p in precision],
+                           "recall": [round(float(r), 5) for r in recall]}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
     return metrics
 
