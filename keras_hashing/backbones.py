@@ -25,25 +25,34 @@ LENET = "lenet"
 
 def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, width=32,
                    convs_per_block=1, feature_dim=256, dropout=0.3, weight_decay=0.0,
-                   name="backbone"):
-    """Return a functional ``keras.Model`` from images (H, W, C) in [0, 1] to features."""
+                   feature_map=False, name="backbone"):
+    """Return a functional ``keras.Model`` from images (H, W, C) in [0, 1] to features.
+
+    With ``feature_map=True`` the model stops at its last convolutional feature map
+    (h, w, c), for heads that look at regions (DMRH); ``flatten`` has none.
+    """
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     if spec == SMALL_CNN:
         return _small_cnn(tuple(input_shape), width, convs_per_block, feature_dim, dropout,
-                          reg, name)
+                          reg, name, feature_map)
     if spec == "flatten":  # raw pixels as features (the classic baselines)
+        if feature_map:
+            raise ConfigError("this method needs a convolutional backbone (small_cnn, lenet "
+                              "or applications:NAME), not flatten")
         inputs = keras.Input(tuple(input_shape))
         return keras.Model(inputs, keras.layers.Flatten()(inputs), name=name)
     if spec == LENET:
-        return _lenet(tuple(input_shape), width, feature_dim, dropout, reg, name)
+        return _lenet(tuple(input_shape), width, feature_dim, dropout, reg, name, feature_map)
     if isinstance(spec, str) and spec.startswith("applications:"):
-        return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name)
+        return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name,
+                            feature_map)
     raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet', 'flatten' or "
                       "'applications:NAME' "
                       "(a keras.applications model, e.g. applications:ResNet50)")
 
 
-def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, name):
+def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, name,
+               feature_map=False):
     """Up to 3 blocks of Conv-BN-ReLU (width, 2x, 4x filters), 2x2 pooling between blocks.
 
     One conv per block by default: on 2 CPU cores two convs per block cost 4x the time
@@ -67,6 +76,8 @@ def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, n
         x = keras.layers.MaxPooling2D(2)(x)
         size //= 2
         filters *= 2
+    if feature_map:
+        return keras.Model(inputs, x, name=name)
     x = keras.layers.GlobalAveragePooling2D()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
@@ -74,7 +85,7 @@ def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, n
     return keras.Model(inputs, x, name=name)
 
 
-def _lenet(input_shape, width, feature_dim, dropout, reg, name):
+def _lenet(input_shape, width, feature_dim, dropout, reg, name, feature_map=False):
     """Two 5x5 valid Conv-BN-ReLU-MaxPool blocks (width, 2x width filters), then a dense layer.
 
     The shape of DSH's and DPSH's small nets; on 2 CPU cores it trains about twice as
@@ -91,6 +102,8 @@ def _lenet(input_shape, width, feature_dim, dropout, reg, name):
         x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D(2)(x)
+    if feature_map:
+        return keras.Model(inputs, x, name=name)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(feature_dim, activation="relu", kernel_regularizer=reg)(x)
     if dropout:
@@ -98,7 +111,7 @@ def _lenet(input_shape, width, feature_dim, dropout, reg, name):
     return keras.Model(inputs, x, name=name)
 
 
-def _application(app_name, input_shape, weights, name):
+def _application(app_name, input_shape, weights, name, feature_map=False):
     constructor = getattr(keras.applications, app_name, None)
     if constructor is None or not callable(constructor):
         raise ConfigError(f"keras.applications has no model {app_name!r}")
@@ -106,7 +119,7 @@ def _application(app_name, input_shape, weights, name):
         raise ConfigError(f"backbone weights file {weights!r} does not exist; pass a local "
                           "file (downloads are not possible) or weights: null")
     base = constructor(include_top=False, weights=None, input_shape=input_shape,
-                       pooling="avg")
+                       pooling=None if feature_map else "avg")
     if weights not in (None, "none"):
         base.load_weights(weights)
     inputs = keras.Input(input_shape)

@@ -169,3 +169,71 @@ def sdsh_spring_loss(embeddings, similarity):
     d = 2.0 * dots[:, None, :] - 2.0 * dots[:, :, None]  # D[q, p, n]
     energy = ops.square(math.sqrt(8.0) - ops.sqrt(ops.maximum(4.0 - d, 1e-12)))
     return ops.sum(energy * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
+# -- BDNN (Do, Doan, Cheung, ECCV 2016) -------------------------------------------------
+# H is (m, L) here: one row per example (the paper writes it L x m). Every term is the
+# paper's with its lambda left out; the model multiplies by lambda2..lambda5.
+
+
+def bdnn_equality_loss(codes, binary):
+    """Equality term: H close to the auxiliary binary codes B.
+
+    Formula:
+        E = 1/(2m) ||H - B||^2
+
+    Args:
+        codes: (m, L) real outputs H.
+        binary: (m, L) auxiliary codes B in {-1, +1}, no gradient.
+    """
+    m = ops.cast(ops.shape(codes)[0], codes.dtype)
+    return ops.sum(ops.square(codes - ops.stop_gradient(binary))) / (2.0 * m)
+
+
+def bdnn_independence_loss(codes):
+    """Independence term: bits uncorrelated and of unit variance.
+
+    Formula:
+        I = 1/2 ||(1/m) H^T H - I_L||^2
+    """
+    m = ops.cast(ops.shape(codes)[0], codes.dtype)
+    bits = ops.shape(codes)[1]
+    gram = ops.matmul(ops.transpose(codes), codes) / m
+    return 0.5 * ops.sum(ops.square(gram - ops.eye(bits, dtype=codes.dtype)))
+
+
+def bdnn_balance_loss(codes):
+    """Balance term: each bit +1 on half the examples.
+
+    Formula:
+        Bal = 1/(2m) ||H^T 1||^2   (the sum over examples of each bit, squared)
+    """
+    m = ops.cast(ops.shape(codes)[0], codes.dtype)
+    return ops.sum(ops.square(ops.sum(codes, axis=0))) / (2.0 * m)
+
+
+def bdnn_similarity_loss(codes, similarity):
+    """SH-BDNN's supervised term: code inner products match the +-1 label similarity.
+
+    Formula:
+        S_pm = 2 S - 1   (+1 similar, -1 dissimilar)
+        Sim = 1/(2m) ||(1/L) H H^T - S_pm||^2
+
+    Args:
+        codes: (m, L) real outputs H.
+        similarity: (m, m) 0/1 (``pairwise_similarity``).
+    """
+    m = ops.cast(ops.shape(codes)[0], codes.dtype)
+    bits = ops.cast(ops.shape(codes)[1], codes.dtype)
+    inner = ops.matmul(codes, ops.transpose(codes)) / bits
+    return ops.sum(ops.square(inner - (2.0 * similarity - 1.0))) / (2.0 * m)
+
+
+def bdnn_reconstruction_loss(inputs, reconstruction):
+    """UH-BDNN's reconstruction term (the decoder is fed B, not H).
+
+    Formula:
+        R = 1/(2m) ||X - (W B + c)||^2
+    """
+    m = ops.cast(ops.shape(inputs)[0], inputs.dtype)
+    return ops.sum(ops.square(inputs - reconstruction)) / (2.0 * m)

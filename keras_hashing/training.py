@@ -116,12 +116,17 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     if cfg["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
                                                        mode="max"))
+    # The method's own callbacks (BDNN's B step) run first, so the backup saves their state.
+    callbacks = model.training_callbacks(splits) + callbacks
     if initial_epoch and verbose:
         print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
+    if not initial_epoch:  # a resumed run has its state (BDNN's B table) in the backup
+        model.before_fit(splits, seed=cfg["seed"])
     if model.gradient_training:
         model.fit(
-            make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"]),
+            make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                            with_index=model.needs_index),
             validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
             epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
             verbose=verbose, shuffle=False)
@@ -146,6 +151,11 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
 
 
 PRECISION_KS = (1, 10, 50, 100, 200, 500, 1000)
+# Euclidean ground truth of unsupervised methods: the nearest pixel-space neighbours, 1,000
+# or 2% of the database if fewer (the BDNN code leaves K unstated; 1,000 is 1.7% of the
+# Fashion-MNIST database, 2% of digits' is 29).
+EUCLIDEAN_K = 1000
+EUCLIDEAN_FRACTION = 0.02
 
 
 def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
@@ -164,6 +174,20 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     metrics["pr_curve"] = {"precision": [round(float(p), 5) for p in precision],
                            "recall": [round(float(r), 5) for r in recall]}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
+    if not model.supervised:
+        # Unsupervised codes are judged on what they were built for as well: keeping the
+        # Euclidean neighbours of the pixels (the UH-BDNN / ITQ protocol).
+        k = max(1, min(EUCLIDEAN_K, round(EUCLIDEAN_FRACTION * len(db_codes))))
+        neighbours = evaluation.euclidean_neighbours(
+            splits.query.x.reshape(len(splits.query.x), -1).astype(np.float32) / 255.0,
+            splits.database.x.reshape(len(splits.database.x), -1).astype(np.float32) / 255.0,
+            k=k)
+        euclid = evaluation.retrieval_metrics(
+            query_codes, db_codes, None, None, model.bits, map_at=(None, 1000), radius=2,
+            relevance_fn=evaluation.neighbour_relevance(neighbours, len(db_codes)))
+        metrics.update({"map_all_euclidean": euclid["map_all"],
+                        "map_1000_euclidean": euclid["map_1000"],
+                        "p_r2_euclidean": euclid["p_r2"], "euclidean_k": k})
     return metrics
 
 

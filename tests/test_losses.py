@@ -112,3 +112,63 @@ def test_relaxed_terms_gradient_matches_finite_differences(term):
             z = x / tf.norm(x, axis=1, keepdims=True)
             return losses.sdsh_spring_loss(z, s)
     _finite_difference_check(fn, x0)
+
+
+# -- BDNN -----------------------------------------------------------------------------
+H2 = np.array([[1.0, -0.5], [0.5, 1.0], [-1.0, 0.0]], np.float32)  # m = 3, L = 2
+
+
+def test_bdnn_equality_golden():
+    b = np.array([[1, -1], [1, 1], [-1, 1]], np.float32)
+    # ||H - B||^2 = .25 + .25 + 1 = 1.5, / (2 m = 6)
+    assert float(losses.bdnn_equality_loss(H2, b)) == pytest.approx(0.25)
+
+
+def test_bdnn_independence_golden():
+    # H^T H = [[2.25, 0], [0, 1.25]]; / 3 - I = diag(-.25, -7/12) -> 1/2 (.0625 + 49/144)
+    assert float(losses.bdnn_independence_loss(H2)) == pytest.approx(0.5 * (0.0625 + 49 / 144))
+
+
+def test_bdnn_balance_golden():
+    # column sums (.5, .5) -> .5 / (2 m = 6)
+    assert float(losses.bdnn_balance_loss(H2)) == pytest.approx(0.5 / 6)
+
+
+def test_bdnn_similarity_golden():
+    s = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    inner = H2 @ H2.T / 2  # diag 0.625 0.625 0.5; off (0, -0.5, -0.25)
+    expected = ((inner - (2 * s - 1)) ** 2).sum() / 6
+    assert float(losses.bdnn_similarity_loss(H2, s)) == pytest.approx(expected)
+    # by hand: diag (.375^2 * 2 + .5^2) + off 2 * (1 + .25 + .5625)
+    assert expected == pytest.approx((2 * 0.140625 + 0.25 + 2 * 1.8125) / 6)
+
+
+def test_bdnn_reconstruction_golden():
+    x = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)
+    assert float(losses.bdnn_reconstruction_loss(x, np.zeros_like(x))) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("term", ["sh-bdnn", "uh-bdnn"])
+def test_bdnn_relaxed_terms_gradient_matches_finite_differences(term):
+    rng = np.random.default_rng(2)
+    s = (rng.integers(0, 2, 5)[:, None] == rng.integers(0, 2, 5)[None, :]).astype(np.float64)
+    s = np.triu(s) + np.triu(s, 1).T
+    b = np.where(rng.normal(size=(5, 3)) >= 0, 1.0, -1.0)
+    if term == "sh-bdnn":
+        fn = lambda h: (losses.bdnn_similarity_loss(h, s)  # noqa: E731
+                        + losses.bdnn_independence_loss(h) + losses.bdnn_balance_loss(h))
+    else:
+        fn = lambda h: (losses.bdnn_equality_loss(h, b)  # noqa: E731
+                        + losses.bdnn_independence_loss(h))
+    _finite_difference_check(fn, rng.normal(size=(5, 3)))
+
+
+def test_dmrh_fused_likelihood_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    s = np.eye(4) + np.eye(4)[::-1]
+    weights = np.array([0.1, 0.2, 0.3, 0.4])
+
+    def fn(regions):  # (batch 4, 4 regions, K 3) -> weighted fusion -> DPSH likelihood
+        return losses.dpsh_likelihood_loss(tf.einsum("r,brk->bk", weights, regions), s)
+
+    _finite_difference_check(fn, rng.normal(size=(4, 4, 3)))

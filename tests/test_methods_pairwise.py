@@ -8,7 +8,13 @@ from keras_hashing.training import fit, load_run
 
 SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
         "sdsh": ["params.rotation_steps=40", "params.rotation_queries=200",
-                 "params.rotation_database=600"]}
+                 "params.rotation_database=600"],
+        # recipes: raw pixels into tanh layers; 12 epochs of 20 steps = two B steps
+        "sh-bdnn": ["epochs=12", "params.w_steps=100"],
+        "uh-bdnn": ["epochs=12", "params.w_steps=100"],
+        "dmrh": ["learning_rate=0.002", "epochs=10"]}
+# UH-BDNN never sees labels: a lower label-mAP bar (chance is about 0.1).
+MIN_MAP = {"uh-bdnn": 0.45}
 
 
 @pytest.fixture(scope="module", params=sorted(SETS))
@@ -23,7 +29,8 @@ def short_run(request, tmp_path_factory):
 
 def test_trains_on_digits_without_collapse(short_run):
     q = short_run.metrics["query"]
-    assert q["map_all"] > 0.6, (short_run.config["method"], q["map_all"])  # chance ~0.1
+    method = short_run.config["method"]
+    assert q["map_all"] > MIN_MAP.get(method, 0.6), (method, q["map_all"])  # chance ~0.1
     assert q["code_stats"]["constant_bits"] <= 2
     assert q["code_stats"]["unique_code_fraction"] > 0.05
 

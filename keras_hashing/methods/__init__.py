@@ -17,11 +17,15 @@ _REGISTRY = {
     "dsh": ("keras_hashing.methods.dsh", "DSH"),
     "dpsh": ("keras_hashing.methods.dpsh", "DPSH"),
     "sdsh": ("keras_hashing.methods.sdsh", "SDSH"),
+    "sh-bdnn": ("keras_hashing.methods.bdnn", "SHBDNN"),
+    "uh-bdnn": ("keras_hashing.methods.bdnn", "UHBDNN"),
+    "dmrh": ("keras_hashing.methods.dmrh", "DMRH"),
     "lsh": ("keras_hashing.methods.linear", "LSHModel"),
     "pcah": ("keras_hashing.methods.linear", "PCAHModel"),
     "itq": ("keras_hashing.methods.linear", "ITQModel"),
 }
-_ALIASES: dict = {"dshse": "sdsh"}
+_ALIASES: dict = {"dshse": "sdsh", "sh_bdnn": "sh-bdnn", "shbdnn": "sh-bdnn",
+                  "uh_bdnn": "uh-bdnn", "uhbdnn": "uh-bdnn"}
 
 
 def method_names() -> list:

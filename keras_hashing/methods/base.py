@@ -49,6 +49,8 @@ class HashingModel(keras.Model):
     method_name = "base"
     supervised = True
     gradient_training = True  # False: fitted in closed form by after_fit (baselines)
+    needs_index = False  # True: training targets are {"label", "index"} (per-example state)
+    spatial_features = False  # True: the backbone returns its last feature map (DMRH)
     default_params: dict = {}
     term_names: tuple = ()
 
@@ -72,7 +74,9 @@ class HashingModel(keras.Model):
             raise ConfigError(f"{self.method_name} is supervised: num_classes is required")
         self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
         self.backbone = build_backbone(backbone, self.image_shape,
-                                       weight_decay=self.weight_decay, **self.backbone_kwargs)
+                                       weight_decay=self.weight_decay,
+                                       feature_map=self.spatial_features,
+                                       **self.backbone_kwargs)
         self.build_head()
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in ("loss", *self.term_names, "weight_decay")}
@@ -140,6 +144,13 @@ class HashingModel(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         code = self(images, training=False)["code"]
         return {"code": code, "bits": ops.cast(self.binarize(code), "uint8")}
+
+    def before_fit(self, splits, seed=0) -> None:
+        """Hook run once before gradient training (BDNN's ITQ initialisation of B)."""
+
+    def training_callbacks(self, splits) -> list:
+        """Extra Keras callbacks the method needs during fit (BDNN's B step)."""
+        return []
 
     def after_fit(self, splits, seed=0) -> dict:
         """Hook run once after gradient training (SDSH's rotation search); returns metrics."""
