@@ -1,5 +1,6 @@
 import os
 import subprocess
+import struct
 import sys
 
 import numpy as np
@@ -17,16 +18,22 @@ def brute_force(q_bits, d_bits, k):
     return np.take_along_axis(dist, order, 1), order
 
 
-@settings(max_examples=40, deadline=None)
-@given(bits=st.sampled_from([8, 12, 24, 32, 48, 64, 128, 256]), n=st.integers(1, 60),
-       nq=st.integers(1, 5), k=st.integers(1, 70), seed=st.integers(0, 2**16))
-def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed):
+BITS = [8, 12, 24, 32, 48, 64, 128, 256]
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from(BITS), n=st.integers(1, 60), nq=st.integers(1, 5),
+       k=st.integers(1, 70), seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]),
+       tables=st.sampled_from([None, 1, 2, 3, 5]))
+def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method, tables):
     rng = np.random.default_rng(seed)
     # few distinct codes -> many ties, which is where ordering bugs hide
     pool = rng.integers(0, 2, size=(4, bits))
     d_bits = pool[rng.integers(0, 4, n)] ^ (rng.random((n, bits)) < 0.05)
     q_bits = rng.integers(0, 2, size=(nq, bits))
-    index = HammingIndex(bits)
+    if tables and bits / tables > 32:
+        tables = None  # MIH substrings are at most 32 bits
+    index = HammingIndex(bits, method=method, tables=tables)
     index.add(pack_bits(d_bits))
     dist, ids = index.search(pack_bits(q_bits), k)
     exp_d, exp_i = brute_force(q_bits, d_bits, min(k, n))
@@ -34,14 +41,14 @@ def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed):
     np.testing.assert_array_equal(ids, exp_i)
 
 
-@settings(max_examples=30, deadline=None)
-@given(bits=st.sampled_from([8, 12, 48, 64, 128]), n=st.integers(1, 50),
-       r=st.integers(0, 20), seed=st.integers(0, 2**16))
-def test_range_search_equals_brute_force(bits, n, r, seed):
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from(BITS), n=st.integers(1, 50), r=st.integers(0, 20),
+       seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]))
+def test_range_search_equals_brute_force(bits, n, r, seed, method):
     rng = np.random.default_rng(seed)
     d_bits = rng.integers(0, 2, size=(n, bits))
     q_bits = d_bits[: min(3, n)] ^ (rng.random((min(3, n), bits)) < 0.1)
-    index = HammingIndex(bits)
+    index = HammingIndex(bits, method=method)
     index.add(pack_bits(d_bits), ids=np.arange(n) + 1000)
     lims, dist, ids = index.range_search(pack_bits(q_bits), r)
     full = (q_bits[:, None, :] != d_bits[None, :, :]).sum(-1)
@@ -52,22 +59,24 @@ def test_range_search_equals_brute_force(bits, n, r, seed):
         np.testing.assert_array_equal(dist[lims[i]:lims[i + 1]], row[hit])
 
 
-def test_large_database_uses_blocks_and_stays_exact():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
+    from keras_hashing import scan
+
+    # small blocks: many query and database blocks, first cut-offs and pool re-ranking
+    monkeypatch.setattr(scan, "DB_BLOCK", 256)
+    monkeypatch.setattr(scan, "QUERY_BLOCK", 7)
+    monkeypatch.setattr(scan, "FIRST_CUT_SAMPLE", 64)
     rng = np.random.default_rng(1)
     d_bits = rng.integers(0, 2, size=(3000, 16))
-    q_bits = rng.integers(0, 2, size=(700, 16))  # 700 x 3000 > one block
-    index = HammingIndex(16)
+    q_bits = rng.integers(0, 2, size=(70, 16))
+    index = HammingIndex(16, threads=threads)
     index.add(pack_bits(d_bits))
-    import keras_hashing.index as mod
-    old = mod._BLOCK_ELEMENTS
-    mod._BLOCK_ELEMENTS = 10_000
-    try:
-        dist, ids = index.search(pack_bits(q_bits), 5)
-    finally:
-        mod._BLOCK_ELEMENTS = old
-    exp_d, exp_i = brute_force(q_bits, d_bits, 5)
-    np.testing.assert_array_equal(dist, exp_d)
-    np.testing.assert_array_equal(ids, exp_i)
+    for k in (1, 5, 40, 300):
+        dist, ids = index.search(pack_bits(q_bits), k)
+        exp_d, exp_i = brute_force(q_bits, d_bits, k)
+        np.testing.assert_array_equal(dist, exp_d)
+        np.testing.assert_array_equal(ids, exp_i)
 
 
 def _index_with_labels(bits=12, n=20, multi=False):
@@ -100,26 +109,58 @@ def test_add_appends_and_checks_code_length():
         index.add(pack_bits(np.ones((1, 32))))
 
 
+def _field(name):
+    """(offset, struct format) of a header field of the index file."""
+    from keras_hashing import index as mod
+
+    fmt = mod._HEADER.format.lstrip("<")
+    sizes = [struct.calcsize("<" + c) for c in ("8s", *fmt[2:])]
+    i = mod.HEADER_FIELDS.index(name)
+    return sum(sizes[:i]), "<" + ("8s" if i == 0 else fmt[i + 1])
+
+
+def _set(name, value):
+    def corrupt(b):
+        off, f = _field(name)
+        return b[:off] + struct.pack(f, value) + b[off + struct.calcsize(f):]
+    return corrupt
+
+
+def _flip(name):
+    def corrupt(b):
+        off, _ = _field(name)
+        return b[:off] + bytes([b[off] ^ 1]) + b[off + 1:]
+    return corrupt
+
+
+# One corruption per header field, plus the payload and the JSON blocks.
 CORRUPTIONS = {
     "empty file": lambda b: b"",
     "truncated header": lambda b: b[:10],
-    "bad magic": lambda b: b"XXXXXXXX" + b[8:],
-    "future version": lambda b: b[:8] + (99).to_bytes(2, "little") + b[10:],
-    "zero bits": lambda b: b[:10] + (0).to_bytes(4, "little") + b[14:],
-    "count too large": lambda b: b[:14] + (10**6).to_bytes(8, "little") + b[22:],
-    "bad labels kind": lambda b: b[:22] + bytes([7]) + b[23:],
+    "bad magic": _set("magic", b"XXXXXXXX"),
+    "future version": _set("version", 99),
+    "zero bits": _set("bits", 0),
+    "count too large": _set("count", 10**6),
+    "bad ids kind": _set("ids_kind", 9),
+    "bad labels kind": _set("labels_kind", 7),
+    "bad labels dim": _set("labels_dim", 3),
+    "bad paths length": _set("paths_len", 10**6),
+    "bad meta length": _set("meta_len", 10**6),
+    "bad payload length": _set("payload_len", 5),
+    "bad checksum": _flip("crc32"),
     "truncated payload": lambda b: b[:-5],
     "flipped payload byte": lambda b: b[:-1] + bytes([b[-1] ^ 0xFF]),
-    "bad meta length": lambda b: b[:27] + (10**6).to_bytes(4, "little") + b[31:],
-    "bad payload length": lambda b: b[:31] + (5).to_bytes(8, "little") + b[39:],
-    "bad checksum": lambda b: b[:39] + bytes([b[39] ^ 1]) + b[40:],
 }
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
 def test_corrupt_index_file_raises_index_file_error(tmp_path, name):
     path = tmp_path / "a.khi"
-    _index_with_labels().save(path)
+    index = _index_with_labels(multi=True)  # every block present: ids, labels, paths, meta
+    index._paths = [f"img/{i}.png" for i in range(len(index))]
+    index.metadata = {"run": "r"}
+    index.save(path)
+    assert HammingIndex.load(path).paths[3] == "img/3.png"
     path.write_bytes(CORRUPTIONS[name](path.read_bytes()))
     with pytest.raises(IndexFileError, match="a.khi"):
         HammingIndex.load(path)
@@ -172,3 +213,76 @@ def test_remove_deletes_by_id_and_rejects_unknown_ids():
     with pytest.raises(HashingError, match=r"not in the index: \[3\]"):
         index.remove([0, 3])
     assert len(index) == 8  # nothing removed on error
+
+
+def test_mih_matches_flat_on_skewed_codes_and_reports_table_memory():
+    from keras_hashing.mih import MultiIndex
+
+    rng = np.random.default_rng(7)
+    centres = rng.integers(0, 2, (5, 64))
+    d_bits = centres[rng.integers(0, 5, 4000)] ^ (rng.random((4000, 64)) < 0.04)
+    q_bits = centres[rng.integers(0, 5, 30)] ^ (rng.random((30, 64)) < 0.04)
+    flat, mih = HammingIndex(64), HammingIndex(64, method="mih")
+    flat.add(pack_bits(d_bits))
+    mih.add(pack_bits(d_bits))
+    for k in (1, 10, 500):
+        for a, b in zip(flat.search(pack_bits(q_bits), k), mih.search(pack_bits(q_bits), k)):
+            np.testing.assert_array_equal(a, b)
+    for r in (0, 3, 9):
+        for a, b in zip(flat.range_search(pack_bits(q_bits), r),
+                        mih.range_search(pack_bits(q_bits), r)):
+            np.testing.assert_array_equal(a, b)
+    tables = MultiIndex(pack_bits(d_bits), 64)
+    assert tables.tables == round(64 / np.log2(4000))
+    assert tables.nbytes < 4000 * 8 * tables.tables + 4 * (1 << 22) * tables.tables
+
+
+def test_mmap_load_searches_like_the_in_memory_index(tmp_path):
+    rng = np.random.default_rng(8)
+    index = HammingIndex(48)
+    index.add(pack_bits(rng.integers(0, 2, (5000, 48))), ids=np.arange(5000) * 3,
+              labels=rng.integers(0, 10, 5000))
+    index.save(tmp_path / "m.khi")
+    mapped = HammingIndex.load(tmp_path / "m.khi", mmap=True)
+    assert isinstance(mapped.codes, np.memmap) and isinstance(mapped.ids, np.memmap)
+    q = pack_bits(rng.integers(0, 2, (20, 48)))
+    for a, b in zip(index.search(q, 7), mapped.search(q, 7)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(mapped.labels, index.labels)
+    # mmap skips the CRC unless asked; a flipped code byte is then caught by verify=True
+    raw = bytearray((tmp_path / "m.khi").read_bytes())
+    raw[100] ^= 0xFF
+    (tmp_path / "m.khi").write_bytes(bytes(raw))
+    HammingIndex.load(tmp_path / "m.khi", mmap=True)
+    with pytest.raises(IndexFileError, match="checksum"):
+        HammingIndex.load(tmp_path / "m.khi", mmap=True, verify=True)
+
+
+def test_merge_shards_and_reject_clashing_ids(tmp_path):
+    a, b = HammingIndex(16), HammingIndex(16)
+    a.add(pack_bits(np.zeros((3, 16))), labels=[1, 2, 3], paths=["a0", "a1", "a2"])
+    b.add(pack_bits(np.ones((2, 16))), ids=[100, 101], labels=[4, 5], paths=["b0", "b1"])
+    merged = HammingIndex.merge([a, b])
+    assert merged.ids.tolist() == [0, 1, 2, 100, 101]
+    assert merged.paths == ["a0", "a1", "a2", "b0", "b1"]
+    assert merged.labels.tolist() == [1, 2, 3, 4, 5]
+    merged.save(tmp_path / "m.khi")
+    assert HammingIndex.load(tmp_path / "m.khi").paths[4] == "b1"
+    with pytest.raises(HashingError, match="unique"):
+        HammingIndex.merge([a, a])
+    with pytest.raises(HashingError, match="bit lengths"):
+        HammingIndex.merge([a, HammingIndex(8)])
+
+
+def test_add_rejects_duplicate_ids_and_mismatched_paths():
+    index = HammingIndex(8)
+    index.add(pack_bits(np.zeros((2, 8))), ids=[5, 6])
+    with pytest.raises(HashingError, match="repeated: \\[6\\]"):
+        index.add(pack_bits(np.zeros((1, 8))), ids=[6])
+    with pytest.raises(HashingError, match="repeated: \\[9\\]"):
+        index.add(pack_bits(np.zeros((2, 8))), ids=[9, 9])
+    with pytest.raises(HashingError, match="path"):
+        index.add(pack_bits(np.zeros((1, 8))), paths=["x"])
+    assert len(index) == 2
+    index.add(pack_bits(np.zeros((1, 8))))
+    assert index.ids.tolist() == [5, 6, 7]  # default ids continue after the largest

@@ -1,0 +1,260 @@
+"""Exact multi-index hashing (Norouzi, Punjani, Fleet, CVPR 2012 / TPAMI 2014), numpy only.
+
+A K-bit code is cut into m disjoint substrings. If two codes are within Hamming distance
+r, then by the pigeonhole principle at least one of their substrings is within
+floor(r / m). So each substring gets a table (its values sorted, with the code positions
+in that order), and a query probes, in every table, the substring values within
+floor(r / m) of its own; every code found is a *candidate*, verified on its full code.
+
+* radius search r: probe radius floor(r / m) in every table; exact.
+* k-NN: probe substring radius rho = 0, 1, 2, ... (only the new ring each time). After
+  ring rho every code within m (rho + 1) - 1 of the query has been found, so a query is
+  done once it holds k verified results at distance <= m (rho + 1) - 1; exact, ties by
+  position like the linear scan.
+
+m defaults to round(K / log2 N) (Norouzi's choice: substrings about log2 N bits long, so
+a bucket holds about one code of a uniform database). Codes from a trained model are
+skewed (some buckets hold thousands), which costs candidates; both are measured in
+tools/bench_search.py.
+
+Everything is vectorised over queries; a table is two arrays (sorted substring values,
+positions in that order) of 4 + 4 bytes per code.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> codes = rng.integers(0, 256, (1000, 4), dtype=np.uint8)   # 32-bit codes
+    >>> mih = MultiIndex(codes, bits=32)
+    >>> lims, dist, pos = mih.within_radius(codes[:2], 0)
+    >>> pos[lims[0]:lims[1]].tolist(), pos[lims[1]:lims[2]].tolist()
+    ([0], [1])
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from . import scan
+
+# Substrings are at most 32 bits (table values are uint32). A substring of up to
+# DIRECT_BITS bits gets a direct-address bucket table (2^s + 1 offsets: two gathers per
+# probe, 16 MiB at 22 bits); a longer one is found by binary search over its sorted values.
+MAX_SUBSTRING_BITS = 32
+DIRECT_BITS = 22
+# k-NN: a query whose candidates pass this fraction of the database is finished by a
+# linear scan instead (measured break-even of numpy candidate handling vs the scan).
+SCAN_FALLBACK = 0.005
+_CHUNK = 1 << 16
+
+
+def default_tables(bits: int, n: int) -> int:
+    """round(bits / log2 n), at least 1 and enough that no substring exceeds 32 bits."""
+    m = round(bits / max(1.0, math.log2(max(n, 2))))
+    return int(min(bits, max(m, 1, math.ceil(bits / MAX_SUBSTRING_BITS))))
+
+
+def substring_bounds(bits: int, tables: int) -> list:
+    """[(first bit, last bit + 1), ...]: m nearly equal, contiguous substrings."""
+    base, extra = divmod(bits, tables)
+    bounds, start = [], 0
+    for j in range(tables):
+        length = base + (1 if j < extra else 0)
+        bounds.append((start, start + length))
+        start += length
+    return bounds
+
+
+def substring_values(packed: np.ndarray, bits: int, bounds) -> np.ndarray:
+    """(m, N) uint32: each code's substring values (bit order of ``np.packbits``)."""
+    packed = np.asarray(packed, np.uint8)
+    out = np.empty((len(bounds), packed.shape[0]), np.uint32)
+    for s in range(0, packed.shape[0], _CHUNK):
+        unpacked = np.unpackbits(packed[s:s + _CHUNK], axis=1)[:, :bits].astype(np.uint64)
+        for j, (a, b) in enumerate(bounds):
+            weights = np.left_shift(np.uint64(1), np.arange(b - a - 1, -1, -1, dtype=np.uint64))
+            out[j, s:s + _CHUNK] = (unpacked[:, a:b] @ weights).astype(np.uint32)
+    return out
+
+
+def ring_masks(length: int, rho: int) -> np.ndarray:
+    """uint32 masks with exactly ``rho`` of ``length`` bits set (the ring at distance rho)."""
+    if rho > length:
+        return np.zeros(0, np.uint32)
+    masks = [sum(1 << i for i in combo) for combo in itertools.combinations(range(length), rho)]
+    return np.asarray(masks, np.uint32)
+
+
+def _expand_ranges(lo, hi, owners):
+    """All integers in [lo_i, hi_i) for each i, with the owner of each: vectorised."""
+    sizes = hi - lo
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keep = sizes > 0
+    lo, sizes, owners = lo[keep], sizes[keep], owners[keep]
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+    return starts + np.arange(total), np.repeat(owners, sizes)
+
+
+class MultiIndex:
+    """The m substring tables over a fixed set of packed codes.
+
+    Args:
+        codes: (N, ceil(bits/8)) uint8 packed codes.
+        bits: code length.
+        tables: m; None = ``default_tables(bits, N)``.
+    """
+
+    def __init__(self, codes, bits: int, tables=None):
+        codes = np.asarray(codes, np.uint8)
+        self.bits = int(bits)
+        self.n = codes.shape[0]
+        self.tables = int(tables) if tables else default_tables(self.bits, self.n)
+        if not 1 <= self.tables <= self.bits:
+            raise ValueError(f"tables must be in 1..{self.bits}, got {self.tables}")
+        self.bounds = substring_bounds(self.bits, self.tables)
+        if max(b - a for a, b in self.bounds) > MAX_SUBSTRING_BITS:
+            raise ValueError(f"substrings of more than {MAX_SUBSTRING_BITS} bits: use at "
+                             f"least {math.ceil(self.bits / MAX_SUBSTRING_BITS)} tables")
+        self.db = scan.Database(codes, self.bits)
+        self.words = self.db.words
+        self.fallbacks = 0  # queries handed to the linear scan by top_k (for benchmarks)
+        values = substring_values(codes, self.bits, self.bounds)
+        self.order = [np.argsort(v, kind="stable").astype(np.int32 if self.n < 2**31
+                                                          else np.int64) for v in values]
+        self.sorted_values = [v[o] for v, o in zip(values, self.order)]
+        self.offsets = [
+            np.searchsorted(v, np.arange((1 << (b - a)) + 1, dtype=np.uint64)).astype(
+                self.order[0].dtype) if b - a <= DIRECT_BITS else None
+            for v, (a, b) in zip(self.sorted_values, self.bounds)]
+        # the sorted values are only needed where there is no direct table
+        self.sorted_values = [v if off is None else None
+                              for v, off in zip(self.sorted_values, self.offsets)]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the tables (on top of the codes themselves)."""
+        arrays = self.order + self.sorted_values + self.offsets
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def _probe(self, qvalues, rows, rho, tables=None):
+        """Candidates (query row, position) from ring rho of the given tables (default all)."""
+        found_rows, found_pos = [], []
+        for j in range(self.tables) if tables is None else tables:
+            a, b = self.bounds[j]
+            masks = ring_masks(b - a, rho)
+            if masks.size == 0:
+                continue
+            probes = (qvalues[j, rows][:, None] ^ masks[None, :]).ravel()
+            owners = np.repeat(rows, masks.size)
+            if self.offsets[j] is not None:
+                lo, hi = self.offsets[j][probes], self.offsets[j][probes.astype(np.int64) + 1]
+            else:
+                lo = np.searchsorted(self.sorted_values[j], probes, side="left")
+                hi = np.searchsorted(self.sorted_values[j], probes, side="right")
+            idx, who = _expand_ranges(lo, hi, owners)
+            found_rows.append(who)
+            found_pos.append(self.order[j][idx].astype(np.int64))
+        if not found_rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(found_rows), np.concatenate(found_pos)
+
+    def _verify(self, queries, rows, pos):
+        """Unique (row, position) pairs with their full Hamming distances."""
+        key = np.unique(rows * (self.n + 1) + pos)
+        rows, pos = key // (self.n + 1), key % (self.n + 1)
+        qw = scan.word_columns(queries)
+        dist = np.zeros(rows.size, np.int64)
+        for w in range(qw.shape[0]):
+            dist += np.bitwise_count(qw[w][rows] ^ self.words[w][pos])
+        return rows, pos, dist
+
+    def within_radius(self, queries, radius: int):
+        """(lims, distances, positions) of every code within ``radius``: exact."""
+        queries = np.asarray(queries, np.uint8)
+        nq = queries.shape[0]
+        qvalues = substring_values(queries, self.bits, self.bounds)
+        rows_all = np.arange(nq, dtype=np.int64)
+        rows, pos = [], []
+        for rho in range(0, radius // self.tables + 1):
+            r, p = self._probe(qvalues, rows_all, rho)
+            rows.append(r)
+            pos.append(p)
+        rows, pos, dist = self._verify(queries, np.concatenate(rows), np.concatenate(pos))
+        keep = dist <= radius
+        return _as_lists(nq, rows[keep], pos[keep], dist[keep])
+
+    def top_k(self, queries, k: int):
+        """Exact k nearest codes (distances int32 (Q, k'), positions (Q, k')), k' = min(k, N);
+        ties by position."""
+        queries = np.asarray(queries, np.uint8)
+        nq = queries.shape[0]
+        k = min(int(k), self.n)
+        out_d = np.zeros((nq, k), np.int32)
+        out_p = np.zeros((nq, k), np.int64)
+        if k == 0 or nq == 0:
+            return out_d, out_p
+        qvalues = substring_values(queries, self.bits, self.bounds)
+        pending = np.arange(nq, dtype=np.int64)
+        found = {"rows": np.zeros(0, np.int64), "pos": np.zeros(0, np.int64),
+                 "dist": np.zeros(0, np.int64)}
+        max_rho = max(b - a for a, b in self.bounds)
+        # Ring rho of table j after rings 0..rho of tables 0..j-1 and 0..rho-1 of the
+        # rest: every code within m rho + j has been found (pigeonhole), so the search
+        # radius grows by one per table probed, not by m per ring.
+        for rho in range(0, max_rho + 1):
+            for j in range(self.tables):
+                r, p = self._probe(qvalues, pending, rho, tables=(j,))
+                if r.size:
+                    r, p, d = self._verify(queries, r, p)
+                    # one entry per (query, code): a code may come through several tables
+                    key, first = np.unique(np.concatenate([
+                        found["rows"] * (self.n + 1) + found["pos"], r * (self.n + 1) + p]),
+                        return_index=True)
+                    dist = np.concatenate([found["dist"], d])[first]
+                    found = {"rows": key // (self.n + 1), "pos": key % (self.n + 1),
+                             "dist": dist}
+                last = rho == max_rho and j == self.tables - 1  # everything has been found
+                certain = self.tables * rho + j
+                sure = np.bincount(found["rows"][found["dist"] <= certain], minlength=nq)
+                finished = pending if last else pending[sure[pending] >= k]
+                # Skewed codes (a trained model's) fill some buckets with thousands of codes:
+                # past SCAN_FALLBACK x N candidates a query is cheaper to finish by a scan.
+                unfinished = np.setdiff1d(pending, finished, assume_unique=True)
+                heavy = unfinished[np.bincount(found["rows"], minlength=nq)[unfinished]
+                                   > SCAN_FALLBACK * self.n]
+                if heavy.size:
+                    out_d[heavy], out_p[heavy] = scan.top_k(self.db, queries[heavy], k)
+                    self.fallbacks += int(heavy.size)
+                    pending = np.setdiff1d(pending, heavy, assume_unique=True)
+                if finished.size:
+                    self._emit(finished, found, k, out_d, out_p)
+                    pending = np.setdiff1d(pending, finished, assume_unique=True)
+                if finished.size or heavy.size:
+                    keep = np.isin(found["rows"], pending)
+                    found = {name: v[keep] for name, v in found.items()}
+                if pending.size == 0:
+                    return out_d, out_p
+        return out_d, out_p
+
+    def _emit(self, rows, found, k, out_d, out_p):
+        sel = np.isin(found["rows"], rows)
+        r, p, d = found["rows"][sel], found["pos"][sel], found["dist"][sel]
+        order = np.lexsort((p, d, r))
+        r, p, d = r[order], p[order], d[order]
+        first = np.searchsorted(r, r, side="left")
+        take = (np.arange(r.size) - first) < k
+        r, p, d = r[take], p[take], d[take]
+        out_d[rows] = d.reshape(rows.size, k)
+        out_p[rows] = p.reshape(rows.size, k)
+
+
+def _as_lists(nq, rows, pos, dist):
+    """FAISS's range-search layout, each query's results by distance then position."""
+    order = np.lexsort((pos, dist, rows))
+    rows, pos, dist = rows[order], pos[order], dist[order]
+    lims = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=nq))]).astype(np.int64)
+    return lims, dist.astype(np.int32), pos.astype(np.int64)

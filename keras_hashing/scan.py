@@ -1,0 +1,247 @@
+"""Exhaustive Hamming scans over packed codes, blocked and threaded (numpy only).
+
+The kernel behind ``HammingIndex.search``: queries are taken a block at a time (tens),
+the database a block at a time (thousands of codes, so one block of XOR/popcount results
+stays in cache), and each query keeps a running cut-off: once it holds k results, a
+later code can only enter with a *strictly* smaller distance (ties go to the earlier
+position, and blocks are visited in position order). Survivors are picked with
+``np.nonzero`` and the pool is re-ranked only when it has grown, so almost all the time
+is spent in three vectorised passes (XOR, popcount, compare) over the database.
+
+Query blocks run on a thread pool: numpy's ufuncs release the GIL.
+
+Results equal a full sort by (distance, position): exact distances, ties by position.
+
+Example:
+    >>> import numpy as np
+    >>> db = Database(np.array([[0b1111], [0b0001], [0b0000]], np.uint8), bits=4)
+    >>> d, pos = top_k(db, np.array([[0b0000]], np.uint8), k=2)
+    >>> d.tolist(), pos.tolist()
+    ([[0, 1]], [[2, 1]])
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# Database codes per block: 16k codes x 8 bytes = 128 KiB per word, and a 32 x 16k block
+# of results, fit in L2 cache; measured fastest of 2k..64k on the 2-core box (scan.py's
+# block-size sweep in tools/bench_search.py --sweep).
+DB_BLOCK = 16384
+QUERY_BLOCK = 32
+# Codes of the first block whose k-th distance sets each query's first cut-off.
+FIRST_CUT_SAMPLE = 4096
+
+
+def default_threads() -> int:
+    """KH_SEARCH_THREADS, else the CPUs this process may use."""
+    env = os.environ.get("KH_SEARCH_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Database:
+    """Packed codes laid out for scanning: one contiguous uint64 array per word.
+
+    Args:
+        codes: (N, ceil(bits/8)) uint8 packed codes (``codes.pack_bits`` rows); may be
+            a read-only memory map.
+        bits: code length.
+        in_memory: lay every word out now (N x 8 bytes per word). False keeps the codes
+            where they are (a memory-mapped file) and converts one block at a time, so a
+            scan never holds more than a block in RAM (about 10% slower).
+    """
+
+    def __init__(self, codes, bits: int, in_memory=True):
+        self.codes = codes if isinstance(codes, np.memmap) else np.asarray(codes, np.uint8)
+        self.bits = int(bits)
+        self.n = self.codes.shape[0]
+        self.nwords = max(1, -(-self.codes.shape[1] // 8))
+        self.words = word_columns(self.codes) if in_memory else None
+        # Distances above 255 need 16 bits (more than 255 bits, i.e. 4+ words).
+        self.dist_dtype = np.uint8 if self.bits <= 255 else np.uint16
+
+    def words_block(self, start, stop) -> np.ndarray:
+        """(W, stop - start) uint64 words of codes start:stop."""
+        if self.words is not None:
+            return self.words[:, start:stop]
+        return word_columns(np.asarray(self.codes[start:stop]))
+
+
+def word_columns(codes: np.ndarray) -> np.ndarray:
+    """(W, N) uint64: word w of every code, contiguous (zero-padded to whole words)."""
+    n, nbytes = codes.shape
+    nwords = max(1, -(-nbytes // 8))
+    buf = np.zeros((n, nwords * 8), np.uint8)
+    buf[:, :nbytes] = codes
+    return np.ascontiguousarray(buf.view(np.uint64).T)
+
+
+def _block_distances(qwords, db, start, stop, out, tmp, counts):
+    """Fill out[:, :stop-start] with the distances of the query block to codes start:stop.
+
+    ``tmp`` (uint64) and ``counts`` (uint8) are scratch buffers of the block's shape, so
+    the loop allocates nothing.
+    """
+    width = stop - start
+    o, t, c = out[:, :width], tmp[:, :width], counts[:, :width]
+    words = db.words_block(start, stop)
+    for w in range(len(qwords)):
+        np.bitwise_xor(qwords[w][:, None], words[w][None, :], out=t)
+        if w == 0:
+            if o.dtype == np.uint8:
+                np.bitwise_count(t, out=o)
+            else:
+                np.bitwise_count(t, out=c)
+                np.copyto(o, c)
+        else:
+            np.bitwise_count(t, out=c)
+            np.add(o, c, out=o)
+    return o
+
+
+def _scratch(nq, width, dist_dtype):
+    return (np.empty((nq, width), dist_dtype), np.empty((nq, width), np.uint64),
+            np.empty((nq, width), np.uint8))
+
+
+def _top_k_block(db: Database, qwords, k: int):
+    """Exact top-k of one query block; returns (distances int32, positions int64)."""
+    nq = qwords.shape[1]
+    n = db.n
+    span = n + 1  # pool keys: (row * (bits + 1) + distance) * span + position
+    scratch = _scratch(nq, min(DB_BLOCK, n), db.dist_dtype)
+    cut = np.full(nq, db.bits + 1, np.int64)  # a code survives when distance < cut
+    # The same cut-offs in the distances' dtype, as a column (compared without casting);
+    # only exact while bits + 1 fits the dtype, else compare against the int64 column.
+    cut_col = np.minimum(cut, np.iinfo(db.dist_dtype).max).astype(db.dist_dtype)[:, None]
+    small_cut = db.bits + 1 <= np.iinfo(db.dist_dtype).max
+    mask_buf = np.empty((nq, min(DB_BLOCK, n)), bool)
+    pool = []
+    pooled = 0
+
+    def rank(keys):
+        """Keep the k best per row; tighten each full row's cut-off to its k-th distance."""
+        keys = np.sort(keys)
+        rows = keys // ((db.bits + 1) * span)
+        first = np.searchsorted(rows, np.arange(nq))
+        rank_in_row = np.arange(keys.size) - first[rows]
+        keys = keys[rank_in_row < k]
+        rows = keys // ((db.bits + 1) * span)
+        counts = np.bincount(rows, minlength=nq)
+        last = np.cumsum(counts) - 1
+        full = counts >= k
+        kth = (keys[last[full]] // span) % (db.bits + 1)
+        cut[full] = kth
+        cut_col[:, 0] = np.minimum(cut, np.iinfo(db.dist_dtype).max)
+        return keys
+
+    for start in range(0, n, DB_BLOCK):
+        stop = min(n, start + DB_BLOCK)
+        dist = _block_distances(qwords, db, start, stop, *scratch)
+        if start == 0 and stop - start > FIRST_CUT_SAMPLE > k:
+            # First block: the k-th smallest distance among its first codes bounds the
+            # final k-th from above; codes must beat or tie it until the pool is re-ranked.
+            head = dist[:, :FIRST_CUT_SAMPLE]
+            cut[:] = np.partition(head, k - 1, axis=1)[:, k - 1].astype(np.int64) + 1
+            cut_col[:, 0] = np.minimum(cut, np.iinfo(db.dist_dtype).max)
+        width = stop - start
+        mask = mask_buf[:, :width]
+        np.less(dist, cut_col if small_cut else cut[:, None], out=mask)
+        # 1-D flatnonzero is several times faster than a 2-D nonzero
+        rows, cols = np.divmod(np.flatnonzero(mask), width)
+        if rows.size:
+            d = dist[rows, cols].astype(np.int64)
+            pool.append((rows * (db.bits + 1) + d) * span + (cols + start))
+            pooled += rows.size
+        if pooled > 4 * nq * k:  # re-rank: drop what cannot make the top k any more
+            pool = [rank(np.concatenate(pool))]
+            pooled = pool[0].size
+    keys = rank(np.concatenate(pool)) if pool else np.zeros(0, np.int64)
+    rows = keys // ((db.bits + 1) * span)
+    counts = np.bincount(rows, minlength=nq)
+    kk = min(k, n)
+    assert np.all(counts == kk), "every row must hold k results"
+    keys = keys.reshape(nq, kk)
+    return ((keys // span) % (db.bits + 1)).astype(np.int32), (keys % span).astype(np.int64)
+
+
+def query_words(queries: np.ndarray, nwords: int) -> np.ndarray:
+    """(W, Q) uint64 words of packed queries, like ``word_columns``."""
+    q = word_columns(queries)
+    if q.shape[0] != nwords:
+        raise ValueError("query and database code sizes differ")
+    return q
+
+
+def top_k(db: Database, queries, k: int, threads=None):
+    """The k nearest codes of every query: (distances int32 (Q, k'), positions (Q, k')).
+
+    k' = min(k, N); equal distances are ordered by position.
+    """
+    queries = np.asarray(queries, np.uint8)
+    nq = queries.shape[0]
+    k = min(int(k), db.n)
+    if nq == 0 or k == 0:
+        return np.zeros((nq, k), np.int32), np.zeros((nq, k), np.int64)
+    qw = query_words(queries, db.nwords)
+    blocks = [(s, min(nq, s + QUERY_BLOCK)) for s in range(0, nq, QUERY_BLOCK)]
+    threads = default_threads() if threads is None else max(1, int(threads))
+    out_d = np.empty((nq, k), np.int32)
+    out_p = np.empty((nq, k), np.int64)
+
+    def work(bounds):
+        s, e = bounds
+        out_d[s:e], out_p[s:e] = _top_k_block(db, qw[:, s:e], k)
+
+    if threads == 1 or len(blocks) == 1:
+        for b in blocks:
+            work(b)
+    else:
+        with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
+            list(pool.map(work, blocks))
+    return out_d, out_p
+
+
+def within_radius(db: Database, queries, radius: int, threads=None):
+    """Every code within ``radius`` of each query: (lims, distances, positions), FAISS's
+    range-search layout, each query's results sorted by distance then position."""
+    queries = np.asarray(queries, np.uint8)
+    nq = queries.shape[0]
+    qw = query_words(queries, db.nwords) if nq else None
+    blocks = [(s, min(nq, s + QUERY_BLOCK)) for s in range(0, nq, QUERY_BLOCK)]
+    threads = default_threads() if threads is None else max(1, int(threads))
+    span = db.n + 1
+
+    def work(bounds):
+        s, e = bounds
+        scratch = _scratch(e - s, min(DB_BLOCK, db.n), db.dist_dtype)
+        parts = []
+        for start in range(0, db.n, DB_BLOCK):
+            stop = min(db.n, start + DB_BLOCK)
+            dist = _block_distances(qw[:, s:e], db, start, stop, *scratch)
+            rows, cols = np.divmod(np.flatnonzero(dist <= radius), stop - start)
+            d = dist[rows, cols].astype(np.int64)
+            parts.append((rows * (db.bits + 1) + d) * span + (cols + start))
+        keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        rows = keys // ((db.bits + 1) * span)
+        return np.bincount(rows, minlength=e - s), (keys // span) % (db.bits + 1), keys % span
+
+    if db.n == 0 or nq == 0:
+        return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+    if threads == 1 or len(blocks) == 1:
+        results = [work(b) for b in blocks]
+    else:
+        with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
+            results = list(pool.map(work, blocks))
+    counts = np.concatenate([r[0] for r in results])
+    lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return (lims, np.concatenate([r[1] for r in results]).astype(np.int32),
+            np.concatenate([r[2] for r in results]).astype(np.int64))
