@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     ib = isub.add_parser("build", help="encode a split and save it as an index",
                          epilog="example: keras-hashing index build --run runs/d48 --out d.khi")
     _add_split_args(ib)
+    im = isub.add_parser("merge", help="merge index shards (disjoint ids) into one file",
+                         epilog="example: keras-hashing index merge --out all.khi a.khi b.khi")
+    im.add_argument("shards", nargs="+", help="index files, merged in this order")
+    im.add_argument("--out", required=True)
+    ii = isub.add_parser("info", help="header, size and checksum of an index file",
+                         epilog="example: keras-hashing index info d.khi")
+    ii.add_argument("file")
 
     pl = sub.add_parser("plot", help="PR curve, precision@k, bit balance, retrieval grid",
                         epilog="examples: keras-hashing plot --run runs/d48\n"
@@ -124,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", nargs="+", required=True,
                    help="image files, or one .npy array of images (N, H, W, C)")
     s.add_argument("-k", type=int, default=10)
+    s.add_argument("--index-method", choices=("flat", "mih"), default="flat",
+                   help="exhaustive scan (default) or multi-index hashing; both exact")
+    s.add_argument("--mmap", action="store_true",
+                   help="memory-map the index instead of reading it (huge indexes)")
     return p
 
 
@@ -231,6 +242,17 @@ def cmd_encode(args) -> int:
 def cmd_index(args) -> int:
     from keras_hashing.index import HammingIndex
 
+    if args.index_command == "merge":
+        merged = HammingIndex.merge([HammingIndex.load(path) for path in args.shards])
+        merged.save(args.out)
+        emit(json.dumps({"out": args.out, "count": len(merged), "bits": merged.bits,
+                         "shards": len(args.shards)}))
+        return 0
+    if args.index_command == "info":
+        index = HammingIndex.load(args.file, mmap=True, verify=True)
+        emit(json.dumps({"file": args.file, "bytes": os.path.getsize(args.file),
+                         "checksum": "ok", **index.get_config()}))
+        return 0
     run, splits = _run_and_splits(args)
     split = getattr(splits, args.split)
     index = HammingIndex(run.model.bits)
@@ -352,7 +374,8 @@ def cmd_search(args) -> int:
     from keras_hashing.index import HammingIndex
     from keras_hashing.serving import RetrievalClient, TFServingClient
 
-    index = HammingIndex.load(args.index)  # fail fast, before any model loads
+    # fail fast, before any model loads
+    index = HammingIndex.load(args.index, mmap=args.mmap, method=args.index_method)
     if args.k < 1:
         raise HashingError(f"-k must be >= 1, got {args.k}")
     if args.serving_url:

@@ -44,9 +44,9 @@ from . import scan
 # probe, 16 MiB at 22 bits); a longer one is found by binary search over its sorted values.
 MAX_SUBSTRING_BITS = 32
 DIRECT_BITS = 22
-# k-NN: a query whose candidates pass this fraction of the database is finished by a
-# linear scan instead (measured break-even of numpy candidate handling vs the scan).
-SCAN_FALLBACK = 0.005
+# A query whose candidates would pass this fraction of the database is answered by the
+# linear scan instead: handling a candidate in numpy costs about 100x a scanned code.
+SCAN_FALLBACK = 0.01
 _CHUNK = 1 << 16
 
 
@@ -140,27 +140,49 @@ class MultiIndex:
         arrays = self.order + self.sorted_values + self.offsets
         return int(sum(a.nbytes for a in arrays if a is not None))
 
+    def _ranges(self, qvalues, rows, rho, j):
+        """Bucket ranges [lo, hi) of table j's ring rho around each query of ``rows``,
+        with the query row owning each range."""
+        a, b = self.bounds[j]
+        masks = ring_masks(b - a, rho)
+        if masks.size == 0:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        probes = (qvalues[j, rows][:, None] ^ masks[None, :]).ravel()
+        owners = np.repeat(rows, masks.size)
+        if self.offsets[j] is not None:
+            lo, hi = self.offsets[j][probes], self.offsets[j][probes.astype(np.int64) + 1]
+        else:
+            lo = np.searchsorted(self.sorted_values[j], probes, side="left")
+            hi = np.searchsorted(self.sorted_values[j], probes, side="right")
+        return lo.astype(np.int64), hi.astype(np.int64), owners
+
+    def _gather(self, j, lo, hi, owners):
+        """(query row, position) of every code in the given bucket ranges of table j."""
+        idx, who = _expand_ranges(lo, hi, owners)
+        return who, self.order[j][idx].astype(np.int64)
+
     def _probe(self, qvalues, rows, rho, tables=None):
         """Candidates (query row, position) from ring rho of the given tables (default all)."""
         found_rows, found_pos = [], []
         for j in range(self.tables) if tables is None else tables:
-            a, b = self.bounds[j]
-            masks = ring_masks(b - a, rho)
-            if masks.size == 0:
-                continue
-            probes = (qvalues[j, rows][:, None] ^ masks[None, :]).ravel()
-            owners = np.repeat(rows, masks.size)
-            if self.offsets[j] is not None:
-                lo, hi = self.offsets[j][probes], self.offsets[j][probes.astype(np.int64) + 1]
-            else:
-                lo = np.searchsorted(self.sorted_values[j], probes, side="left")
-                hi = np.searchsorted(self.sorted_values[j], probes, side="right")
-            idx, who = _expand_ranges(lo, hi, owners)
+            who, pos = self._gather(j, *self._ranges(qvalues, rows, rho, j))
             found_rows.append(who)
-            found_pos.append(self.order[j][idx].astype(np.int64))
+            found_pos.append(pos)
         if not found_rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(found_rows), np.concatenate(found_pos)
+
+    def candidate_counts(self, qvalues, rows, max_rho, nq):
+        """Work each query would cost through rings 0..max_rho of every table: probes plus
+        candidates (duplicates included), from bucket sizes alone: nothing is gathered."""
+        counts = np.zeros(nq, np.int64)
+        for rho in range(max_rho + 1):
+            for j in range(self.tables):
+                lo, hi, owners = self._ranges(qvalues, rows, rho, j)
+                # probes + candidates: each costs about the same in numpy
+                counts += np.bincount(owners, weights=hi - lo + 1, minlength=nq).astype(np.int64)
+        return counts
 
     def _verify(self, queries, rows, pos):
         """Unique (row, position) pairs with their full Hamming distances."""
@@ -173,19 +195,33 @@ class MultiIndex:
         return rows, pos, dist
 
     def within_radius(self, queries, radius: int):
-        """(lims, distances, positions) of every code within ``radius``: exact."""
+        """(lims, distances, positions) of every code within ``radius``: exact.
+
+        A query whose buckets hold more than ``SCAN_FALLBACK`` x N codes (skewed codes,
+        large radii) is answered by the linear scan instead, which is then cheaper.
+        """
         queries = np.asarray(queries, np.uint8)
         nq = queries.shape[0]
         qvalues = substring_values(queries, self.bits, self.bounds)
         rows_all = np.arange(nq, dtype=np.int64)
+        max_rho = radius // self.tables
+        heavy = self.candidate_counts(qvalues, rows_all, max_rho, nq) > SCAN_FALLBACK * self.n
+        light = rows_all[~heavy]
         rows, pos = [], []
-        for rho in range(0, radius // self.tables + 1):
-            r, p = self._probe(qvalues, rows_all, rho)
+        for rho in range(0, max_rho + 1):
+            r, p = self._probe(qvalues, light, rho)
             rows.append(r)
             pos.append(p)
         rows, pos, dist = self._verify(queries, np.concatenate(rows), np.concatenate(pos))
         keep = dist <= radius
-        return _as_lists(nq, rows[keep], pos[keep], dist[keep])
+        rows, pos, dist = rows[keep], pos[keep], dist[keep]
+        if heavy.any():
+            self.fallbacks += int(heavy.sum())
+            heavy_rows = rows_all[heavy]
+            lims, d, p = scan.within_radius(self.db, queries[heavy_rows], radius)
+            rows = np.concatenate([rows, np.repeat(heavy_rows, np.diff(lims))])
+            pos, dist = np.concatenate([pos, p]), np.concatenate([dist, d])
+        return _as_lists(nq, rows, pos, dist)
 
     def top_k(self, queries, k: int):
         """Exact k nearest codes (distances int32 (Q, k'), positions (Q, k')), k' = min(k, N);
@@ -202,12 +238,30 @@ class MultiIndex:
         found = {"rows": np.zeros(0, np.int64), "pos": np.zeros(0, np.int64),
                  "dist": np.zeros(0, np.int64)}
         max_rho = max(b - a for a, b in self.bounds)
+        work = np.zeros(nq, np.int64)
         # Ring rho of table j after rings 0..rho of tables 0..j-1 and 0..rho-1 of the
         # rest: every code within m rho + j has been found (pigeonhole), so the search
         # radius grows by one per table probed, not by m per ring.
         for rho in range(0, max_rho + 1):
             for j in range(self.tables):
-                r, p = self._probe(qvalues, pending, rho, tables=(j,))
+                lo, hi, owners = self._ranges(qvalues, pending, rho, j)
+                # Skewed codes (a trained model's) fill some buckets with thousands of
+                # codes: a query about to pass SCAN_FALLBACK x N candidates is finished by
+                # the linear scan, which is then cheaper.
+                # work so far = probes made + candidates handled (both cost about the same)
+                work += np.bincount(owners, weights=hi - lo + 1, minlength=nq).astype(np.int64)
+                heavy = pending[work[pending] > SCAN_FALLBACK * self.n]
+                if heavy.size:
+                    out_d[heavy], out_p[heavy] = scan.top_k(self.db, queries[heavy], k)
+                    self.fallbacks += int(heavy.size)
+                    pending = np.setdiff1d(pending, heavy, assume_unique=True)
+                    keep = ~np.isin(owners, heavy)
+                    lo, hi, owners = lo[keep], hi[keep], owners[keep]
+                    keep = np.isin(found["rows"], pending)
+                    found = {name: v[keep] for name, v in found.items()}
+                    if pending.size == 0:
+                        return out_d, out_p
+                r, p = self._gather(j, lo, hi, owners)
                 if r.size:
                     r, p, d = self._verify(queries, r, p)
                     # one entry per (query, code): a code may come through several tables
@@ -221,19 +275,9 @@ class MultiIndex:
                 certain = self.tables * rho + j
                 sure = np.bincount(found["rows"][found["dist"] <= certain], minlength=nq)
                 finished = pending if last else pending[sure[pending] >= k]
-                # Skewed codes (a trained model's) fill some buckets with thousands of codes:
-                # past SCAN_FALLBACK x N candidates a query is cheaper to finish by a scan.
-                unfinished = np.setdiff1d(pending, finished, assume_unique=True)
-                heavy = unfinished[np.bincount(found["rows"], minlength=nq)[unfinished]
-                                   > SCAN_FALLBACK * self.n]
-                if heavy.size:
-                    out_d[heavy], out_p[heavy] = scan.top_k(self.db, queries[heavy], k)
-                    self.fallbacks += int(heavy.size)
-                    pending = np.setdiff1d(pending, heavy, assume_unique=True)
                 if finished.size:
                     self._emit(finished, found, k, out_d, out_p)
                     pending = np.setdiff1d(pending, finished, assume_unique=True)
-                if finished.size or heavy.size:
                     keep = np.isin(found["rows"], pending)
                     found = {name: v[keep] for name, v in found.items()}
                 if pending.size == 0:

@@ -58,6 +58,31 @@ def test_encode_index_search_roundtrip(trained_run, digits, tmp_path, capsys):
     expected_d, expected_i = index.search(trained_run.model.encode(digits.query.x[:3]), 5)
     assert [r["ids"] for r in rows] == expected_i.tolist()
     assert [r["labels"] for r in rows] == digits.database.y[expected_i].tolist()
+    # multi-index hashing over a memory-mapped file gives the same answer
+    code, out_mih, _ = run_cli(capsys, "search", "--index", str(khi), "--run",
+                               trained_run.path, "--images", str(tmp_path / "imgs.npy"), "-k",
+                               "5", "--index-method", "mih", "--mmap")
+    assert code == 0 and out_mih == out
+
+
+def test_index_merge_and_info(tmp_path, capsys):
+    a, b = HammingIndex(16), HammingIndex(16)
+    a.add(np.zeros((3, 2), np.uint8), labels=[1, 2, 3])
+    b.add(np.full((2, 2), 255, np.uint8), ids=[10, 11], labels=[4, 5])
+    a.save(tmp_path / "a.khi")
+    b.save(tmp_path / "b.khi")
+    code, out, _ = run_cli(capsys, "index", "merge", "--out", str(tmp_path / "ab.khi"),
+                           str(tmp_path / "a.khi"), str(tmp_path / "b.khi"))
+    assert code == 0 and json.loads(out)["count"] == 5
+    merged = HammingIndex.load(tmp_path / "ab.khi")
+    assert merged.ids.tolist() == [0, 1, 2, 10, 11] and merged.labels.tolist() == [1, 2, 3, 4, 5]
+    code, out, _ = run_cli(capsys, "index", "info", str(tmp_path / "ab.khi"))
+    info = json.loads(out)
+    assert code == 0 and info["ntotal"] == 5 and info["checksum"] == "ok"
+    # clashing ids: exit 2, and no output file
+    code, _, err = run_cli(capsys, "index", "merge", "--out", str(tmp_path / "aa.khi"),
+                           str(tmp_path / "a.khi"), str(tmp_path / "a.khi"))
+    assert code == 2 and "unique" in err and not (tmp_path / "aa.khi").exists()
 
 
 def test_search_with_image_files(trained_run, digits, tmp_path, capsys):

@@ -2,11 +2,13 @@ import os
 import subprocess
 import struct
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from keras_hashing import mih
 from keras_hashing.codes import pack_bits
 from keras_hashing.errors import CodeLengthError, HashingError, IndexFileError
 from keras_hashing.index import HammingIndex
@@ -24,8 +26,9 @@ BITS = [8, 12, 24, 32, 48, 64, 128, 256]
 @settings(max_examples=60, deadline=None)
 @given(bits=st.sampled_from(BITS), n=st.integers(1, 60), nq=st.integers(1, 5),
        k=st.integers(1, 70), seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]),
-       tables=st.sampled_from([None, 1, 2, 3, 5]))
-def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method, tables):
+       tables=st.sampled_from([None, 1, 2, 3, 5]), fallback=st.sampled_from([0.0, 1e9]))
+def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method, tables,
+                                                    fallback):
     rng = np.random.default_rng(seed)
     # few distinct codes -> many ties, which is where ordering bugs hide
     pool = rng.integers(0, 2, size=(4, bits))
@@ -35,7 +38,9 @@ def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method
         tables = None  # MIH substrings are at most 32 bits
     index = HammingIndex(bits, method=method, tables=tables)
     index.add(pack_bits(d_bits))
-    dist, ids = index.search(pack_bits(q_bits), k)
+    # fallback 0: every MIH query goes to the scan; 1e9: none does (MIH's own path)
+    with mock.patch.object(mih, "SCAN_FALLBACK", fallback):
+        dist, ids = index.search(pack_bits(q_bits), k)
     exp_d, exp_i = brute_force(q_bits, d_bits, min(k, n))
     np.testing.assert_array_equal(dist, exp_d)
     np.testing.assert_array_equal(ids, exp_i)
@@ -43,14 +48,16 @@ def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method
 
 @settings(max_examples=60, deadline=None)
 @given(bits=st.sampled_from(BITS), n=st.integers(1, 50), r=st.integers(0, 20),
-       seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]))
-def test_range_search_equals_brute_force(bits, n, r, seed, method):
+       seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]),
+       fallback=st.sampled_from([0.0, 1e9]))
+def test_range_search_equals_brute_force(bits, n, r, seed, method, fallback):
     rng = np.random.default_rng(seed)
     d_bits = rng.integers(0, 2, size=(n, bits))
     q_bits = d_bits[: min(3, n)] ^ (rng.random((min(3, n), bits)) < 0.1)
     index = HammingIndex(bits, method=method)
     index.add(pack_bits(d_bits), ids=np.arange(n) + 1000)
-    lims, dist, ids = index.range_search(pack_bits(q_bits), r)
+    with mock.patch.object(mih, "SCAN_FALLBACK", fallback):
+        lims, dist, ids = index.range_search(pack_bits(q_bits), r)
     full = (q_bits[:, None, :] != d_bits[None, :, :]).sum(-1)
     for i, row in enumerate(full):
         hit = np.flatnonzero(row <= r)
@@ -222,16 +229,20 @@ def test_mih_matches_flat_on_skewed_codes_and_reports_table_memory():
     centres = rng.integers(0, 2, (5, 64))
     d_bits = centres[rng.integers(0, 5, 4000)] ^ (rng.random((4000, 64)) < 0.04)
     q_bits = centres[rng.integers(0, 5, 30)] ^ (rng.random((30, 64)) < 0.04)
-    flat, mih = HammingIndex(64), HammingIndex(64, method="mih")
+    flat, multi = HammingIndex(64), HammingIndex(64, method="mih")
     flat.add(pack_bits(d_bits))
-    mih.add(pack_bits(d_bits))
-    for k in (1, 10, 500):
-        for a, b in zip(flat.search(pack_bits(q_bits), k), mih.search(pack_bits(q_bits), k)):
-            np.testing.assert_array_equal(a, b)
-    for r in (0, 3, 9):
-        for a, b in zip(flat.range_search(pack_bits(q_bits), r),
-                        mih.range_search(pack_bits(q_bits), r)):
-            np.testing.assert_array_equal(a, b)
+    multi.add(pack_bits(d_bits))
+    for fallback in (0.01, 1e9):  # the default sends some skewed queries to the scan
+        with mock.patch.object(mih, "SCAN_FALLBACK", fallback):
+            for k in (1, 10, 500):
+                for a, b in zip(flat.search(pack_bits(q_bits), k),
+                                multi.search(pack_bits(q_bits), k)):
+                    np.testing.assert_array_equal(a, b)
+            for r in (0, 3, 9):
+                for a, b in zip(flat.range_search(pack_bits(q_bits), r),
+                                multi.range_search(pack_bits(q_bits), r)):
+                    np.testing.assert_array_equal(a, b)
+    assert multi._multi_index().fallbacks > 0
     tables = MultiIndex(pack_bits(d_bits), 64)
     assert tables.tables == round(64 / np.log2(4000))
     assert tables.nbytes < 4000 * 8 * tables.tables + 4 * (1 << 22) * tables.tables
