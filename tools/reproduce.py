@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -236,8 +237,11 @@ def main(argv=None) -> int:
             if args.resume and any(key(r) == (label, bits, protocol) for r in rows):
                 continue
             row = run_cell(label, bits, protocol, args)
-            rows = [r for r in load_rows(args.docs) if key(r) != key(row)] + [row]
-            write_json(os.path.join(args.docs, "results.json"), rows)
+            # Several reproduce processes may share results.json: re-read it under a lock.
+            with open(os.path.join(args.docs, ".results.lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                rows = [r for r in load_rows(args.docs) if key(r) != key(row)] + [row]
+                write_json(os.path.join(args.docs, "results.json"), rows)
             print(f"[reproduce] {label} {bits}b {protocol}: mAP@all {row['map_all']:.4f} "
                   f"({row['train_minutes']:.1f} min)", flush=True)
     render(rows, args.docs)
