@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set params.beta=0.5")
     f.add_argument("--out", help="run directory (default runs/<method>_<dataset>_<bits>b)")
+    f.add_argument("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
+                   help="tf.distribute strategy: auto (mirrored over 2+ GPUs), none, mirrored "
+                        "(visible GPUs or logical CPUs), multiworker (TF_CONFIG)")
+    f.add_argument("--logical-cpus", type=int, metavar="N",
+                   help="split the CPU into N logical devices (mirrored without GPUs)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("evaluate", help="retrieval metrics of a run on its query/database",
@@ -181,7 +186,8 @@ def cmd_fit(args) -> int:
     overrides = {"method": args.method, "dataset": args.dataset, "protocol": args.protocol,
                  "data_dir": args.data_dir, "bits": args.bits, "epochs": args.epochs,
                  "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                 "seed": args.seed}
+                 "seed": args.seed, "strategy": args.strategy,
+                 "logical_cpus": args.logical_cpus}
     cfg = resolve_config(args.config, overrides, args.set)
     _quiet_tensorflow()
     from keras_hashing import training

@@ -40,8 +40,11 @@ DEFAULTS = {
     "patience": None,
     "val_database_size": 10000,
     "tensorboard_samples": 1000,
+    "strategy": "auto",
+    "logical_cpus": None,
     "params": {},
 }
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -154,6 +157,10 @@ def validate(cfg: dict) -> dict:
         _check_int(cfg, key, low)
     if cfg["patience"] is not None:
         _check_int(cfg, "patience", 1)
+    if cfg["logical_cpus"] is not None:
+        _check_int(cfg, "logical_cpus", 1)
+    if cfg["strategy"] not in STRATEGIES:
+        raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
     for key in ("learning_rate", "weight_decay"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
             raise ConfigError(f"{key} must be a non-negative number, got {cfg[key]!r}")

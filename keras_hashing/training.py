@@ -85,21 +85,72 @@ def make_optimizer(cfg: dict, steps_per_epoch: int):
     return keras.optimizers.Adam(lr)
 
 
+def make_strategy(cfg: dict):
+    """The tf.distribute strategy of ``cfg["strategy"]`` (after splitting the CPU into
+    ``cfg["logical_cpus"]`` devices, which must happen before TensorFlow starts).
+
+    auto: MirroredStrategy when more than one GPU (or logical CPU) is visible, else the
+    default; mirrored: over the GPUs, or the logical CPUs when there are none;
+    multiworker: MultiWorkerMirroredStrategy configured by TF_CONFIG.
+    """
+    import tensorflow as tf
+
+    if cfg["logical_cpus"]:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cfg["logical_cpus"])
+        except RuntimeError:  # already initialised in this process: keep what it has
+            pass
+    kind = cfg["strategy"]
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    devices = [d.name for d in gpus] or ([d.name for d in cpus] if len(cpus) > 1 else None)
+    if kind == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored" or (kind == "auto" and devices and len(devices) > 1):
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
+
+
 def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
-    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
+    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory.
+
+    Under a multi-worker strategy only the chief writes ``out``; the other workers train
+    in step with it and write to a temporary directory that is removed afterwards.
+    """
+    import shutil
+    import tempfile
+
     from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
 
+    strategy = make_strategy(cfg)
     out = out or default_run_dir(cfg)
+    chief = is_chief(strategy)
+    if not chief:
+        out = tempfile.mkdtemp(prefix="kh-worker-")
     if os.path.exists(os.path.join(out, MODEL_FILE)):
         raise RunDirError(f"{out} already holds a finished run; choose another --out or delete "
                           "it (nothing is overwritten)")
     keras.utils.set_random_seed(cfg["seed"])
     splits = splits or load_splits(cfg)
-    model = build_model(cfg, splits)
+    with strategy.scope():
+        model = build_model(cfg, splits)
     # Only once data and model are good: bad input must not leave an empty run directory.
     os.makedirs(out, exist_ok=True)
     steps = -(-len(splits.train) // cfg["batch_size"])
-    model.compile(optimizer=make_optimizer(cfg, steps))
+    with strategy.scope():
+        model.compile(optimizer=make_optimizer(cfg, steps))
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
     validation = RetrievalValidation(splits.val.x, splits.val.y, splits.train.x[db_idx],
@@ -127,7 +178,11 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
         model.fit(
             make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                             with_index=model.needs_index),
-            validation_data=make_tf_dataset(splits.val, max(256, cfg["batch_size"])),
+            # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
+            # an AddN over the per-replica inputs); RetrievalValidation, which selects the
+            # epoch, uses predict, which works. So the validation loss is single-device only.
+            validation_data=(make_tf_dataset(splits.val, max(256, cfg["batch_size"]))
+                             if strategy.num_replicas_in_sync == 1 else None),
             epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
             verbose=verbose, shuffle=False)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
@@ -146,7 +201,11 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
         **({"after_fit": after_fit} if after_fit else {}),
         "train_seconds": round(train_seconds, 2),
     }
+    metrics["strategy"] = {"kind": type(strategy).__name__,
+                           "replicas": int(strategy.num_replicas_in_sync)}
     save_run(out, model, cfg, metrics)
+    if not chief:
+        shutil.rmtree(out, ignore_errors=True)
     return Run(out, model, cfg, metrics)
 
 

@@ -32,6 +32,46 @@ from keras_hashing.backbones import build_backbone
 from keras_hashing.errors import ConfigError
 
 
+def gather_global_batch(outputs, targets):
+    """(outputs, targets) of the whole global batch, in replica order, inside a replica.
+
+    Float tensors keep a gradient path to this replica's own rows only (the other rows
+    are constants here; their replicas differentiate them). Outside a strategy, or with
+    one replica, the arguments come back as they are.
+
+    Every leaf is flattened into one float32 matrix with a replica-id column, so the
+    step makes a single ``all_gather`` (several collectives could be ordered differently
+    on different replicas) and batches of uneven size still line up. Integer leaves
+    (labels, example indices) pass through float32 exactly below 2^24.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return outputs, targets
+    leaves = tf.nest.flatten((outputs, targets))
+    tensors = [tf.convert_to_tensor(x) for x in leaves]
+    n = tf.shape(tensors[0])[0]
+    widths = [int(np.prod(t.shape[1:])) for t in tensors]
+    flat = [tf.reshape(tf.cast(tf.stop_gradient(t), tf.float32), (n, w))
+            for t, w in zip(tensors, widths)]
+    me = tf.cast(ctx.replica_id_in_sync_group, tf.float32)
+    packed = tf.concat(flat + [tf.fill((n, 1), me)], axis=1)
+    everything = ctx.all_gather(packed, axis=0)
+    mine = tf.cast(tf.where(tf.equal(everything[:, -1], me)), tf.int32)  # (n, 1): our rows
+    total = tf.shape(everything)[0]
+    rebuilt, col = [], 0
+    for t, w in zip(tensors, widths):
+        block = tf.reshape(everything[:, col:col + w], tf.concat([[total], tf.shape(t)[1:]], 0))
+        col += w
+        if t.dtype.is_floating:
+            # values of the gathered block, gradient of t at our rows
+            block = tf.cast(block, t.dtype) + tf.scatter_nd(
+                mine, t - tf.stop_gradient(t), tf.concat([[total], tf.shape(t)[1:]], 0))
+        else:
+            block = tf.cast(tf.round(block), t.dtype)
+        rebuilt.append(block)
+    return tf.nest.pack_sequence_as((outputs, targets), rebuilt)
+
+
 class HashingModel(keras.Model):
     """Base class of every deep hashing method.
 
@@ -118,6 +158,7 @@ class HashingModel(keras.Model):
     def _terms_with_total(self, images, targets, training):
         outputs = self(images, training=training)
         terms = dict(self.loss_terms(outputs, targets))
+        terms.pop("gradient_loss", None)
         decay = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
         terms["weight_decay"] = decay
         terms["loss"] = terms["loss"] + decay
@@ -126,10 +167,20 @@ class HashingModel(keras.Model):
     def train_step(self, data):
         images, targets = data[0], data[1]
         with tf.GradientTape() as tape:
-            outputs, terms = self._terms_with_total(images, targets, training=True)
-            # Keras divides its own losses by the replica count; ours must do it by hand so
-            # summed replica gradients equal the gradient of the global-batch mean.
-            scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+            outputs = self(images, training=True)
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            # Under a strategy every replica computes the loss of the *global* batch (so
+            # pairs and triplets span replicas) with gradients flowing only through its own
+            # rows; the replicas' gradients are summed, which makes the sum the gradient of
+            # the global loss. Weight decay is the same on every replica: divided by R.
+            global_outputs, global_targets = gather_global_batch(outputs, targets)
+            terms = dict(self.loss_terms(global_outputs, global_targets))
+            decay = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
+            terms["weight_decay"] = decay
+            # a method whose loss_terms applies weights of its own (UH-BDNN's decoder)
+            # returns "gradient_loss" with that part divided by the replica count
+            scaled = terms.pop("gradient_loss", terms["loss"]) + decay / replicas
+            terms["loss"] = terms["loss"] + decay
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.after_train_step(outputs, targets)

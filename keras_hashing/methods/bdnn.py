@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from keras_hashing import baselines, losses
@@ -259,12 +260,18 @@ class UHBDNN(BDNN):
         terms = self._shared_terms(h, b)
         terms["reconstruction"] = losses.bdnn_reconstruction_loss(outputs["pixels"],
                                                                   self.decoder(b))
+        # Under a strategy every replica computes this term on the global batch, and only
+        # the decoder (applied here, not in the forward pass) receives its gradient: each
+        # replica contributes 1/R of it, so the summed gradient is the single-device one.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        terms["gradient_loss"] = terms["loss"] + terms["reconstruction"] / replicas
         terms["loss"] = terms["loss"] + terms["reconstruction"]
         return terms
 
     def call(self, images, training=False):
         outputs = super().call(images, training=training)
-        flat = ops.reshape(ops.cast(images, "float32") / 255.0, (ops.shape(images)[0], -1))
+        flat = ops.reshape(ops.cast(images, "float32") / 255.0,
+                           (-1, int(np.prod(self.image_shape))))
         return {**outputs, "pixels": flat}
 
     def b_step(self, images):

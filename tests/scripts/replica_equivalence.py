@@ -1,0 +1,66 @@
+"""One SGD step on 2 logical CPUs vs one step on one device, for every trainable method.
+
+Run by tests/test_distribute.py in its own process (logical devices must be configured
+before TensorFlow starts). Prints one JSON line per method.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+from keras_hashing.config import resolve_config  # noqa: E402
+from keras_hashing.data import make_tf_dataset  # noqa: E402
+from keras_hashing.methods.base import gather_global_batch  # noqa: E402
+from keras_hashing.training import build_model, load_splits  # noqa: E402
+
+STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process
+
+
+def one_step(cfg, splits, strategy, batch):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = build_model(cfg, splits)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.before_fit(splits, seed=0)
+    ds = make_tf_dataset(splits.train, batch, with_index=model.needs_index).take(1)
+    model.fit(ds, epochs=1, verbose=0)
+    return model, [np.asarray(w) for w in model.trainable_weights]
+
+
+def global_loss(model, splits, batch):
+    """The loss terms computed inside 2 replicas on gathered outputs, and on one device."""
+    x, y = splits.train.x[:batch], splits.train.y[:batch]
+    targets = ({"label": y, "index": np.arange(batch)} if model.needs_index else y)
+    single = model.loss_terms(model(x), targets)
+
+    def replica_fn(inputs):
+        images, t = inputs
+        out, tg = gather_global_batch(model(images), t)
+        return model.loss_terms(out, tg)["loss"]
+
+    ds = tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch)
+    dist = STRATEGY.experimental_distribute_dataset(ds)
+    per_replica = STRATEGY.run(replica_fn, args=(next(iter(dist)),))
+    values = [float(v) for v in STRATEGY.experimental_local_results(per_replica)]
+    return float(single["loss"]), values
+
+
+for method in sys.argv[1:]:
+    sets = [] if method == "dmrh" else ["backbone=flatten"]
+    cfg = resolve_config(overrides={"method": method, "bits": 16}, sets=sets, recipe=False)
+    splits = load_splits(cfg)
+    _, single = one_step(cfg, splits, tf.distribute.get_strategy(), 32)
+    model, mirrored = one_step(cfg, splits, STRATEGY, 32)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored))
+    scale = max(float(np.max(np.abs(a))) for a in single)
+    one_device, replicas = global_loss(model, splits, 32)
+    print(json.dumps({"method": method, "max_weight_diff": diff, "max_weight": scale,
+                      "loss_one_device": one_device, "loss_per_replica": replicas}),
+          flush=True)
