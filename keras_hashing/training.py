@@ -28,7 +28,7 @@ from keras_hashing import __version__, config as config_lib
 from keras_hashing import evaluation
 from keras_hashing.codes import code_bytes
 from keras_hashing.data import DatasetSplits, load_dataset, make_tf_dataset
-from keras_hashing.errors import RunDirError
+from keras_hashing.errors import ConfigError, RunDirError
 from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
 from keras_hashing.methods import get_method
 
@@ -91,10 +91,19 @@ def make_strategy(cfg: dict):
 
     auto: MirroredStrategy when more than one GPU (or logical CPU) is visible, else the
     default; mirrored: over the GPUs, or the logical CPUs when there are none;
-    multiworker: MultiWorkerMirroredStrategy configured by TF_CONFIG.
+    multiworker: refused with the reason (Keras 3 fit does not support it yet).
     """
     import tensorflow as tf
 
+    kind = cfg["strategy"]
+    if kind == "multiworker":
+        # Measured here: the workers connect, then Keras 3.15's Model.fit fails on its
+        # first step ("Attempt to convert a value (PerReplica...) to a Tensor"), a known
+        # open upstream issue. Fail up front instead of after the cluster has formed.
+        raise ConfigError(
+            "strategy multiworker: Keras 3's Model.fit does not run under "
+            "MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow/tensorflow#72388);"
+            " use mirrored on one machine (GPUs or --logical-cpus)")
     if cfg["logical_cpus"]:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
@@ -102,12 +111,9 @@ def make_strategy(cfg: dict):
                 cpu, [tf.config.LogicalDeviceConfiguration()] * cfg["logical_cpus"])
         except RuntimeError:  # already initialised in this process: keep what it has
             pass
-    kind = cfg["strategy"]
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     devices = [d.name for d in gpus] or ([d.name for d in cpus] if len(cpus) > 1 else None)
-    if kind == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "mirrored" or (kind == "auto" and devices and len(devices) > 1):
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()

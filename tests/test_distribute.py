@@ -54,3 +54,11 @@ def test_cli_fit_mirrored_on_logical_cpus(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["strategy"] == {"kind": "MirroredStrategy", "replicas": 2}
     assert metrics["query"]["map_all"] > 0.5  # it learned (chance is about 0.1)
+
+
+def test_multiworker_is_refused_with_the_upstream_reason(tmp_path):
+    from keras_hashing import cli
+
+    code = cli.main(["fit", "--strategy", "multiworker", "--epochs", "1",
+                     "--out", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run").exists()
