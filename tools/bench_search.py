@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from keras_hashing import mih, scan  # noqa: E402
+from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
 from keras_hashing.fileio import write_json  # noqa: E402
-from keras_hashing.index import HammingIndex  # noqa: E402
 
 
 def median_time(fn, repeats):
@@ -167,17 +166,6 @@ def bench_headline(rng, n, nq, repeats, faiss):
           f" ps: {row['time_ratio_vs_faiss_l2']}x / {row['time_ratio_vs_numpy_blas']}x, "
           f"memory {row['memory_ratio']}x", flush=True)
     return row
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def main(argv=None) -> int:

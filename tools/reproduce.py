@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
-import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -32,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from keras_hashing import methods as methods_lib  # noqa: E402  (no TensorFlow import)
+from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
 from keras_hashing.fileio import read_json, write_json, write_text  # noqa: E402
 
 # label -> (registered method, extra --set overrides). Order = row order in the table.
@@ -52,25 +51,6 @@ VARIANTS = {
 BASELINES = ("itq", "lsh", "pcah")
 DEFAULT_BITS = (12, 24, 32, 48)
 DEFAULT_PROTOCOLS = ("fmnist", "fmnist-reduced")
-
-
-def machine() -> str:
-    """CPU model, core count and GPU (if nvidia-smi sees one): the row's provenance."""
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = "no GPU"
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            gpu = out.stdout.strip().splitlines()[0].split(" (UUID")[0]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
 
 
 def parse_cell(text: str, protocols) -> list:
@@ -222,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true", help="only re-render RESULTS.md")
     args = p.parse_args(argv)
 
+    os.makedirs(args.docs, exist_ok=True)
     rows = load_rows(args.docs)
     if not args.report_only:
         if args.cells:
