@@ -164,10 +164,10 @@ class BDNN(HashingModel):
     def training_callbacks(self, splits):
         return [BStep(splits.train.x, w_steps=int(self.params["w_steps"]))]
 
-    def pixels(self, images, batch_size=4096) -> np.ndarray:
+    def pixels(self, images) -> np.ndarray:
         """Images as flat float32 vectors in [0, 1] (ITQ's input, UH-BDNN's X)."""
         images = np.asarray(images)
-        return (images.reshape(len(images), -1).astype(np.float32) / 255.0)
+        return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
 class BStep(keras.callbacks.Callback):
