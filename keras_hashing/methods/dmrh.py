@@ -87,8 +87,10 @@ class DMRH(HashingModel):
         u_map = self.hash_conv(self.region_fc(features))  # (B, h, w, K)
         regions = ops.stack([ops.mean(u_map[:, r0:r1, c0:c1, :], axis=(1, 2))
                              for (r0, r1), (c0, c1) in self.cells], axis=1)  # (B, N^2, K)
-        weights = ops.softmax(self.fusion_logits)
-        fused = ops.einsum("r,brk->bk", weights, regions)
+        if len(self.cells) == 1:  # N = 1: one region, nothing to weigh
+            fused = regions[:, 0, :]
+        else:
+            fused = ops.einsum("r,brk->bk", ops.softmax(self.fusion_logits), regions)
         code = fused if self.params["query_fusion"] == "weighted" else ops.mean(regions, axis=1)
         return {"code": code, "fused": fused, "regions": regions}
 
