@@ -173,6 +173,13 @@ class MultiIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(found_rows), np.concatenate(found_pos)
 
+    def _ring_too_large(self, rho) -> bool:
+        """More probe values in ring rho of the longest substring than codes in the index:
+        enumerating it would cost more than a scan (and C(32, 16) masks would not fit in
+        memory), so the caller scans instead."""
+        longest = max(b - a for a, b in self.bounds)
+        return rho <= longest and math.comb(longest, rho) > max(self.n, 64)
+
     def candidate_counts(self, qvalues, rows, max_rho, nq):
         """Work each query would cost through rings 0..max_rho of every table: probes plus
         candidates (duplicates included), from bucket sizes alone: nothing is gathered."""
@@ -205,6 +212,9 @@ class MultiIndex:
         qvalues = substring_values(queries, self.bits, self.bounds)
         rows_all = np.arange(nq, dtype=np.int64)
         max_rho = radius // self.tables
+        if any(self._ring_too_large(rho) for rho in range(max_rho + 1)):
+            self.fallbacks += nq
+            return scan.within_radius(self.db, queries, radius)
         heavy = self.candidate_counts(qvalues, rows_all, max_rho, nq) > SCAN_FALLBACK * self.n
         light = rows_all[~heavy]
         rows, pos = [], []
@@ -243,6 +253,10 @@ class MultiIndex:
         # rest: every code within m rho + j has been found (pigeonhole), so the search
         # radius grows by one per table probed, not by m per ring.
         for rho in range(0, max_rho + 1):
+            if self._ring_too_large(rho):  # probing would cost more than scanning
+                out_d[pending], out_p[pending] = scan.top_k(self.db, queries[pending], k)
+                self.fallbacks += int(pending.size)
+                return out_d, out_p
             for j in range(self.tables):
                 lo, hi, owners = self._ranges(qvalues, pending, rho, j)
                 # Skewed codes (a trained model's) fill some buckets with thousands of

@@ -297,3 +297,18 @@ def test_add_rejects_duplicate_ids_and_mismatched_paths():
     assert len(index) == 2
     index.add(pack_bits(np.zeros((1, 8))))
     assert index.ids.tolist() == [5, 6, 7]  # default ids continue after the largest
+
+
+def test_mih_knn_needing_every_code_scans_instead_of_enumerating_huge_rings():
+    # one 32-bit table and k = N: the last rings would be C(32, 16) = 6e8 probe values
+    rng = np.random.default_rng(9)
+    d_bits = rng.integers(0, 2, (50, 32))
+    index = HammingIndex(32, method="mih", tables=1)
+    index.add(pack_bits(d_bits))
+    with mock.patch.object(mih, "SCAN_FALLBACK", 1e9):
+        dist, ids = index.search(pack_bits(d_bits[:3]), 50)
+        lims, rd, rids = index.range_search(pack_bits(d_bits[:3]), 20)
+    exp_d, exp_i = brute_force(d_bits[:3], d_bits, 50)
+    np.testing.assert_array_equal(dist, exp_d)
+    np.testing.assert_array_equal(ids, exp_i)
+    assert lims[-1] == int((exp_d <= 20).sum())

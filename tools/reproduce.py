@@ -137,8 +137,12 @@ def render(rows: list, docs: str) -> None:
              "Metrics: query set against the retrieval database, label relevance (shares a "
              "class), Hamming ranking with ties broken by database position; mAP@all, "
              "mAP@1000 and precision within Hamming radius 2 (0 for a query with no item in "
-             "the ball). Train minutes are wall-clock minutes of `fit` on the machine named "
-             "in the row.", ""]
+             "the ball). Train minutes are wall-clock minutes of `fit` (SDSH's includes its "
+             "rotation search) on the machine named in the row; on the shared 2-core box other "
+             "jobs ran beside them, so compare them loosely. Unsupervised rows also give mAP "
+             "against Euclidean-neighbour ground truth (the 1,000 nearest pixel-space "
+             "neighbours). Cells shown as – have not been run yet: `python "
+             "tools/reproduce.py --resume` fills them in.", ""]
     figures = os.path.join(docs, "figures")
     os.makedirs(figures, exist_ok=True)
     for protocol in sorted({r["protocol"] for r in rows}):
@@ -159,7 +163,8 @@ def render(rows: list, docs: str) -> None:
             extra = (f" (Euclidean GT mAP@all {r['map_all_euclidean']:.4f})"
                      if "map_all_euclidean" in r else "")
             lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
-                         f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | {r.get('epochs') or '–'} | "
+                         f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
+                         f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
                          f"{r['train_minutes']:.1f} | {r['machine']} |")
         lines.append("")
         if len(all_bits) > 1:
