@@ -29,9 +29,13 @@ Departures, and why:
   full-batch S matrix alone is N x N. So m is the batch size, and S only covers in-batch
   pairs. With the paper's 1/(2m) normalisation, the pair term (m^2 entries) and the
   balance term (a squared sum over m examples) grow with m, so on a batch of 128 they
-  would be N/128 times weaker against the per-example terms than in the paper, and
-  training collapses onto the equality term. ``full_batch_scaling`` (on by default)
-  multiplies both by N/m, making each an unbiased estimate of its full-batch value.
+  would be N/128 times weaker against the per-example terms than in the paper.
+  ``full_batch_scaling`` (on by default) multiplies both by N/m, making each an unbiased
+  estimate of its full-batch value. Measured on digits (16 bits, raw pixels, tanh, 20
+  epochs): mAP 0.70 without, 0.79 with.
+* The B step waits for ``w_steps`` network steps: run after every 20-step digits epoch, it
+  set B = sign(H) of a barely trained network and the codes collapsed (13 of 16 bits
+  constant, mAP 0.15).
 * The B step runs at epoch ends, on the chief (a callback outside the replica context);
   under ``tf.distribute`` the table is a mirrored variable assigned from there.
 * Hidden units are tanh by default, not sigmoid: tanh(z) = 2 sigmoid(2z) - 1, so the
