@@ -127,32 +127,12 @@ def jit_compile_default():
     return "auto" if tf.config.list_logical_devices("GPU") else False
 
 
-def is_chief(strategy) -> bool:
-    """True unless this process is a non-chief worker of a multi-worker strategy."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0)
-
-
 def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
-    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory.
-
-    Under a multi-worker strategy only the chief writes ``out``; the other workers train
-    in step with it and write to a temporary directory that is removed afterwards.
-    """
-    import shutil
-    import tempfile
-
+    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
     from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
 
     strategy = make_strategy(cfg)
     out = out or default_run_dir(cfg)
-    chief = is_chief(strategy)
-    if not chief:
-        out = tempfile.mkdtemp(prefix="kh-worker-")
     if os.path.exists(os.path.join(out, MODEL_FILE)):
         raise RunDirError(f"{out} already holds a finished run; choose another --out or delete "
                           "it (nothing is overwritten)")
@@ -218,8 +198,6 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     metrics["strategy"] = {"kind": type(strategy).__name__,
                            "replicas": int(strategy.num_replicas_in_sync)}
     save_run(out, model, cfg, metrics)
-    if not chief:
-        shutil.rmtree(out, ignore_errors=True)
     return Run(out, model, cfg, metrics)
 
 

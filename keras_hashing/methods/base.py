@@ -155,14 +155,18 @@ class HashingModel(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def _terms_with_total(self, images, targets, training):
-        outputs = self(images, training=training)
+    def _terms_with_decay(self, outputs, targets):
+        """(tracked terms with weight decay in "loss", the loss to differentiate, decay).
+
+        A method whose ``loss_terms`` applies weights of its own (UH-BDNN's decoder)
+        returns "gradient_loss", that part divided by the replica count; it is not tracked.
+        """
         terms = dict(self.loss_terms(outputs, targets))
-        terms.pop("gradient_loss", None)
         decay = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
+        gradient_loss = terms.pop("gradient_loss", terms["loss"])
         terms["weight_decay"] = decay
         terms["loss"] = terms["loss"] + decay
-        return outputs, terms
+        return terms, gradient_loss, decay
 
     def train_step(self, data):
         images, targets = data[0], data[1]
@@ -173,14 +177,9 @@ class HashingModel(keras.Model):
             # pairs and triplets span replicas) with gradients flowing only through its own
             # rows; the replicas' gradients are summed, which makes the sum the gradient of
             # the global loss. Weight decay is the same on every replica: divided by R.
-            global_outputs, global_targets = gather_global_batch(outputs, targets)
-            terms = dict(self.loss_terms(global_outputs, global_targets))
-            decay = ops.sum(self.losses) if self.losses else ops.convert_to_tensor(0.0)
-            terms["weight_decay"] = decay
-            # a method whose loss_terms applies weights of its own (UH-BDNN's decoder)
-            # returns "gradient_loss" with that part divided by the replica count
-            scaled = terms.pop("gradient_loss", terms["loss"]) + decay / replicas
-            terms["loss"] = terms["loss"] + decay
+            terms, gradient_loss, decay = self._terms_with_decay(
+                *gather_global_batch(outputs, targets))
+            scaled = gradient_loss + decay / replicas
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.after_train_step(outputs, targets)
@@ -188,7 +187,7 @@ class HashingModel(keras.Model):
 
     def test_step(self, data):
         images, targets = data[0], data[1]
-        _, terms = self._terms_with_total(images, targets, training=False)
+        terms, _, _ = self._terms_with_decay(self(images, training=False), targets)
         return self._record(terms)
 
     def predict_step(self, data):

@@ -36,7 +36,7 @@ Departures, and why:
 * The B step waits for ``w_steps`` network steps: run after every 20-step digits epoch, it
   set B = sign(H) of a barely trained network and the codes collapsed (13 of 16 bits
   constant, mAP 0.15).
-* The B step runs at epoch ends, on the chief (a callback outside the replica context);
+* The B step runs at epoch ends in a callback, outside the replica context;
   under ``tf.distribute`` the table is a mirrored variable assigned from there.
 * Hidden units are tanh by default, not sigmoid: tanh(z) = 2 sigmoid(2z) - 1, so the
   next layer's affine map absorbs the difference and the function class is the same,
