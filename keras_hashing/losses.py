@@ -81,6 +81,26 @@ def pairwise_similarity(labels, multi_label=False):
     return ops.cast(ops.equal(y[:, None], y[None, :]), "float32")
 
 
+def cross_similarity(labels, other_labels, multi_label=False):
+    """S_ij = 1 when item i of one set and item j of another are similar, else 0.
+
+    The rectangular form of ``pairwise_similarity``: a batch against a memory bank.
+    A class id of -1 (an empty bank row) is similar to nothing.
+
+    Args:
+        labels: (n,) class ids or (n, C) multi-hot.
+        other_labels: (N,) class ids or (N, C) multi-hot.
+    """
+    if multi_label:
+        y = ops.cast(labels, "float32")
+        return ops.cast(ops.matmul(y, ops.transpose(ops.cast(other_labels, "float32"))) > 0,
+                        "float32")
+    a = ops.cast(ops.reshape(labels, (-1,)), "float32")
+    b = ops.cast(ops.reshape(other_labels, (-1,)), "float32")
+    return ops.cast(ops.logical_and(ops.equal(a[:, None], b[None, :]), b[None, :] >= 0),
+                    "float32")
+
+
 def squared_distances(codes):
     """(N, N) squared Euclidean distances between rows, clipped at 0 (float noise)."""
     sq = ops.sum(ops.square(codes), axis=-1)
@@ -119,20 +139,23 @@ def dsh_regularizer(codes):
     return ops.mean(ops.sum(ops.abs(ops.abs(codes) - 1.0), axis=-1))
 
 
-def dpsh_likelihood_loss(codes, similarity):
+def dpsh_likelihood_loss(codes, similarity, bank=None):
     """DPSH's negative log-likelihood of the pairwise labels (Li et al., IJCAI 2016).
 
     Formula:
-        Theta_ij = 1/2 u_i^T u_j
+        Theta_ij = 1/2 u_i^T v_j      (v = u in-batch, v = the memory bank U otherwise)
         L = mean_ij [ log(1 + exp(Theta_ij)) - S_ij Theta_ij ]
 
     log(1 + e^x) is ``softplus``, computed stably (as log(1 + e^-|x|) + max(x, 0)).
 
     Args:
         codes: (n, K) real-valued outputs u.
-        similarity: (n, n) 0/1.
+        similarity: (n, n) 0/1, or (n, N) against ``bank``.
+        bank: optional (N, K) constant outputs of every training example (the authors'
+            U); no gradient flows into it.
     """
-    theta = 0.5 * ops.matmul(codes, ops.transpose(codes))
+    other = codes if bank is None else ops.stop_gradient(ops.convert_to_tensor(bank))
+    theta = 0.5 * ops.matmul(codes, ops.transpose(other))
     return ops.mean(ops.softplus(theta) - similarity * theta)
 
 

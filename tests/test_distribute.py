@@ -11,20 +11,23 @@ from keras_hashing.methods import method_names, get_method
 
 HERE = os.path.dirname(__file__)
 GRADIENT_METHODS = [m for m in method_names() if get_method(m).gradient_training]
+# NAME+PARAM runs NAME with a boolean parameter on: DPSH's memory bank is per-example
+# state written inside the replica step
+VARIANTS = GRADIENT_METHODS + ["dpsh+memory_bank"]
 
 
 @pytest.fixture(scope="module")
 def equivalence():
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "scripts", "replica_equivalence.py"),
-         *GRADIENT_METHODS], capture_output=True, text=True, timeout=600,
+         *VARIANTS], capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {r["method"]: r for r in rows}
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("method", VARIANTS)
 def test_one_step_on_two_replicas_equals_one_device(equivalence, method):
     row = equivalence[method]
     if method == "dmrh":
@@ -33,9 +36,15 @@ def test_one_step_on_two_replicas_equals_one_device(equivalence, method):
         assert row["max_weight_diff"] < 1e-2 * max(1.0, row["max_weight"])
     else:
         assert row["max_weight_diff"] < 1e-6 * max(1.0, row["max_weight"]), row
+    assert row["bank_diff"] < 1e-6, row  # per-example state matches one device's
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_memory_bank_step_writes_the_global_batch(equivalence):
+    row = equivalence["dpsh+memory_bank"]
+    assert row["bank_rows_filled"] == 32  # the one global batch of 32, from both replicas
+
+
+@pytest.mark.parametrize("method", VARIANTS)
 def test_loss_under_two_replicas_is_the_global_batch_loss(equivalence, method):
     row = equivalence[method]
     for value in row["loss_per_replica"]:  # each replica sees the whole batch's pairs

@@ -51,6 +51,30 @@ B3 = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
 S3 = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.float32)
 
 
+def test_cross_similarity_against_a_bank():
+    s = losses.cross_similarity(np.array([1, 2]), np.array([1, -1, 2, 1])).numpy()
+    assert s.tolist() == [[1, 0, 0, 1], [0, 0, 1, 0]]  # -1 (an empty bank row): nothing
+    m = losses.cross_similarity(np.array([[1, 0]]), np.array([[1, 1], [0, 1], [0, 0]]),
+                                multi_label=True).numpy()
+    assert m.tolist() == [[1, 0, 0]]
+
+
+def test_dpsh_against_a_bank_golden_and_no_gradient_into_the_bank():
+    u = np.array([[1.0, -1.0]], np.float32)
+    bank = np.array([[2.0, 0.0], [0.0, 0.0]], np.float32)  # Theta = 1, 0
+    s = np.array([[1.0, 0.0]], np.float32)
+    expected = ((np.log1p(np.e) - 1.0) + np.log(2.0)) / 2
+    assert float(losses.dpsh_likelihood_loss(u, s, bank=bank)) == pytest.approx(expected, rel=1e-6)
+    u_var, bank_var = tf.Variable(u), tf.Variable(bank)
+    with tf.GradientTape() as tape:
+        loss = losses.dpsh_likelihood_loss(u_var, s, bank=bank_var)
+    g_u, g_bank = tape.gradient(loss, [u_var, bank_var])
+    assert g_bank is None
+    # d/du mean_j[...] = 1/2 mean_j (sigmoid(Theta_j) - S_j) U_j = 1/4 (sigmoid(1) - 1) (2, 0)
+    np.testing.assert_allclose(g_u.numpy(), [[0.5 * (1 / (1 + np.exp(-1.0)) - 1), 0.0]],
+                               rtol=1e-5)
+
+
 def test_dsh_golden():
     # D01 = 2 (dissimilar: 1/2 max(4-2, 0) = 1), D02 = 1 (similar: 1/2), D12 = 1 (3/2)
     assert float(losses.dsh_pair_loss(B3, S3, 4.0)) == pytest.approx(3.0 / 6.0)

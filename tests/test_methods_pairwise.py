@@ -78,3 +78,32 @@ def test_dsh_margin_defaults_to_twice_the_bits(short_run):
     b[1, :] = 1.0  # D = 16 < m = 32: the dissimilar pair pays 1/2 (32 - 16) / 2 pairs
     terms = model.loss_terms({"code": b}, np.array([0, 1]))
     assert float(terms["pairs"]) == pytest.approx(0.5 * 16 / 2)
+
+
+def test_dpsh_memory_bank_step_writes_the_batch_and_compares_with_all_of_it(digits):
+    """The authors' form: each step stores the batch's outputs in U and scores m x N pairs."""
+    import keras
+    import tensorflow as tf
+
+    from keras_hashing.methods.dpsh import DPSH
+
+    n = 40
+    model = DPSH(bits=8, input_shape=digits.input_shape, num_classes=10, backbone="flatten",
+                 params={"num_train": n, "memory_bank": True})
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: the outputs stay put
+    x, y = digits.train.x[:n], digits.train.y[:n]
+    rows = np.array([3, 7, 11, 30])
+    ds = tf.data.Dataset.from_tensor_slices((x[rows], {"label": y[rows], "index": rows}))
+    history = model.fit(ds.batch(4), epochs=1, verbose=0)
+    bank = model.u_bank.numpy()
+    np.testing.assert_allclose(bank[rows], model.embed(x[rows]), rtol=1e-5, atol=1e-6)
+    assert np.count_nonzero(np.abs(bank).sum(axis=1)) == len(rows)  # the rest still empty
+    assert model.label_bank.numpy()[rows].ravel().tolist() == y[rows].tolist()
+    # the likelihood averaged over 4 x 40 pairs: 36 empty rows give log 2 each
+    u = model.embed(x[rows])
+    theta = 0.5 * u @ bank.T
+    same = (y[rows][:, None] == y[rows][None, :]).astype(np.float32)
+    s = np.zeros((4, n), np.float32)
+    s[:, rows] = same
+    expected = np.mean(np.logaddexp(0, theta) - s * theta)
+    assert history.history["likelihood"][0] == pytest.approx(expected, rel=1e-4)

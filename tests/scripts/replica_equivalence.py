@@ -52,15 +52,26 @@ def global_loss(model, splits, batch):
     return float(single["loss"]), values
 
 
-for method in sys.argv[1:]:
+for name in sys.argv[1:]:
+    # NAME or NAME+PARAM: a boolean parameter switched on (dpsh+memory_bank)
+    method, _, switch = name.partition("+")
     sets = [] if method == "dmrh" else ["backbone=flatten"]
+    sets += [f"params.{switch}=true"] if switch else []
     cfg = resolve_config(overrides={"method": method, "bits": 16}, sets=sets, recipe=False)
     splits = load_splits(cfg)
-    _, single = one_step(cfg, splits, tf.distribute.get_strategy(), 32)
+    single_model, single = one_step(cfg, splits, tf.distribute.get_strategy(), 32)
     model, mirrored = one_step(cfg, splits, STRATEGY, 32)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored))
     scale = max(float(np.max(np.abs(a))) for a in single)
+    # per-example state (DPSH's memory bank) must end up the same as on one device
+    state = {w.path: (np.asarray(w), np.asarray(v)) for w, v in zip(model.non_trainable_weights,
+                                                           single_model.non_trainable_weights)
+             if "bank" in w.path}
+    state_diff = max([float(np.max(np.abs(a - b))) for a, b in state.values()] or [0.0])
     one_device, replicas = global_loss(model, splits, 32)
-    print(json.dumps({"method": method, "max_weight_diff": diff, "max_weight": scale,
+    print(json.dumps({"method": name, "max_weight_diff": diff, "max_weight": scale,
+                      "bank_diff": state_diff, "bank_rows_filled": int(sum(
+                          np.count_nonzero(np.abs(a).sum(axis=1))
+                          for path, (a, _) in state.items() if "u_bank" in path)),
                       "loss_one_device": one_device, "loss_per_replica": replicas}),
           flush=True)
