@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(visible GPUs or logical CPUs), multiworker (TF_CONFIG)")
     f.add_argument("--logical-cpus", type=int, metavar="N",
                    help="split the CPU into N logical devices (mirrored without GPUs)")
+    f.add_argument("--features-from", metavar="RUN",
+                   help="lsh/pcah/itq: hash the features of this trained run's backbone "
+                        "instead of raw pixels")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("evaluate", help="retrieval metrics of a run on its query/database",
@@ -187,7 +190,7 @@ def cmd_fit(args) -> int:
                  "data_dir": args.data_dir, "bits": args.bits, "epochs": args.epochs,
                  "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                  "seed": args.seed, "strategy": args.strategy,
-                 "logical_cpus": args.logical_cpus}
+                 "logical_cpus": args.logical_cpus, "features_from": args.features_from}
     cfg = resolve_config(args.config, overrides, args.set)
     _quiet_tensorflow()
     from keras_hashing import training

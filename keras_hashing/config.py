@@ -42,6 +42,8 @@ DEFAULTS = {
     "tensorboard_samples": 1000,
     "strategy": "auto",
     "logical_cpus": None,
+    "features_from": None,
+    "augmentation": {},
     "params": {},
 }
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
@@ -144,7 +146,7 @@ def validate(cfg: dict) -> dict:
     for key in ("dataset", "backbone"):
         if not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a name, got {cfg[key]!r}")
-    for key in ("protocol", "data_dir"):
+    for key in ("protocol", "data_dir", "features_from"):
         if cfg[key] is not None and not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a string, got {cfg[key]!r}")
     cfg["method"] = canonical_name(cfg["method"])
@@ -169,9 +171,16 @@ def validate(cfg: dict) -> dict:
     if cfg["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule {cfg['lr_schedule']!r} unknown; choose from "
                           f"{LR_SCHEDULES}")
-    for key in ("params", "backbone_kwargs"):
+    for key in ("params", "backbone_kwargs", "augmentation"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
+    from keras_hashing.data import check_augmentation
+    from keras_hashing.errors import DataError
+
+    try:
+        check_augmentation(cfg["augmentation"])
+    except DataError as e:
+        raise ConfigError(str(e)) from None
     if cfg["channels"] is not None and cfg["channels"] not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg['channels']!r}")
     if cfg["image_size"] is not None:

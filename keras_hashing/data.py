@@ -369,12 +369,62 @@ def check_images(x, input_shape) -> np.ndarray:
 
 
 # -- tf.data ------------------------------------------------------------------------------
+# config ``augmentation`` keys -> Keras preprocessing layer (value: its strength)
+AUGMENTATIONS = {
+    "flip": "RandomFlip",                # "horizontal", "vertical", "horizontal_and_vertical"
+    "rotation": "RandomRotation",        # fraction of a full turn, e.g. 0.05
+    "translation": "RandomTranslation",  # fraction of height and width, e.g. 0.1
+    "zoom": "RandomZoom",                # fraction, e.g. 0.1
+    "contrast": "RandomContrast",        # factor, e.g. 0.2
+}
+
+
+def check_augmentation(spec) -> dict:
+    """Validate a config ``augmentation`` mapping; raise DataError naming what is valid."""
+    if not isinstance(spec, dict):
+        raise DataError(f"augmentation must be a mapping, got {spec!r}")
+    unknown = sorted(set(spec) - set(AUGMENTATIONS))
+    if unknown:
+        raise DataError(f"unknown augmentation(s) {unknown}; valid: {sorted(AUGMENTATIONS)}")
+    for key, value in spec.items():
+        if key == "flip":
+            if value not in ("horizontal", "vertical", "horizontal_and_vertical"):
+                raise DataError(f"augmentation flip must be horizontal, vertical or "
+                                f"horizontal_and_vertical, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise DataError(f"augmentation {key} must be a number in (0, 1), got {value!r}")
+    return spec
+
+
+def augmentation_model(spec: dict, seed=0):
+    """A Keras Sequential of the random layers of ``spec`` (in its order), or None.
+
+    Example:
+        >>> augmentation_model({"translation": 0.1, "zoom": 0.1}).layers[0].name
+        'aug_translation'
+    """
+    import keras
+
+    check_augmentation(spec)
+    if not spec:
+        return None
+    layers = []
+    for i, (key, value) in enumerate(spec.items()):
+        cls = getattr(keras.layers, AUGMENTATIONS[key])
+        args = (value, value) if key == "translation" else (value,)
+        layers.append(cls(*args, seed=seed + i, name=f"aug_{key}"))
+    return keras.Sequential(layers, name="augmentation")
+
+
 def make_tf_dataset(split: Split, batch_size, shuffle=False, seed=0, cache=True,
-                    with_index=False):
+                    with_index=False, augmentation=None):
     """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a Split.
 
     With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
     example's position in the split (methods that keep per-example state need it).
+    ``augmentation`` (a config mapping, see AUGMENTATIONS) applies random Keras
+    preprocessing layers to each batch after the cache, so every epoch sees new
+    variants; the images become float32 in the same 0..255 range.
     """
     import tensorflow as tf
 
@@ -388,4 +438,9 @@ def make_tf_dataset(split: Split, batch_size, shuffle=False, seed=0, cache=True,
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    augment = augmentation_model(augmentation or {}, seed=seed)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

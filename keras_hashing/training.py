@@ -68,10 +68,39 @@ def build_model(cfg: dict, splits: DatasetSplits):
     params = dict(cfg["params"])
     if "num_train" in cls.default_params and params.get("num_train") is None:
         params["num_train"] = len(splits.train)  # DPSH's normalisation by N_train
-    return cls(bits=cfg["bits"], input_shape=splits.input_shape,
-               num_classes=splits.num_classes, multi_label=splits.multi_label,
-               backbone=cfg["backbone"], backbone_kwargs=cfg["backbone_kwargs"],
-               weight_decay=cfg["weight_decay"], params=params)
+    backbone, backbone_kwargs, source = cfg["backbone"], cfg["backbone_kwargs"], None
+    if cfg["features_from"]:
+        source = feature_source(cfg, splits)
+        backbone, backbone_kwargs = source.backbone_spec, source.backbone_kwargs
+    elif not cls.gradient_training and backbone != "flatten":
+        raise ConfigError(f"{cls.method_name} hashes raw pixels (backbone: flatten) or the "
+                          f"features of a trained run (--features-from RUN); backbone "
+                          f"{backbone!r} would be untrained")
+    model = cls(bits=cfg["bits"], input_shape=splits.input_shape,
+                num_classes=splits.num_classes, multi_label=splits.multi_label,
+                backbone=backbone, backbone_kwargs=backbone_kwargs,
+                weight_decay=cfg["weight_decay"], params=params)
+    if source is not None:
+        # Same architecture, so the trained weights copy over one for one; the file of
+        # this run then holds them, and loading it never needs the source run again.
+        model.backbone.set_weights(source.backbone.get_weights())
+    return model
+
+
+def feature_source(cfg: dict, splits: DatasetSplits):
+    """The trained model whose backbone a baseline hashes the features of (checked)."""
+    cls = get_method(cfg["method"])
+    if cls.gradient_training:
+        raise ConfigError(f"features_from is for the closed-form baselines (lsh, pcah, itq); "
+                          f"{cls.method_name} trains its own backbone")
+    source = load_run(cfg["features_from"]).model
+    if source.spatial_features:
+        raise ConfigError(f"{cfg['features_from']}: a {source.method_name} backbone returns "
+                          "a feature map, not a feature vector; use another run")
+    if tuple(source.image_shape) != tuple(splits.input_shape):
+        raise ConfigError(f"{cfg['features_from']} was trained on {source.image_shape} images;"
+                          f" this dataset has {tuple(splits.input_shape)}")
+    return source
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int):
@@ -171,7 +200,7 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     if model.gradient_training:
         model.fit(
             make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
-                            with_index=model.needs_index),
+                            with_index=model.needs_index, augmentation=cfg["augmentation"]),
             # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
             # an AddN over the per-replica inputs); RetrievalValidation, which selects the
             # epoch, uses predict, which works. So the validation loss is single-device only.

@@ -64,8 +64,56 @@ def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
     np.testing.assert_array_equal(enc.encode(x), model.encode(x))
 
 
-def test_baselines_refuse_a_cnn_backbone():
-    from keras_hashing.methods import get_method
+def test_baselines_refuse_an_untrained_cnn_backbone(tmp_path):
+    from keras_hashing.config import resolve_config
+    from keras_hashing.training import fit
 
-    with pytest.raises(ConfigError, match="backbone: flatten"):
-        get_method("itq")(bits=8, input_shape=(8, 8, 1), backbone="small_cnn")
+    cfg = resolve_config(overrides={"method": "itq", "bits": 8}, sets=["backbone=small_cnn"])
+    with pytest.raises(ConfigError, match="would be untrained"):
+        fit(cfg, out=str(tmp_path / "r"), verbose=0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_itq_on_a_trained_runs_features(trained_run, digits, tmp_path):
+    """--features-from: ITQ of the source backbone's features, in a self-contained file."""
+    import shutil
+
+    from keras_hashing.config import resolve_config
+    from keras_hashing.export import SavedModelEncoder, export_run
+    from keras_hashing.training import fit, load_run
+
+    source = tmp_path / "source"
+    shutil.copytree(trained_run.path, source)
+    run = fit(resolve_config(overrides={"method": "itq", "bits": 16,
+                                        "features_from": str(source)}),
+              out=str(tmp_path / "itq"), verbose=0)
+    backbone = trained_run.model.backbone
+
+    def features(images):
+        return np.asarray(backbone(np.asarray(images, np.float32) / 255.0, training=False))
+
+    est = baselines.ITQ(16).fit(features(digits.train.x))
+    x = digits.query.x[:50]
+    shutil.rmtree(source)  # the baseline's file must not need its source any more
+    model = load_run(run.path).model
+    np.testing.assert_array_equal(model.encode(x), est.encode(features(x)))
+    assert not model.backbone.trainable
+    assert run.config["features_from"] == str(source)
+    enc = SavedModelEncoder(export_run(run.path, base=str(tmp_path / "sm"), name="itq"))
+    np.testing.assert_array_equal(enc.encode(x), model.encode(x))
+
+
+@pytest.mark.parametrize("method,source,match", [
+    ("dsh", "run", "closed-form baselines"),
+    ("itq", "missing", "does not exist"),
+])
+def test_features_from_bad_input(method, source, match, trained_run, tmp_path):
+    from keras_hashing.config import resolve_config
+    from keras_hashing.errors import HashingError
+    from keras_hashing.training import fit
+
+    path = trained_run.path if source == "run" else str(tmp_path / "nowhere")
+    cfg = resolve_config(overrides={"method": method, "bits": 8, "features_from": path})
+    with pytest.raises(HashingError, match=match):
+        fit(cfg, out=str(tmp_path / "r"), verbose=0)
+    assert not (tmp_path / "r").exists()

@@ -28,6 +28,10 @@ def test_recipe_is_found_for_method_and_dataset():
     (["learning_rate=-1"], "learning_rate must be a non-negative"),
     (["image_size=[3]"], "image_size must be"),
     (["noequals"], "key=value"),
+    (["augmentation.blur=0.1"], r"unknown augmentation\(s\) \['blur'\]; valid"),
+    (["augmentation.zoom=2"], "augmentation zoom must be a number in"),
+    (["augmentation.flip=sideways"], "augmentation flip must be"),
+    (["features_from=[1]"], "features_from must be a string"),
 ])
 def test_bad_values_rejected_with_valid_choices(sets, message):
     with pytest.raises(ConfigError, match=message):

@@ -146,3 +146,29 @@ def test_tf_pipeline_batches_all_examples(digits):
     ds = data.make_tf_dataset(digits.val, batch_size=32, shuffle=True)
     seen = sum(int(x.shape[0]) for x, _ in ds)
     assert seen == len(digits.val)
+
+
+def test_augmentation_changes_training_batches_only_in_pixels(digits):
+    plain = next(iter(data.make_tf_dataset(digits.train, 64)))
+    augmented = next(iter(data.make_tf_dataset(digits.train, 64, augmentation={
+        "translation": 0.2, "rotation": 0.1})))
+    x0, x1 = plain[0].numpy().astype(np.float32), augmented[0].numpy()
+    assert x1.shape == x0.shape and x1.dtype == np.float32
+    assert np.abs(x1 - x0).mean() > 5.0  # the pixels moved (0..255 scale)
+    assert 0.0 <= x1.min() and x1.max() <= 255.0  # still raw pixels: the model rescales
+    np.testing.assert_array_equal(augmented[1].numpy(), plain[1].numpy())  # labels kept
+    second = next(iter(data.make_tf_dataset(digits.train, 64, augmentation={
+        "translation": 0.2, "rotation": 0.1})))
+    assert x1.shape == second[0].shape  # a fresh pipeline works again (no stale state)
+
+
+def test_fit_with_augmentation_in_the_config_learns(tmp_path):
+    from keras_hashing.config import resolve_config
+    from keras_hashing.training import fit
+
+    cfg = resolve_config(overrides={"bits": 16, "epochs": 8, "learning_rate": 0.005},
+                         sets=["augmentation.translation=0.1", "params.warmup_steps=60",
+                               "val_database_size=600", "tensorboard_samples=50"])
+    run = fit(cfg, out=str(tmp_path / "r"), verbose=0)
+    assert run.config["augmentation"] == {"translation": 0.1}
+    assert run.metrics["query"]["map_all"] > 0.4  # chance is about 0.1

@@ -1,7 +1,9 @@
 """LSH, PCAH and ITQ behind the HashingModel API (``--method lsh|pcah|itq``).
 
 The model is: raw pixels -> rescale -> flatten -> fixed linear projection (x W + c) ->
-sign. W and c come from the numpy estimators of ``keras_hashing.baselines``, fitted in
+sign. With ``features_from: RUN`` (``--features-from RUN``) the flatten is replaced by
+that trained run's backbone, weights copied and frozen, so the baseline hashes learned
+features (e.g. ITQ on SSDH's lenet features) and its run file is self-contained. W and c come from the numpy estimators of ``keras_hashing.baselines``, fitted in
 closed form on the training split by ``after_fit``; there is no gradient training.
 Being HashingModels, the baselines get the same run directory, ``encode``, index,
 search, evaluation and TF Serving export as the deep methods.
@@ -26,13 +28,8 @@ class LinearHashing(HashingModel):
     default_params = {"seed": 0}
 
     def __init__(self, *args, backbone="flatten", **kwargs):
-        if backbone != "flatten":
-            from keras_hashing.errors import ConfigError
-
-            raise ConfigError(f"{self.method_name} hashes raw pixels: set backbone: flatten "
-                              f"(got {backbone!r}; features of a trained run are not "
-                              "supported yet)")
         super().__init__(*args, backbone=backbone, **kwargs)
+        self.backbone.trainable = False  # pixels, or a trained run's frozen features
 
     def build_head(self):
         self.projection = keras.layers.Dense(self.bits, trainable=False, name="projection")
