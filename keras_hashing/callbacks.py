@@ -86,10 +86,11 @@ class TrainingBackup(keras.callbacks.Callback):
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, validation=None):
+    def __init__(self, backup_dir, validation=None, write=True):
         super().__init__()
         self.backup_dir = backup_dir
         self.validation = validation
+        self.write = write  # False: restore only (a non-chief worker)
 
     def _path(self, name):
         return os.path.join(self.backup_dir, name)
@@ -113,6 +114,8 @@ class TrainingBackup(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         weights = f"ckpt-{epoch + 1}.weights.h5"
         with atomic_path(self._path(weights), suffix=".weights.h5") as tmp:
@@ -131,7 +134,8 @@ class TrainingBackup(keras.callbacks.Callback):
                 os.unlink(self._path(name))
 
     def on_train_end(self, logs=None):
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        if self.write:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
 class HashingTensorBoard(keras.callbacks.Callback):
@@ -170,7 +174,7 @@ class HashingTensorBoard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        out = model.predict(self.images, batch_size=256, verbose=0)
+        out = model.predict_arrays(self.images, batch_size=256)
         h = np.asarray(out["code"], np.float32)
         bits = np.asarray(out["bits"], np.uint8)
         stats = code_statistics(bits)

@@ -417,7 +417,7 @@ def augmentation_model(spec: dict, seed=0):
 
 
 def make_tf_dataset(split: Split, batch_size, shuffle=False, seed=0, cache=True,
-                    with_index=False, augmentation=None):
+                    with_index=False, augmentation=None, drop_remainder=False):
     """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a Split.
 
     With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
@@ -438,7 +438,7 @@ def make_tf_dataset(split: Split, batch_size, shuffle=False, seed=0, cache=True,
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augment = augmentation_model(augmentation or {}, seed=seed)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 
 import keras
 import numpy as np
 
 from keras_hashing import __version__, config as config_lib
-from keras_hashing import evaluation
+from keras_hashing import custom_loop, evaluation
 from keras_hashing.codes import code_bytes
 from keras_hashing.data import DatasetSplits, load_dataset, make_tf_dataset
 from keras_hashing.errors import ConfigError, RunDirError
@@ -120,19 +122,16 @@ def make_strategy(cfg: dict):
 
     auto: MirroredStrategy when more than one GPU (or logical CPU) is visible, else the
     default; mirrored: over the GPUs, or the logical CPUs when there are none;
-    multiworker: refused with the reason (Keras 3 fit does not support it yet).
+    multiworker: MultiWorkerMirroredStrategy over the TF_CONFIG cluster, trained by
+    ``custom_loop.fit_in_custom_loop``.
     """
     import tensorflow as tf
 
     kind = cfg["strategy"]
     if kind == "multiworker":
-        # Measured here: the workers connect, then Keras 3.15's Model.fit fails on its
-        # first step ("Attempt to convert a value (PerReplica...) to a Tensor"), a known
-        # open upstream issue. Fail up front instead of after the cluster has formed.
-        raise ConfigError(
-            "strategy multiworker: Keras 3's Model.fit does not run under "
-            "MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow/tensorflow#72388);"
-            " use mirrored on one machine (GPUs or --logical-cpus)")
+        # The cluster comes from TF_CONFIG (without it: one local worker). Keras' fit
+        # does not run under this strategy; training.fit uses custom_loop instead.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if cfg["logical_cpus"]:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
@@ -158,8 +157,6 @@ def jit_compile_default():
 
 def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
-    from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
-
     strategy = make_strategy(cfg)
     out = out or default_run_dir(cfg)
     if os.path.exists(os.path.join(out, MODEL_FILE)):
@@ -169,8 +166,24 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     splits = splits or load_splits(cfg)
     with strategy.scope():
         model = build_model(cfg, splits)
-    # Only once data and model are good: bad input must not leave an empty run directory.
-    os.makedirs(out, exist_ok=True)
+    # Under multiworker only the chief writes `out`; the others log to a scratch folder.
+    chief = custom_loop.is_chief(strategy)
+    if chief:
+        # Only once data and model are good: bad input must not leave an empty run dir.
+        os.makedirs(out, exist_ok=True)
+        return _train_and_save(cfg, out, out, strategy, model, splits, verbose)
+    work = tempfile.mkdtemp(prefix="keras-hashing-worker-")
+    try:
+        return _train_and_save(cfg, out, work, strategy, model, splits, verbose)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
+    """fit's training, evaluation and (on the chief, where work == out) the run files."""
+    from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
+
+    chief = work == out
     steps = -(-len(splits.train) // cfg["batch_size"])
     with strategy.scope():
         model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=jit_compile_default())
@@ -179,11 +192,19 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     validation = RetrievalValidation(splits.val.x, splits.val.y, splits.train.x[db_idx],
                                      splits.train.y[db_idx], cfg["bits"])
     # Order matters: validation adds val_map to the logs the others read; the backup
-    # must come after validation so it saves the updated selection state.
-    backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation)
+    # must come after validation so it saves the updated selection state. Workers other
+    # than the chief resume from the chief's backup (a shared --out) and never write it.
+    backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief)
     backup.set_model(model)
     initial_epoch = backup.restore()
-    logs = os.path.join(out, "logs")
+    multi_worker = custom_loop.multi_worker(strategy)
+    if multi_worker:
+        low, high = custom_loop.agree(strategy, initial_epoch)
+        if low != high:
+            raise RunDirError(f"the workers would resume from epochs {low} to {high}: give "
+                              f"every worker the chief's run directory (a shared {out}) or "
+                              "delete its backup folder to start over")
+    logs = os.path.join(work, "logs")
     callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
                  HashingTensorBoard(logs, splits.val.x, splits.val.y, splits.class_names,
                                     max_samples=cfg["tensorboard_samples"])]
@@ -197,10 +218,17 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     start = time.time()
     if not initial_epoch:  # a resumed run has its state (BDNN's B table) in the backup
         model.before_fit(splits, seed=cfg["seed"])
-    if model.gradient_training:
+    train = make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                            with_index=model.needs_index, augmentation=cfg["augmentation"],
+                            # every worker must take the same number of full global steps
+                            drop_remainder=multi_worker)
+    if model.gradient_training and multi_worker:
+        custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
+                                       initial_epoch=initial_epoch, callbacks=callbacks,
+                                       verbose=verbose)
+    elif model.gradient_training:
         model.fit(
-            make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
-                            with_index=model.needs_index, augmentation=cfg["augmentation"]),
+            train,
             # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
             # an AddN over the per-replica inputs); RetrievalValidation, which selects the
             # epoch, uses predict, which works. So the validation loss is single-device only.
@@ -224,9 +252,11 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
         **({"after_fit": after_fit} if after_fit else {}),
         "train_seconds": round(train_seconds, 2),
     }
-    metrics["strategy"] = {"kind": type(strategy).__name__,
+    metrics["strategy"] = {"kind": ("MultiWorkerMirroredStrategy" if multi_worker  # an alias
+                                    else type(strategy).__name__),
                            "replicas": int(strategy.num_replicas_in_sync)}
-    save_run(out, model, cfg, metrics)
+    if chief:
+        save_run(out, model, cfg, metrics)
     return Run(out, model, cfg, metrics)
 
 

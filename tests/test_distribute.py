@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from keras_hashing.methods import method_names, get_method
@@ -30,12 +31,9 @@ def equivalence():
 @pytest.mark.parametrize("method", VARIANTS)
 def test_one_step_on_two_replicas_equals_one_device(equivalence, method):
     row = equivalence[method]
-    if method == "dmrh":
-        # DMRH needs a convolutional backbone, whose BatchNormalization normalises with
-        # each replica's own half-batch statistics (Keras' default): close, not equal.
-        assert row["max_weight_diff"] < 1e-2 * max(1.0, row["max_weight"])
-    else:
-        assert row["max_weight_diff"] < 1e-6 * max(1.0, row["max_weight"]), row
+    # DMRH runs its convolutional backbone: BatchNormalization is synchronized across
+    # replicas (backbones.batch_norm), so it too matches one device
+    assert row["max_weight_diff"] < 1e-6 * max(1.0, row["max_weight"]), row
     assert row["bank_diff"] < 1e-6, row  # per-example state matches one device's
 
 
@@ -65,9 +63,63 @@ def test_cli_fit_mirrored_on_logical_cpus(tmp_path):
     assert metrics["query"]["map_all"] > 0.5  # it learned (chance is about 0.1)
 
 
-def test_multiworker_is_refused_with_the_upstream_reason(tmp_path):
-    from keras_hashing import cli
+def _free_ports(n):
+    import socket
 
-    code = cli.main(["fit", "--strategy", "multiworker", "--epochs", "1",
-                     "--out", str(tmp_path / "run")])
-    assert code == 2 and not (tmp_path / "run").exists()
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+# one epoch of 37 global batches of 35 (digits' 1,295 training images split exactly, so
+# the single-device run sees the same batches as the workers, which drop a remainder);
+# SGD, whose steps scale with the gradient (Adam would hide a mis-scaled one); no dropout
+MULTIWORKER_FIT = ["fit", "--method", "dsh", "--bits", "16", "--epochs", "1",
+                   "--batch-size", "35", "--learning-rate", "0.005", "--quiet",
+                   "--set", "optimizer=sgd", "--set", "backbone_kwargs.dropout=0", "--set", "val_database_size=300",
+                   "--set", "tensorboard_samples=50"]
+
+
+def test_two_workers_on_loopback_train_the_single_device_model(tmp_path):
+    """MultiWorkerMirroredStrategy for real: two processes, TF_CONFIG, one fit."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(scratch),
+               "TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "keras_hashing", *MULTIWORKER_FIT, "--strategy",
+             "multiworker", "--out", str(tmp_path / "run")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    summaries = [json.loads(out[out.index("{"):]) for out, _ in outputs]
+    # both workers hold the same model: the same query mAP to the last digit
+    assert summaries[0]["query_map_all"] == summaries[1]["query_map_all"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["strategy"] == {"kind": "MultiWorkerMirroredStrategy", "replicas": 2}
+    assert not (tmp_path / "run" / "backup").exists()
+    assert list(scratch.iterdir()) == []  # the other worker's scratch folder is gone
+
+    single = subprocess.run(
+        [sys.executable, "-m", "keras_hashing", *MULTIWORKER_FIT, "--strategy", "none",
+         "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert single.returncode == 0, single.stderr[-3000:]
+    from keras_hashing.training import load_run
+
+    a = load_run(str(tmp_path / "run")).model
+    b = load_run(str(tmp_path / "single")).model
+    for wa, wb in zip(a.weights, b.weights):  # BatchNorm's moving statistics included
+        # measured: 2.4e-7 at most after the 37 steps
+        np.testing.assert_allclose(np.asarray(wa), np.asarray(wb), rtol=1e-5, atol=1e-5,
+                                   err_msg=wa.path)

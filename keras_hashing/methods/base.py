@@ -224,13 +224,29 @@ class HashingModel(keras.Model):
     # -- inference ----------------------------------------------------------------------
     def embed(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """Continuous codes h (N, K) as float32."""
-        return np.asarray(self.predict(images, batch_size=batch_size,
-                                       verbose=verbose)["code"], np.float32)
+        return np.asarray(self.predict_arrays(images, batch_size, verbose)["code"], np.float32)
 
     def encode_bits(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """0/1 bits (N, K) as uint8."""
-        return np.asarray(self.predict(images, batch_size=batch_size,
-                                       verbose=verbose)["bits"], np.uint8)
+        return np.asarray(self.predict_arrays(images, batch_size, verbose)["bits"], np.uint8)
+
+    def predict_arrays(self, images, batch_size=256, verbose=0) -> dict:
+        """{"code", "bits"} of numpy images: ``predict``, or a plain batched loop under
+        MultiWorkerMirroredStrategy, where Keras 3.15's predict fails."""
+        strategy = getattr(self, "distribute_strategy", None)
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return self.predict(images, batch_size=batch_size, verbose=verbose)
+        # Keras 3.15's predict fails under MultiWorkerMirroredStrategy (custom_loop.py).
+        # Every worker holds the same weights, so each encodes on its own, batch by batch.
+        if getattr(self, "_local_predict", None) is None:
+            self._local_predict = tf.function(self.predict_step, autograph=False)
+        images = np.asarray(images)
+        if len(images) == 0:
+            return {"code": np.zeros((0, self.bits), np.float32),
+                    "bits": np.zeros((0, self.bits), np.uint8)}
+        parts = [self._local_predict(images[i:i + batch_size])
+                 for i in range(0, len(images), batch_size)]
+        return {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
 
     def encode(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """Packed codes (N, ceil(K/8)) uint8, the format of HammingIndex."""

@@ -67,7 +67,8 @@ for name in sys.argv[1:]:
     state = {w.path: (np.asarray(w), np.asarray(v)) for w, v in zip(model.non_trainable_weights,
                                                            single_model.non_trainable_weights)
              if "bank" in w.path}
-    state_diff = max([float(np.max(np.abs(a - b))) for a, b in state.values()] or [0.0])
+    state_diff = max([float(np.max(np.abs(a - b))) for a, b in state.values() if a.size]
+                     or [0.0])
     one_device, replicas = global_loss(model, splits, 32)
     print(json.dumps({"method": name, "max_weight_diff": diff, "max_weight": scale,
                       "bank_diff": state_diff, "bank_rows_filled": int(sum(
