@@ -93,16 +93,33 @@ def test_dpsh_golden():
     assert np.isfinite(float(losses.dpsh_likelihood_loss(big, np.ones((1, 1), np.float32))))
 
 
-def test_spring_golden():
+@pytest.mark.parametrize("sparse", [False, True])
+def test_spring_golden(sparse):
     e = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]], np.float32)
     s = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], np.float32)
-    assert float(losses.sdsh_spring_loss(e, s)) == pytest.approx(0.0, abs=1e-5)  # ideal
+    assert float(losses.sdsh_spring_loss(e, s, sparse)) == pytest.approx(0.0, abs=1e-5)  # ideal
     # q = p = n: D = 0 -> E = (sqrt 8 - 2)^2 for both valid triplets
     same = np.array([[1.0, 0.0]] * 3, np.float32)
-    assert float(losses.sdsh_spring_loss(same, s)) == pytest.approx((np.sqrt(8) - 2) ** 2,
-                                                                     rel=1e-5)
+    assert float(losses.sdsh_spring_loss(same, s, sparse)) == pytest.approx(
+        (np.sqrt(8) - 2) ** 2, rel=1e-5)
     # no valid triplet (all similar) -> 0, not NaN
-    assert float(losses.sdsh_spring_loss(same, np.ones((3, 3), np.float32))) == 0.0
+    assert float(losses.sdsh_spring_loss(same, np.ones((3, 3), np.float32), sparse)) == 0.0
+
+
+def test_spring_sparse_and_dense_forms_agree_in_value_and_gradient():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.integers(0, 4, 40)
+    s = (y[:, None] == y[None, :]).astype(np.float32)
+    results = []
+    for sparse in (False, True):
+        v = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            loss = losses.sdsh_spring_loss(v, s, sparse=sparse)
+        results.append((float(loss), tape.gradient(loss, v).numpy()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
 
 
 def _finite_difference_check(fn, x0, rtol=1e-4):

@@ -41,8 +41,12 @@ class LinearHashing(HashingModel):
         raise TypeError(f"{self.method_name} is fitted in closed form, not by gradients")
 
     def features(self, images, batch_size=512):
-        return np.asarray(self.backbone.predict(
-            self.rescale(np.asarray(images, np.float32)), batch_size=batch_size, verbose=0))
+        # Batched calls rather than predict, which fails under MultiWorkerMirroredStrategy.
+        images = np.asarray(images)
+        return np.concatenate([
+            np.asarray(self.backbone(self.rescale(images[i:i + batch_size].astype(np.float32)),
+                                     training=False))
+            for i in range(0, len(images), batch_size)])
 
     def after_fit(self, splits, seed=0):
         est = self.estimator(self.bits, seed=self.params["seed"]).fit(
