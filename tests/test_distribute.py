@@ -80,7 +80,8 @@ def _free_ports(n):
 # SGD, whose steps scale with the gradient (Adam would hide a mis-scaled one); no dropout
 MULTIWORKER_FIT = ["fit", "--method", "dsh", "--bits", "16", "--epochs", "1",
                    "--batch-size", "35", "--learning-rate", "0.005", "--quiet",
-                   "--set", "optimizer=sgd", "--set", "backbone_kwargs.dropout=0", "--set", "val_database_size=300",
+                   "--set", "optimizer=sgd", "--set", "backbone_kwargs.dropout=0",
+                   "--set", "val_database_size=300",
                    "--set", "tensorboard_samples=50"]
 
 

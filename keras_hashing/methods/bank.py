@@ -53,19 +53,17 @@ class MemoryBankMixin:
         self.u_bank = self.add_weight(shape=(n, self.bits), initializer="zeros",
                                       trainable=False, aggregation="only_first_replica",
                                       name="u_bank")
+        empty_label = 0 if self.multi_label else -1  # similar to nothing
         self.label_bank = self.add_weight(
-            shape=(n, width), initializer=keras.initializers.Constant(0 if self.multi_label else -1),
+            shape=(n, width), initializer=keras.initializers.Constant(empty_label),
             trainable=False, aggregation="only_first_replica", name="label_bank")
 
     def pair_likelihood(self, u, targets):
         """The likelihood term of a batch: against the bank while training (targets
         carry {"label", "index"}); in-batch for validation batches or with
         ``memory_bank: false``."""
-        if not isinstance(targets, dict):
-            return losses.dpsh_likelihood_loss(
-                u, losses.pairwise_similarity(targets, self.multi_label))
-        labels = targets["label"]
-        if not self.params["memory_bank"]:
+        labels = targets["label"] if isinstance(targets, dict) else targets
+        if not isinstance(targets, dict) or not self.params["memory_bank"]:
             return losses.dpsh_likelihood_loss(
                 u, losses.pairwise_similarity(labels, self.multi_label))
         rows = ops.reshape(ops.cast(targets["index"], "int32"), (-1, 1))

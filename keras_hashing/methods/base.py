@@ -233,8 +233,9 @@ class HashingModel(keras.Model):
     def predict_arrays(self, images, batch_size=256, verbose=0) -> dict:
         """{"code", "bits"} of numpy images: ``predict``, or a plain batched loop under
         MultiWorkerMirroredStrategy, where Keras 3.15's predict fails."""
-        strategy = getattr(self, "distribute_strategy", None)
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from keras_hashing.custom_loop import multi_worker
+
+        if not multi_worker(getattr(self, "distribute_strategy", None)):
             return self.predict(images, batch_size=batch_size, verbose=verbose)
         # Keras 3.15's predict fails under MultiWorkerMirroredStrategy (custom_loop.py).
         # Every worker holds the same weights, so each encodes on its own, batch by batch.

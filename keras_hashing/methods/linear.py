@@ -3,8 +3,9 @@
 The model is: raw pixels -> rescale -> flatten -> fixed linear projection (x W + c) ->
 sign. With ``features_from: RUN`` (``--features-from RUN``) the flatten is replaced by
 that trained run's backbone, weights copied and frozen, so the baseline hashes learned
-features (e.g. ITQ on SSDH's lenet features) and its run file is self-contained. W and c come from the numpy estimators of ``keras_hashing.baselines``, fitted in
-closed form on the training split by ``after_fit``; there is no gradient training.
+features (e.g. ITQ on SSDH's lenet features) and its run file is self-contained. W and
+c come from the numpy estimators of ``keras_hashing.baselines``, fitted in closed form
+on the training split by ``after_fit``; there is no gradient training.
 Being HashingModels, the baselines get the same run directory, ``encode``, index,
 search, evaluation and TF Serving export as the deep methods.
 """
