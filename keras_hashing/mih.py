@@ -122,6 +122,15 @@ class MultiIndex:
         self.db = scan.Database(codes, self.bits)
         self.words = self.db.words
         self.fallbacks = 0  # queries handed to the linear scan by top_k (for benchmarks)
+        # Per word of the code: (table, mask of its substring's bits in that word), to
+        # read a candidate's substring distances off the XOR of the full codes.
+        self.word_masks = [[] for _ in range(self.db.nwords)]
+        for j, (a, b) in enumerate(self.bounds):
+            row = np.zeros((1, self.bits), np.uint8)
+            row[0, a:b] = 1
+            for w, mask in enumerate(scan.word_columns(np.packbits(row, axis=1))[:, 0]):
+                if mask:
+                    self.word_masks[w].append((j, mask))
         values = substring_values(codes, self.bits, self.bounds)
         self.order = [np.argsort(v, kind="stable").astype(np.int32 if self.n < 2**31
                                                           else np.int64) for v in values]
@@ -233,9 +242,26 @@ class MultiIndex:
             pos, dist = np.concatenate([pos, p]), np.concatenate([dist, d])
         return _as_lists(nq, rows, pos, dist)
 
+    def _substring_distances(self, qw, rows, pos):
+        """Full distances (int64) and each table's substring distance (m, C) of candidates."""
+        dist = np.zeros(rows.size, np.int64)
+        sub = np.zeros((self.tables, rows.size), np.int64)
+        for w in range(qw.shape[0]):
+            diff = qw[w][rows] ^ self.words[w][pos]
+            dist += np.bitwise_count(diff)
+            for j, mask in self.word_masks[w]:
+                sub[j] += np.bitwise_count(diff & mask)
+        return dist, sub
+
     def top_k(self, queries, k: int):
         """Exact k nearest codes (distances int32 (Q, k'), positions (Q, k')), k' = min(k, N);
-        ties by position."""
+        ties by position.
+
+        Probes go ring by ring, table by table. A code reached again through a later step is
+        dropped by its substring distances (kept only at the first step that can reach it),
+        so nothing is sorted until the end; a histogram of found distances per query says
+        when its k results are certain.
+        """
         queries = np.asarray(queries, np.uint8)
         nq = queries.shape[0]
         k = min(int(k), self.n)
@@ -244,19 +270,27 @@ class MultiIndex:
         if k == 0 or nq == 0:
             return out_d, out_p
         qvalues = substring_values(queries, self.bits, self.bounds)
+        qw = scan.word_columns(queries)
         pending = np.arange(nq, dtype=np.int64)
-        found = {"rows": np.zeros(0, np.int64), "pos": np.zeros(0, np.int64),
-                 "dist": np.zeros(0, np.int64)}
-        max_rho = max(b - a for a, b in self.bounds)
+        scanned = np.zeros(nq, bool)
+        found_rows, found_pos, found_dist = [], [], []
+        hist = np.zeros((nq, self.bits + 2), np.int64)  # found codes per (query, distance)
         work = np.zeros(nq, np.int64)
-        # Ring rho of table j after rings 0..rho of tables 0..j-1 and 0..rho-1 of the
-        # rest: every code within m rho + j has been found (pigeonhole), so the search
-        # radius grows by one per table probed, not by m per ring.
+        max_rho = max(b - a for a, b in self.bounds)
+
+        def send_to_scan(rows):
+            out_d[rows], out_p[rows] = scan.top_k(self.db, queries[rows], k)
+            scanned[rows] = True
+            self.fallbacks += int(rows.size)
+
+        # Step (rho, j) probes ring rho of table j. After it, every code within
+        # m rho + j has been found: a code not yet found has substring distance > rho in
+        # tables 0..j and >= rho in the rest, so its distance is at least m rho + j + 1.
         for rho in range(0, max_rho + 1):
             if self._ring_too_large(rho):  # probing would cost more than scanning
-                out_d[pending], out_p[pending] = scan.top_k(self.db, queries[pending], k)
-                self.fallbacks += int(pending.size)
-                return out_d, out_p
+                send_to_scan(pending)
+                pending = pending[:0]
+                break
             for j in range(self.tables):
                 lo, hi, owners = self._ranges(qvalues, pending, rho, j)
                 # Skewed codes (a trained model's) fill some buckets with thousands of
@@ -266,48 +300,50 @@ class MultiIndex:
                 work += np.bincount(owners, weights=hi - lo + 1, minlength=nq).astype(np.int64)
                 heavy = pending[work[pending] > SCAN_FALLBACK * self.n]
                 if heavy.size:
-                    out_d[heavy], out_p[heavy] = scan.top_k(self.db, queries[heavy], k)
-                    self.fallbacks += int(heavy.size)
-                    pending = np.setdiff1d(pending, heavy, assume_unique=True)
-                    keep = ~np.isin(owners, heavy)
+                    send_to_scan(heavy)
+                    pending = pending[~scanned[pending]]
+                    keep = ~scanned[owners]
                     lo, hi, owners = lo[keep], hi[keep], owners[keep]
-                    keep = np.isin(found["rows"], pending)
-                    found = {name: v[keep] for name, v in found.items()}
-                    if pending.size == 0:
-                        return out_d, out_p
-                r, p = self._gather(j, lo, hi, owners)
-                if r.size:
-                    r, p, d = self._verify(queries, r, p)
-                    # one entry per (query, code): a code may come through several tables
-                    key, first = np.unique(np.concatenate([
-                        found["rows"] * (self.n + 1) + found["pos"], r * (self.n + 1) + p]),
-                        return_index=True)
-                    dist = np.concatenate([found["dist"], d])[first]
-                    found = {"rows": key // (self.n + 1), "pos": key % (self.n + 1),
-                             "dist": dist}
+                rows, pos = self._gather(j, lo, hi, owners)
+                if rows.size:
+                    dist, sub = self._substring_distances(qw, rows, pos)
+                    # first reached here: no earlier table within rho, no later one below it
+                    first = np.ones(rows.size, bool)
+                    if j:
+                        first &= (sub[:j] > rho).all(axis=0)
+                    if j + 1 < self.tables:
+                        first &= (sub[j + 1:] >= rho).all(axis=0)
+                    rows, pos, dist = rows[first], pos[first], dist[first]
+                    found_rows.append(rows)
+                    found_pos.append(pos)
+                    found_dist.append(dist)
+                    hist += np.bincount(rows * hist.shape[1] + dist,
+                                        minlength=hist.size).reshape(hist.shape)
                 last = rho == max_rho and j == self.tables - 1  # everything has been found
-                certain = self.tables * rho + j
-                sure = np.bincount(found["rows"][found["dist"] <= certain], minlength=nq)
-                finished = pending if last else pending[sure[pending] >= k]
-                if finished.size:
-                    self._emit(finished, found, k, out_d, out_p)
-                    pending = np.setdiff1d(pending, finished, assume_unique=True)
-                    keep = np.isin(found["rows"], pending)
-                    found = {name: v[keep] for name, v in found.items()}
+                certain = min(self.tables * rho + j, self.bits)
+                if last:
+                    pending = pending[:0]
+                else:
+                    sure = hist[pending, :certain + 1].sum(axis=1)
+                    pending = pending[sure < k]
                 if pending.size == 0:
-                    return out_d, out_p
+                    break
+            if pending.size == 0:
+                break
+        # One sort for every query answered here: its k smallest (distance, position). All
+        # codes within its certain radius were found, and its k-th result lies inside it.
+        if found_rows:
+            rows, pos, dist = (np.concatenate(found_rows), np.concatenate(found_pos),
+                               np.concatenate(found_dist))
+            keep = ~scanned[rows]
+            rows, pos, dist = rows[keep], pos[keep], dist[keep]
+            order = np.lexsort((pos, dist, rows))
+            rows, pos, dist = rows[order], pos[order], dist[order]
+            take = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left")) < k
+            answered = np.flatnonzero(~scanned)
+            out_d[answered] = dist[take].reshape(answered.size, k)
+            out_p[answered] = pos[take].reshape(answered.size, k)
         return out_d, out_p
-
-    def _emit(self, rows, found, k, out_d, out_p):
-        sel = np.isin(found["rows"], rows)
-        r, p, d = found["rows"][sel], found["pos"][sel], found["dist"][sel]
-        order = np.lexsort((p, d, r))
-        r, p, d = r[order], p[order], d[order]
-        first = np.searchsorted(r, r, side="left")
-        take = (np.arange(r.size) - first) < k
-        r, p, d = r[take], p[take], d[take]
-        out_d[rows] = d.reshape(rows.size, k)
-        out_p[rows] = p.reshape(rows.size, k)
 
 
 def _as_lists(nq, rows, pos, dist):

@@ -27,10 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Database codes per block and queries per block: of the shapes 8 x 64k, 16 x 32k,
-# 32 x 16k, 64 x 8k, 128 x 4k and 256 x 2k (queries x codes), 32 x 16k was fastest on the
-# 2-core box (1.04 ns per code and query for XOR + popcount + compare; 256 x 2k: 1.53).
-DB_BLOCK = 16384
+# Database codes per block and queries per block. Measured on the 2-core box (1M codes,
+# 1000 queries, k = 100, tools/bench_search.py's data; seconds, 1 / 2 threads, 64 bits):
+# 32 x 16k 1.77 / 1.43, 32 x 8k 1.53 / 0.94, 32 x 4k 1.68 / 1.07, 16 x 4k 2.08 / 1.50.
+# A 32 x 8k block keeps each thread's XOR buffer at 2 MiB (16k: 4 MiB each, and two
+# threads then fight over the 8 MiB L3), while the inner loop stays long enough:
+# numpy's broadcast XOR costs 3x per pair when rows are 2k codes or shorter.
+DB_BLOCK = 8192
 QUERY_BLOCK = 32
 # Codes of the first block whose k-th distance sets each query's first cut-off.
 FIRST_CUT_SAMPLE = 4096
