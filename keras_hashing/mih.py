@@ -171,17 +171,6 @@ class MultiIndex:
         idx, who = _expand_ranges(lo, hi, owners)
         return who, self.order[j][idx].astype(np.int64)
 
-    def _probe(self, qvalues, rows, rho, tables=None):
-        """Candidates (query row, position) from ring rho of the given tables (default all)."""
-        found_rows, found_pos = [], []
-        for j in range(self.tables) if tables is None else tables:
-            who, pos = self._gather(j, *self._ranges(qvalues, rows, rho, j))
-            found_rows.append(who)
-            found_pos.append(pos)
-        if not found_rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(found_rows), np.concatenate(found_pos)
-
     def _ring_too_large(self, rho) -> bool:
         """More probe values in ring rho of the longest substring than codes in the index:
         enumerating it would cost more than a scan (and C(32, 16) masks would not fit in
@@ -200,16 +189,6 @@ class MultiIndex:
                 counts += np.bincount(owners, weights=hi - lo + 1, minlength=nq).astype(np.int64)
         return counts
 
-    def _verify(self, queries, rows, pos):
-        """Unique (row, position) pairs with their full Hamming distances."""
-        key = np.unique(rows * (self.n + 1) + pos)
-        rows, pos = key // (self.n + 1), key % (self.n + 1)
-        qw = scan.word_columns(queries)
-        dist = np.zeros(rows.size, np.int64)
-        for w in range(qw.shape[0]):
-            dist += np.bitwise_count(qw[w][rows] ^ self.words[w][pos])
-        return rows, pos, dist
-
     def within_radius(self, queries, radius: int):
         """(lims, distances, positions) of every code within ``radius``: exact.
 
@@ -226,12 +205,16 @@ class MultiIndex:
             return scan.within_radius(self.db, queries, radius)
         heavy = self.candidate_counts(qvalues, rows_all, max_rho, nq) > SCAN_FALLBACK * self.n
         light = rows_all[~heavy]
-        rows, pos = [], []
+        qw = scan.word_columns(queries)
+        rows, pos, dist = [], [], []
         for rho in range(0, max_rho + 1):
-            r, p = self._probe(qvalues, light, rho)
-            rows.append(r)
-            pos.append(p)
-        rows, pos, dist = self._verify(queries, np.concatenate(rows), np.concatenate(pos))
+            for j in range(self.tables):
+                r, p = self._gather(j, *self._ranges(qvalues, light, rho, j))
+                r, p, d = self._first_reached(qw, rho, j, r, p)
+                rows.append(r)
+                pos.append(p)
+                dist.append(d)
+        rows, pos, dist = np.concatenate(rows), np.concatenate(pos), np.concatenate(dist)
         keep = dist <= radius
         rows, pos, dist = rows[keep], pos[keep], dist[keep]
         if heavy.any():
@@ -242,16 +225,24 @@ class MultiIndex:
             pos, dist = np.concatenate([pos, p]), np.concatenate([dist, d])
         return _as_lists(nq, rows, pos, dist)
 
-    def _substring_distances(self, qw, rows, pos):
-        """Full distances (int64) and each table's substring distance (m, C) of candidates."""
+    def _first_reached(self, qw, rho, j, rows, pos):
+        """Candidates (rows, positions) from ring rho of table j, less those an earlier
+        probe step already reached, with their full distances.
+
+        Steps run ring by ring and, within a ring, table by table, so a code is first
+        reached at the smallest (substring distance, table): it is kept here only if no
+        earlier table is within rho of the query and no later table within rho - 1. Each
+        code is then counted once without sorting the candidates.
+        """
         dist = np.zeros(rows.size, np.int64)
         sub = np.zeros((self.tables, rows.size), np.int64)
         for w in range(qw.shape[0]):
             diff = qw[w][rows] ^ self.words[w][pos]
             dist += np.bitwise_count(diff)
-            for j, mask in self.word_masks[w]:
-                sub[j] += np.bitwise_count(diff & mask)
-        return dist, sub
+            for table, mask in self.word_masks[w]:
+                sub[table] += np.bitwise_count(diff & mask)
+        first = (sub[:j] > rho).all(axis=0) & (sub[j + 1:] >= rho).all(axis=0)
+        return rows[first], pos[first], dist[first]
 
     def top_k(self, queries, k: int):
         """Exact k nearest codes (distances int32 (Q, k'), positions (Q, k')), k' = min(k, N);
@@ -306,14 +297,7 @@ class MultiIndex:
                     lo, hi, owners = lo[keep], hi[keep], owners[keep]
                 rows, pos = self._gather(j, lo, hi, owners)
                 if rows.size:
-                    dist, sub = self._substring_distances(qw, rows, pos)
-                    # first reached here: no earlier table within rho, no later one below it
-                    first = np.ones(rows.size, bool)
-                    if j:
-                        first &= (sub[:j] > rho).all(axis=0)
-                    if j + 1 < self.tables:
-                        first &= (sub[j + 1:] >= rho).all(axis=0)
-                    rows, pos, dist = rows[first], pos[first], dist[first]
+                    rows, pos, dist = self._first_reached(qw, rho, j, rows, pos)
                     found_rows.append(rows)
                     found_pos.append(pos)
                     found_dist.append(dist)
@@ -335,7 +319,9 @@ class MultiIndex:
         if found_rows:
             rows, pos, dist = (np.concatenate(found_rows), np.concatenate(found_pos),
                                np.concatenate(found_dist))
-            keep = ~scanned[rows]
+            # only entries within each query's k-th found distance can be among its k
+            kth = np.argmax(np.cumsum(hist, axis=1) >= k, axis=1)
+            keep = ~scanned[rows] & (dist <= kth[rows])
             rows, pos, dist = rows[keep], pos[keep], dist[keep]
             order = np.lexsort((pos, dist, rows))
             rows, pos, dist = rows[order], pos[order], dist[order]
