@@ -217,13 +217,13 @@ class MultiIndex:
         rows, pos, dist = np.concatenate(rows), np.concatenate(pos), np.concatenate(dist)
         keep = dist <= radius
         rows, pos, dist = rows[keep], pos[keep], dist[keep]
+        lists = _as_lists(nq, rows, pos, dist)
         if heavy.any():
             self.fallbacks += int(heavy.sum())
             heavy_rows = rows_all[heavy]
-            lims, d, p = scan.within_radius(self.db, queries[heavy_rows], radius)
-            rows = np.concatenate([rows, np.repeat(heavy_rows, np.diff(lims))])
-            pos, dist = np.concatenate([pos, p]), np.concatenate([dist, d])
-        return _as_lists(nq, rows, pos, dist)
+            lists = _fill_rows(lists, heavy_rows,
+                               scan.within_radius(self.db, queries[heavy_rows], radius))
+        return lists
 
     def _first_reached(self, qw, rho, j, rows, pos):
         """Candidates (rows, positions) from ring rho of table j, less those an earlier
@@ -338,3 +338,22 @@ def _as_lists(nq, rows, pos, dist):
     rows, pos, dist = rows[order], pos[order], dist[order]
     lims = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=nq))]).astype(np.int64)
     return lims, dist.astype(np.int32), pos.astype(np.int64)
+
+
+def _fill_rows(lists, rows, sub_lists):
+    """Range-search lists with the (empty) entries of ``rows`` taken from ``sub_lists``,
+    the lists of those rows alone: a linear copy, since both are already sorted."""
+    lims, dist, pos = lists
+    sub_lims, sub_dist, sub_pos = sub_lists
+    counts = np.diff(lims)
+    sub_counts = np.diff(sub_lims)
+    counts[rows] += sub_counts
+    out_lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    out_dist = np.empty(out_lims[-1], np.int32)
+    out_pos = np.empty(out_lims[-1], np.int64)
+    # where each entry goes: its row's new start + its rank within the row
+    at = np.arange(dist.size) + np.repeat(out_lims[:-1] - lims[:-1], np.diff(lims))
+    out_dist[at], out_pos[at] = dist, pos
+    at = np.arange(sub_dist.size) + np.repeat(out_lims[rows] - sub_lims[:-1], sub_counts)
+    out_dist[at], out_pos[at] = sub_dist, sub_pos
+    return out_lims, out_dist, out_pos

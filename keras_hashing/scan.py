@@ -221,21 +221,27 @@ def within_radius(db: Database, queries, radius: int, threads=None):
     qw = query_words(queries, db.nwords) if nq else None
     blocks = [(s, min(nq, s + QUERY_BLOCK)) for s in range(0, nq, QUERY_BLOCK)]
     threads = default_threads() if threads is None else max(1, int(threads))
-    span = db.n + 1
+    width = db.bits + 1
 
     def work(bounds):
         s, e = bounds
         scratch = _scratch(e - s, min(DB_BLOCK, db.n), db.dist_dtype)
-        parts = []
+        # (row, distance) as one small key; blocks run in position order, so a stable
+        # sort on the key alone orders each row by (distance, position). int16 keys sort
+        # by radix in numpy: linear time, which matters when radii return millions.
+        key_dtype = np.int16 if (e - s) * width <= np.iinfo(np.int16).max else np.int64
+        keys, positions = [], []
         for start in range(0, db.n, DB_BLOCK):
             stop = min(db.n, start + DB_BLOCK)
             dist = _block_distances(qw[:, s:e], db, start, stop, *scratch)
             rows, cols = np.divmod(np.flatnonzero(dist <= radius), stop - start)
-            d = dist[rows, cols].astype(np.int64)
-            parts.append((rows * (db.bits + 1) + d) * span + (cols + start))
-        keys = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-        rows = keys // ((db.bits + 1) * span)
-        return np.bincount(rows, minlength=e - s), (keys // span) % (db.bits + 1), keys % span
+            keys.append((rows * width + dist[rows, cols]).astype(key_dtype))
+            positions.append(cols + start)
+        key = np.concatenate(keys) if keys else np.zeros(0, key_dtype)
+        order = np.argsort(key, kind="stable")
+        key = key[order].astype(np.int64)
+        pos = (np.concatenate(positions)[order] if keys else np.zeros(0)).astype(np.int64)
+        return np.bincount(key // width, minlength=e - s), key % width, pos
 
     if db.n == 0 or nq == 0:
         return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
