@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import numpy as np
 
@@ -47,6 +48,10 @@ DIRECT_BITS = 22
 # A query whose candidates would pass this fraction of the database is answered by the
 # linear scan instead: handling a candidate in numpy costs about 100x a scanned code.
 SCAN_FALLBACK = 0.01
+# k-NN over many queries first times MIH and the scan on this many queries each, and sends
+# the rest to whichever was faster: when most queries fall back anyway (uniform codes,
+# where the k-th neighbour is far), probing them first only adds time. Both are exact.
+CALIBRATION_QUERIES = 32
 _CHUNK = 1 << 16
 
 
@@ -248,6 +253,30 @@ class MultiIndex:
         """Exact k nearest codes (distances int32 (Q, k'), positions (Q, k')), k' = min(k, N);
         ties by position.
 
+        With at least 4 x ``CALIBRATION_QUERIES`` queries, the first batch is answered by
+        probing and the second by the scan, both timed; the rest go the faster way.
+        """
+        queries = np.asarray(queries, np.uint8)
+        cal = CALIBRATION_QUERIES
+        if queries.shape[0] < 4 * cal or cal < 1:
+            return self._probe_top_k(queries, k)
+        start = time.perf_counter()
+        probed = self._probe_top_k(queries[:cal], k)
+        probe_s = time.perf_counter() - start
+        start = time.perf_counter()
+        scanned = scan.top_k(self.db, queries[cal:2 * cal], k)
+        scan_s = time.perf_counter() - start
+        self.fallbacks += cal
+        if scan_s < probe_s:
+            rest = scan.top_k(self.db, queries[2 * cal:], k)
+            self.fallbacks += queries.shape[0] - 2 * cal
+        else:
+            rest = self._probe_top_k(queries[2 * cal:], k)
+        return tuple(np.concatenate(parts) for parts in zip(probed, scanned, rest))
+
+    def _probe_top_k(self, queries, k: int):
+        """``top_k`` by probing the tables (heavy queries still go to the scan).
+
         Probes go ring by ring, table by table. A code reached again through a later step is
         dropped by its substring distances (kept only at the first step that can reach it),
         so nothing is sorted until the end; a histogram of found distances per query says
@@ -269,8 +298,7 @@ class MultiIndex:
         work = np.zeros(nq, np.int64)
         max_rho = max(b - a for a, b in self.bounds)
 
-        def send_to_scan(rows):
-            out_d[rows], out_p[rows] = scan.top_k(self.db, queries[rows], k)
+        def send_to_scan(rows):  # answered at the end, all in one scan
             scanned[rows] = True
             self.fallbacks += int(rows.size)
 
@@ -329,6 +357,9 @@ class MultiIndex:
             answered = np.flatnonzero(~scanned)
             out_d[answered] = dist[take].reshape(answered.size, k)
             out_p[answered] = pos[take].reshape(answered.size, k)
+        if scanned.any():
+            rows = np.flatnonzero(scanned)
+            out_d[rows], out_p[rows] = scan.top_k(self.db, queries[rows], k)
         return out_d, out_p
 
 

@@ -312,3 +312,24 @@ def test_mih_knn_needing_every_code_scans_instead_of_enumerating_huge_rings():
     np.testing.assert_array_equal(dist, exp_d)
     np.testing.assert_array_equal(ids, exp_i)
     assert lims[-1] == int((exp_d <= 20).sum())
+
+
+@pytest.mark.parametrize("clock, sent_to_scan", [([0, 10, 10, 11], 16), ([0, 1, 1, 11], 4)])
+def test_mih_knn_sends_the_rest_the_way_that_timed_faster(clock, sent_to_scan):
+    # 4 queries probed, 4 scanned, both timed (the fake clock says which was faster);
+    # the other 12 go the faster way, and the answer is exact either way
+    from keras_hashing.mih import MultiIndex
+
+    rng = np.random.default_rng(10)
+    d_bits = rng.integers(0, 2, (300, 32))
+    q_bits = d_bits[:20] ^ (rng.random((20, 32)) < 0.1)
+    tables = MultiIndex(pack_bits(d_bits), 32)
+    ticks = iter(clock)
+    with mock.patch.object(mih, "CALIBRATION_QUERIES", 4), \
+            mock.patch.object(mih, "SCAN_FALLBACK", 1e9), \
+            mock.patch.object(mih.time, "perf_counter", lambda: next(ticks)):
+        dist, pos = tables.top_k(pack_bits(q_bits), 7)
+    assert tables.fallbacks == sent_to_scan
+    exp_d, exp_i = brute_force(q_bits, d_bits, 7)
+    np.testing.assert_array_equal(dist, exp_d)
+    np.testing.assert_array_equal(pos, exp_i)
