@@ -7,10 +7,14 @@ in that order), and a query probes, in every table, the substring values within
 floor(r / m) of its own; every code found is a *candidate*, verified on its full code.
 
 * radius search r: probe radius floor(r / m) in every table; exact.
-* k-NN: probe substring radius rho = 0, 1, 2, ... (only the new ring each time). After
-  ring rho every code within m (rho + 1) - 1 of the query has been found, so a query is
-  done once it holds k verified results at distance <= m (rho + 1) - 1; exact, ties by
+* k-NN: probe substring radius rho = 0, 1, 2, ... (only the new ring each time), table
+  by table. After ring rho of table j every code within m rho + j of the query has been
+  found, so a query is done once it holds k verified results that close; exact, ties by
   position like the linear scan.
+* A code found through several tables is counted once: its substring distances say at
+  which probe step it was first reachable, so candidates are never sorted to dedupe.
+* Queries whose buckets would cost more than a scan are answered by one scan at the end,
+  and a large k-NN batch is routed by timing both ways on its first queries.
 
 m defaults to round(K / log2 N) (Norouzi's choice: substrings about log2 N bits long, so
 a bucket holds about one code of a uniform database). Codes from a trained model are
