@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import keras
 import numpy as np
@@ -78,7 +79,9 @@ class TrainingBackup(keras.callbacks.Callback):
     then ``state.json`` naming it, each atomically, so the state always points at a
     complete checkpoint. Keras' ``BackupAndRestore`` writes both in place and can be
     caught half-way. The state also carries the ``RetrievalValidation`` selection
-    (best epoch, per-epoch mAP, best weights) so a resumed run picks the same best epoch.
+    (best epoch, per-epoch mAP, best weights) so a resumed run picks the same best epoch,
+    and the seconds trained so far, so a resumed run reports its whole training time
+    (``seconds_before``; the epoch cut short by the kill is lost and not counted).
     The folder is removed when training ends normally.
 
     Use ``initial_epoch = backup.restore()`` before ``fit(initial_epoch=...)``.
@@ -91,12 +94,20 @@ class TrainingBackup(keras.callbacks.Callback):
         self.backup_dir = backup_dir
         self.validation = validation
         self.write = write  # False: restore only (a non-chief worker)
+        # Training seconds of the epochs in the restored backup; None when the backup
+        # predates this field (its time is unknown).
+        self.seconds_before = 0.0
+        self._clock_start = time.time()
 
     def _path(self, name):
         return os.path.join(self.backup_dir, name)
 
     def restore(self) -> int:
-        """Load the last complete checkpoint into the model; return the epoch to start at."""
+        """Load the last complete checkpoint into the model; return the epoch to start at.
+
+        Training time is counted from here (``fit`` calls this just before it starts).
+        """
+        self._clock_start = time.time()
         if not os.path.exists(self._path(self.STATE)):
             return 0
         state = read_json(self._path(self.STATE))
@@ -111,6 +122,7 @@ class TrainingBackup(keras.callbacks.Callback):
         except (OSError, ValueError, KeyError) as e:
             raise RunDirError(f"{self.backup_dir}: cannot resume from the backup ({e}); delete "
                               "the folder to start this run over") from None
+        self.seconds_before = state.get("train_seconds")
         return int(state["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
@@ -121,6 +133,8 @@ class TrainingBackup(keras.callbacks.Callback):
         with atomic_path(self._path(weights), suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
         state = {"epoch": epoch + 1, "weights": weights}
+        if self.seconds_before is not None:
+            state["train_seconds"] = self.seconds_before + time.time() - self._clock_start
         old = read_json(self._path(self.STATE)) if os.path.exists(self._path(self.STATE)) else {}
         state["best_weights"] = old.get("best_weights")
         if self.validation is not None:

@@ -240,7 +240,11 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
         validation.on_epoch_end(0)
-    train_seconds = time.time() - start
+    seconds_here = time.time() - start
+    # A resumed run counts the epochs trained before the resume too; None where the
+    # backup predates recording its time.
+    train_seconds = (seconds_here + backup.seconds_before
+                     if backup.seconds_before is not None else None)
     metrics = {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
         **splits.summary(),
@@ -250,7 +254,8 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
         "epochs_run": len(validation.history),
         "resumed_from_epoch": initial_epoch or None,
         **({"after_fit": after_fit} if after_fit else {}),
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": None if train_seconds is None else round(train_seconds, 2),
+        "train_seconds_this_process": round(seconds_here, 2),
     }
     metrics["strategy"] = {"kind": ("MultiWorkerMirroredStrategy" if multi_worker  # an alias
                                     else type(strategy).__name__),

@@ -37,12 +37,17 @@ def test_fit_killed_mid_run_resumes_at_last_finished_epoch(tmp_path):
     time.sleep(0.2)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved_epoch = json.loads(state.read_text())["epoch"]
+    saved = json.loads(state.read_text())
+    saved_epoch = saved["epoch"]
     assert not (out / "model.keras").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == saved_epoch >= 2
+    # the training time counts the epochs before the kill too
+    assert saved["train_seconds"] > 0
+    assert metrics["train_seconds"] == pytest.approx(
+        saved["train_seconds"] + metrics["train_seconds_this_process"], abs=0.02)
     assert metrics["epochs_run"] == 5 and len(metrics["validation"]["map_all_per_epoch"]) == 5
     assert not (out / "backup").exists()
     # a finished run is never overwritten by a rerun

@@ -36,3 +36,34 @@ def test_reproduce_writes_rows_table_and_figures_and_resumes(tmp_path):
     again = _reproduce(tmp_path, "itq:16")
     assert again.returncode == 0 and "[reproduce] keras-hashing fit" not in again.stdout
     assert os.path.getmtime(tmp_path / "runs" / "digits" / "itq_16b" / "metrics.json") == before
+
+
+def _load_reproduce(monkeypatch):
+    import importlib.util
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))  # as when run as a script
+    spec = importlib.util.spec_from_file_location(
+        "reproduce", os.path.join(ROOT, "tools", "reproduce.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_marks_training_time_known_only_after_a_resume(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    fresh = {"train_seconds": 120.0, "train_seconds_this_process": 120.0,
+             "resumed_from_epoch": None}
+    resumed = {"train_seconds": 300.0, "train_seconds_this_process": 90.0,
+               "resumed_from_epoch": 3}
+    # a resume from an old backup: the time before it is unknown
+    unknown = {"train_seconds": None, "train_seconds_this_process": 90.0,
+               "resumed_from_epoch": 3}
+    # metrics written before train_seconds_this_process existed: only the part after
+    legacy = {"train_seconds": 90.0, "resumed_from_epoch": 3}
+    assert reproduce.train_seconds(fresh) == (120.0, True)
+    assert reproduce.train_seconds(resumed) == (300.0, True)
+    assert reproduce.train_seconds(unknown) == (90.0, False)
+    assert reproduce.train_seconds(legacy) == (90.0, False)
+    row = {"train_minutes": 1.5}
+    assert reproduce.train_minutes_cell(row) == "1.5"
+    assert reproduce.train_minutes_cell({**row, "train_minutes_after_resume_only": True}) \
+        == "≥ 1.5"
