@@ -60,10 +60,11 @@ def test_keras_file_roundtrip_in_process(trained_run, digits):
 
 def test_keras_file_loads_in_fresh_process(trained_run, digits, tmp_path):
     np.save(tmp_path / "x.npy", digits.query.x[:50])
+    x_file, codes_file = str(tmp_path / "x.npy"), str(tmp_path / "codes.npy")
     script = (
         "import sys, numpy as np, keras, keras_hashing.methods.ssdh\n"
         f"m = keras.saving.load_model({os.path.join(trained_run.path, 'model.keras')!r})\n"
-        f"np.save({str(tmp_path / 'codes.npy')!r}, m.encode(np.load({str(tmp_path / 'x.npy')!r})))\n"
+        f"np.save({codes_file!r}, m.encode(np.load({x_file!r})))\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
     np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),

@@ -273,8 +273,8 @@ class LinearCodeModel(HashingModel):
     """A HashingModel whose head is one linear layer of K real outputs (DSH, DPSH, ...)."""
 
     def build_head(self):
-        self.hash_layer = keras.layers.Dense(self.bits, kernel_regularizer=self.kernel_regularizer(),
-                                             name="hash")
+        self.hash_layer = keras.layers.Dense(
+            self.bits, kernel_regularizer=self.kernel_regularizer(), name="hash")
 
     def head(self, features, training=False):
         return {"code": self.hash_layer(features)}

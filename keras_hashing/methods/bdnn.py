@@ -1,6 +1,7 @@
 """SH-BDNN and UH-BDNN: binary deep neural networks (Do, Doan, Cheung, ECCV 2016).
 
-Model: backbone -> sigmoid-type (tanh) hidden layers -> linear code layer H (L outputs); bit = [H >= 0].
+Model: backbone -> sigmoid-type (tanh) hidden layers -> linear code layer H (L outputs);
+bit = [H >= 0].
 Training keeps an auxiliary binary code B in {-1, +1} for every training example (a
 non-trainable int8 table inside the model, indexed by the example's position) and
 alternates:
@@ -101,8 +102,8 @@ class BDNN(HashingModel):
 
     needs_index = True
     default_params = {"lambda1": 1e-5, "lambda2": 5e-2, "lambda3": 1e-2, "lambda4": 5e-7,
-                      "hidden": None, "activation": "tanh", "w_steps": 400, "full_batch_scaling": True,
-                      "num_train": 5000}
+                      "hidden": None, "activation": "tanh", "w_steps": 400,
+                      "full_batch_scaling": True, "num_train": 5000}
     term_names = ("equality", "independence", "balance")
 
     def build_head(self):
