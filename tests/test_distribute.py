@@ -55,7 +55,8 @@ def test_cli_fit_mirrored_on_logical_cpus(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "keras_hashing", "fit", "--method", "dsh", "--bits", "16",
          "--epochs", "6", "--learning-rate", "0.005", "--strategy", "mirrored",
-         "--logical-cpus", "2", "--out", str(out), "--quiet", "--set", "val_database_size=500", "--set", "tensorboard_samples=50"],
+         "--logical-cpus", "2", "--out", str(out), "--quiet",
+         "--set", "val_database_size=500", "--set", "tensorboard_samples=50"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
