@@ -15,6 +15,9 @@ floor(r / m) of its own; every code found is a *candidate*, verified on its full
   which probe step it was first reachable, so candidates are never sorted to dedupe.
 * Queries whose buckets would cost more than a scan are answered by one scan at the end,
   and a large k-NN batch is routed by timing both ways on its first queries.
+* A trained model's codes repeat (a few thousand codes, each thousands of times). When at
+  most half the codes are distinct, k-NN probes tables of the distinct codes, each
+  standing for its positions: a bucket of 50k copies is one candidate, not 50k.
 
 m defaults to round(K / log2 N) (Norouzi's choice: substrings about log2 N bits long, so
 a bucket holds about one code of a uniform database). Codes from a trained model are
@@ -56,7 +59,38 @@ SCAN_FALLBACK = 0.01
 # the rest to whichever was faster: when most queries fall back anyway (uniform codes,
 # where the k-th neighbour is far), probing them first only adds time. Both are exact.
 CALIBRATION_QUERIES = 32
+# ...unless probing took under this many seconds per query and database code: the scan
+# costs about 1e-9 (1.1 to 1.9 ns per 64-bit code on the 2-core AVX2 box, see
+# docs/SCALING.md), so timing it would only cost its share of the queries.
+CLEAR_WIN_SECONDS_PER_CODE = 1e-10
+# k-NN runs over the distinct codes (each with its positions) when they are at most this
+# share of the index: a trained model's codes repeat, and one bucket of 50k copies of a
+# code costs a probe 50k candidates but the distinct table one.
+DISTINCT_SHARE = 0.5
 _CHUNK = 1 << 16
+
+
+def distinct_codes(db: "scan.Database"):
+    """Group equal codes: (first position of each distinct code, counts, offsets into
+    positions, positions), positions ascending within each group.
+
+    Example:
+        >>> import numpy as np
+        >>> db = scan.Database(np.array([[3], [1], [3], [3]], np.uint8), 8)
+        >>> first, counts, offsets, positions = distinct_codes(db)
+        >>> first.tolist(), counts.tolist(), positions.tolist()
+        ([1, 0], [1, 3], [1, 0, 2, 3])
+    """
+    words = db.words
+    # stable: equal codes keep ascending positions
+    order = (np.argsort(words[0], kind="stable") if words.shape[0] == 1
+             else np.lexsort(words[::-1]))
+    ordered = words[:, order]
+    starts = np.ones(db.n, bool)
+    if db.n:
+        starts[1:] = (ordered[:, 1:] != ordered[:, :-1]).any(axis=0)
+    offsets = np.append(np.flatnonzero(starts), db.n).astype(np.int64)
+    return order[offsets[:-1]], np.diff(offsets), offsets, order
 
 
 def default_tables(bits: int, n: int) -> int:
@@ -115,9 +149,11 @@ class MultiIndex:
         codes: (N, ceil(bits/8)) uint8 packed codes.
         bits: code length.
         tables: m; None = ``default_tables(bits, N)``.
+        distinct: also build tables over the distinct codes when at most
+            ``DISTINCT_SHARE`` x N are distinct (k-NN then probes those).
     """
 
-    def __init__(self, codes, bits: int, tables=None):
+    def __init__(self, codes, bits: int, tables=None, distinct=True):
         codes = np.asarray(codes, np.uint8)
         self.bits = int(bits)
         self.n = codes.shape[0]
@@ -131,6 +167,11 @@ class MultiIndex:
         self.db = scan.Database(codes, self.bits)
         self.words = self.db.words
         self.fallbacks = 0  # queries handed to the linear scan by top_k (for benchmarks)
+        # Set on the tables of distinct codes that serve k-NN (see ``distinct``): each
+        # entry's multiplicity and positions, and the full database the scan falls back to.
+        self.groups = None
+        self.scan_db = self.db
+        self.total = self.n
         # Per word of the code: (table, mask of its substring's bits in that word), to
         # read a candidate's substring distances off the XOR of the full codes.
         self.word_masks = [[] for _ in range(self.db.nwords)]
@@ -151,12 +192,29 @@ class MultiIndex:
         # the sorted values are only needed where there is no direct table
         self.sorted_values = [v if off is None else None
                               for v, off in zip(self.sorted_values, self.offsets)]
+        self.distinct = self._distinct_tables(tables) if distinct else None
+
+    def _distinct_tables(self, tables):
+        """Tables over the distinct codes for k-NN, or None when codes rarely repeat."""
+        first, counts, offsets, positions = distinct_codes(self.db)
+        if first.size > DISTINCT_SHARE * self.n:
+            return None
+        inner = MultiIndex(np.asarray(self.db.codes)[first], self.bits,
+                           tables=tables or default_tables(self.bits, first.size),
+                           distinct=False)
+        # entry e of the inner tables stands for positions[starts[e]:starts[e] + counts[e]]
+        inner.groups = (counts, offsets[:-1], positions)
+        inner.scan_db, inner.total = self.db, self.n
+        return inner
 
     @property
     def nbytes(self) -> int:
         """Memory of the tables (on top of the codes themselves)."""
-        arrays = self.order + self.sorted_values + self.offsets
-        return int(sum(a.nbytes for a in arrays if a is not None))
+        arrays = self.order + self.sorted_values + self.offsets + list(self.groups or [])
+        own = int(sum(a.nbytes for a in arrays if a is not None))
+        if self.distinct is None:
+            return own
+        return own + self.distinct.nbytes + self.distinct.words.nbytes
 
     def _ranges(self, qvalues, rows, rho, j):
         """Bucket ranges [lo, hi) of table j's ring rho around each query of ``rows``,
@@ -185,7 +243,7 @@ class MultiIndex:
         enumerating it would cost more than a scan (and C(32, 16) masks would not fit in
         memory), so the caller scans instead."""
         longest = max(b - a for a, b in self.bounds)
-        return rho <= longest and math.comb(longest, rho) > max(self.n, 64)
+        return rho <= longest and math.comb(longest, rho) > max(self.total, 64)
 
     def candidate_counts(self, qvalues, rows, max_rho, nq):
         """Work each query would cost through rings 0..max_rho of every table: probes plus
@@ -258,15 +316,20 @@ class MultiIndex:
         ties by position.
 
         With at least 4 x ``CALIBRATION_QUERIES`` queries, the first batch is answered by
-        probing and the second by the scan, both timed; the rest go the faster way.
+        probing and the second by the scan, both timed; the rest go the faster way. Where
+        probing the first batch was clearly faster than any scan could be, the scan is not
+        timed.
         """
         queries = np.asarray(queries, np.uint8)
         cal = CALIBRATION_QUERIES
         if queries.shape[0] < 4 * cal or cal < 1:
-            return self._probe_top_k(queries, k)
+            return self._probe_top_k_any(queries, k)
         start = time.perf_counter()
-        probed = self._probe_top_k(queries[:cal], k)
+        probed = self._probe_top_k_any(queries[:cal], k)
         probe_s = time.perf_counter() - start
+        if probe_s < CLEAR_WIN_SECONDS_PER_CODE * cal * self.n:
+            rest = self._probe_top_k_any(queries[cal:], k)
+            return tuple(np.concatenate(parts) for parts in zip(probed, rest))
         start = time.perf_counter()
         scanned = scan.top_k(self.db, queries[cal:2 * cal], k)
         scan_s = time.perf_counter() - start
@@ -275,8 +338,17 @@ class MultiIndex:
             rest = scan.top_k(self.db, queries[2 * cal:], k)
             self.fallbacks += queries.shape[0] - 2 * cal
         else:
-            rest = self._probe_top_k(queries[2 * cal:], k)
+            rest = self._probe_top_k_any(queries[2 * cal:], k)
         return tuple(np.concatenate(parts) for parts in zip(probed, scanned, rest))
+
+    def _probe_top_k_any(self, queries, k):
+        """``_probe_top_k`` over the distinct codes where they were tabled, else over all."""
+        if self.distinct is None:
+            return self._probe_top_k(queries, k)
+        result = self.distinct._probe_top_k(queries, k)
+        self.fallbacks += self.distinct.fallbacks
+        self.distinct.fallbacks = 0
+        return result
 
     def _probe_top_k(self, queries, k: int):
         """``top_k`` by probing the tables (heavy queries still go to the scan).
@@ -284,11 +356,12 @@ class MultiIndex:
         Probes go ring by ring, table by table. A code reached again through a later step is
         dropped by its substring distances (kept only at the first step that can reach it),
         so nothing is sorted until the end; a histogram of found distances per query says
-        when its k results are certain.
+        when its k results are certain. Over distinct codes (``groups`` set), an entry
+        counts as many codes as it stands for and becomes its first k positions at the end.
         """
         queries = np.asarray(queries, np.uint8)
         nq = queries.shape[0]
-        k = min(int(k), self.n)
+        k = min(int(k), self.total)
         out_d = np.zeros((nq, k), np.int32)
         out_p = np.zeros((nq, k), np.int64)
         if k == 0 or nq == 0:
@@ -321,7 +394,7 @@ class MultiIndex:
                 # the linear scan, which is then cheaper.
                 # work so far = probes made + candidates handled (both cost about the same)
                 work += np.bincount(owners, weights=hi - lo + 1, minlength=nq).astype(np.int64)
-                heavy = pending[work[pending] > SCAN_FALLBACK * self.n]
+                heavy = pending[work[pending] > SCAN_FALLBACK * self.total]
                 if heavy.size:
                     send_to_scan(heavy)
                     pending = pending[~scanned[pending]]
@@ -333,8 +406,9 @@ class MultiIndex:
                     found_rows.append(rows)
                     found_pos.append(pos)
                     found_dist.append(dist)
-                    hist += np.bincount(rows * hist.shape[1] + dist,
-                                        minlength=hist.size).reshape(hist.shape)
+                    weights = None if self.groups is None else self.groups[0][pos]
+                    hist += np.bincount(rows * hist.shape[1] + dist, weights=weights,
+                                        minlength=hist.size).reshape(hist.shape).astype(np.int64, copy=False)
                 last = rho == max_rho and j == self.tables - 1  # everything has been found
                 certain = min(self.tables * rho + j, self.bits)
                 if last:
@@ -355,6 +429,11 @@ class MultiIndex:
             kth = np.argmax(np.cumsum(hist, axis=1) >= k, axis=1)
             keep = ~scanned[rows] & (dist <= kth[rows])
             rows, pos, dist = rows[keep], pos[keep], dist[keep]
+            if self.groups is not None:  # entries -> positions; only k of each can count
+                counts, starts, positions = self.groups
+                idx, owner = _expand_ranges(starts[pos], starts[pos] + np.minimum(counts[pos], k),
+                                            np.arange(pos.size))
+                rows, pos, dist = rows[owner], positions[idx].astype(np.int64), dist[owner]
             order = np.lexsort((pos, dist, rows))
             rows, pos, dist = rows[order], pos[order], dist[order]
             take = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left")) < k
@@ -363,7 +442,7 @@ class MultiIndex:
             out_p[answered] = pos[take].reshape(answered.size, k)
         if scanned.any():
             rows = np.flatnonzero(scanned)
-            out_d[rows], out_p[rows] = scan.top_k(self.db, queries[rows], k)
+            out_d[rows], out_p[rows] = scan.top_k(self.scan_db, queries[rows], k)
         return out_d, out_p
 
 

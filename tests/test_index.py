@@ -26,9 +26,10 @@ BITS = [8, 12, 24, 32, 48, 64, 128, 256]
 @settings(max_examples=60, deadline=None)
 @given(bits=st.sampled_from(BITS), n=st.integers(1, 60), nq=st.integers(1, 5),
        k=st.integers(1, 70), seed=st.integers(0, 2**16), method=st.sampled_from(["flat", "mih"]),
-       tables=st.sampled_from([None, 1, 2, 3, 5]), fallback=st.sampled_from([0.0, 1e9]))
+       tables=st.sampled_from([None, 1, 2, 3, 5]), fallback=st.sampled_from([0.0, 1e9]),
+       distinct_share=st.sampled_from([0.0, 1.0]))
 def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method, tables,
-                                                    fallback):
+                                                    fallback, distinct_share):
     rng = np.random.default_rng(seed)
     # few distinct codes -> many ties, which is where ordering bugs hide
     pool = rng.integers(0, 2, size=(4, bits))
@@ -38,8 +39,10 @@ def test_search_equals_brute_force_with_stable_ties(bits, n, nq, k, seed, method
         tables = None  # MIH substrings are at most 32 bits
     index = HammingIndex(bits, method=method, tables=tables)
     index.add(pack_bits(d_bits))
-    # fallback 0: every MIH query goes to the scan; 1e9: none does (MIH's own path)
-    with mock.patch.object(mih, "SCAN_FALLBACK", fallback):
+    # fallback 0: every MIH query goes to the scan; 1e9: none does (MIH's own path).
+    # distinct share 1: k-NN probes tables of the distinct codes; 0: of every code.
+    with mock.patch.object(mih, "SCAN_FALLBACK", fallback), \
+            mock.patch.object(mih, "DISTINCT_SHARE", distinct_share):
         dist, ids = index.search(pack_bits(q_bits), k)
     exp_d, exp_i = brute_force(q_bits, d_bits, min(k, n))
     np.testing.assert_array_equal(dist, exp_d)
@@ -314,10 +317,12 @@ def test_mih_knn_needing_every_code_scans_instead_of_enumerating_huge_rings():
     assert lims[-1] == int((exp_d <= 20).sum())
 
 
-@pytest.mark.parametrize("clock, sent_to_scan", [([0, 10, 10, 11], 16), ([0, 1, 1, 11], 4)])
+@pytest.mark.parametrize("clock, sent_to_scan",
+                         [([0, 10, 10, 11], 16), ([0, 1, 1, 11], 4), ([0, 0], 0)])
 def test_mih_knn_sends_the_rest_the_way_that_timed_faster(clock, sent_to_scan):
     # 4 queries probed, 4 scanned, both timed (the fake clock says which was faster);
-    # the other 12 go the faster way, and the answer is exact either way
+    # the other 12 go the faster way, and the answer is exact either way. Probing that
+    # took no time at all is not raced against the scan: all 20 are probed.
     from keras_hashing.mih import MultiIndex
 
     rng = np.random.default_rng(10)
@@ -333,3 +338,31 @@ def test_mih_knn_sends_the_rest_the_way_that_timed_faster(clock, sent_to_scan):
     exp_d, exp_i = brute_force(q_bits, d_bits, 7)
     np.testing.assert_array_equal(dist, exp_d)
     np.testing.assert_array_equal(pos, exp_i)
+
+
+def test_mih_knn_over_repeated_codes_probes_the_distinct_ones():
+    # a trained model's codes repeat: 20 codes x 300 copies. Over every code, a query's
+    # own bucket holds 300+ candidates and passes the scan limit; over the distinct
+    # codes it holds a handful, and the answer (ties by position) is the same.
+    from keras_hashing.mih import MultiIndex, distinct_codes
+
+    rng = np.random.default_rng(11)
+    pool = rng.integers(0, 2, (20, 64))
+    d_bits = pool[rng.permutation(np.repeat(np.arange(20), 300))]
+    d_bits[::7] ^= (rng.random((len(d_bits[::7]), 64)) < 0.02)  # a few near-copies
+    q_bits = pool[rng.integers(0, 20, 40)] ^ (rng.random((40, 64)) < 0.03)
+    exp_d, exp_i = brute_force(q_bits, d_bits, 25)
+    first, counts, starts, positions = distinct_codes(MultiIndex(pack_bits(d_bits), 64).db)
+    assert counts.sum() == len(d_bits) and first.size < 1000
+    np.testing.assert_array_equal(d_bits[positions[starts[3]:starts[3] + counts[3]]],
+                                  np.broadcast_to(d_bits[first[3]], (counts[3], 64)))
+    for share, scanned in ((0.5, False), (0.0, True)):
+        # scan limit 5% of N (300 codes): a few buckets of copies pass it, distinct don't
+        with mock.patch.object(mih, "DISTINCT_SHARE", share), \
+                mock.patch.object(mih, "SCAN_FALLBACK", 0.05):
+            tables = MultiIndex(pack_bits(d_bits), 64)
+            assert (tables.distinct is not None) == (share > 0)
+            dist, pos = tables.top_k(pack_bits(q_bits), 25)
+        np.testing.assert_array_equal(dist, exp_d)
+        np.testing.assert_array_equal(pos, exp_i)
+        assert (tables.fallbacks > 0) == scanned
