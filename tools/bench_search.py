@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 from keras_hashing import mih, scan  # noqa: E402
 from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
-from keras_hashing.fileio import write_json  # noqa: E402
+from keras_hashing.fileio import read_json, write_json  # noqa: E402
 
 
 def median_time(fn, repeats):
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         raise SystemExit("bench_search needs faiss-cpu: pip install faiss-cpu") from None
     if args.quick:
         args.n, args.queries, args.repeats, args.headline_n = 100_000, 200, 1, 5_000
-    only = set(args.only or ("exhaustive", "mih", "headline"))
+    only = set(args.only or SECTIONS)
     rng = np.random.default_rng(0)
     results = {"machine": machine(), "command": " ".join(["python"] + sys.argv),
                "numpy": np.__version__, "faiss": faiss.__version__}
@@ -214,9 +214,24 @@ def main(argv=None) -> int:
         results["headline"] = bench_headline(rng, args.headline_n, min(args.queries, 200),
                                              args.repeats, faiss)
     if args.out:
-        write_json(args.out, results)
+        write_json(args.out, merged_with_file(args.out, results, args.only))
     print(json.dumps(results, indent=1))
     return 0
+
+
+SECTIONS = ("exhaustive", "mih", "headline")
+
+
+def merged_with_file(path, results, only):
+    """The results to write: with --only, an existing file's other sections are kept, and
+    ``commands`` records the command that measured each section."""
+    command = results.pop("command")
+    old = read_json(path) if only and os.path.isfile(path) else {}
+    commands = old.pop("commands", None) or {s: old["command"] for s in SECTIONS if s in old}
+    old.pop("command", None)
+    merged = {**old, **results}
+    merged["commands"] = {**commands, **{s: command for s in SECTIONS if s in results}}
+    return merged
 
 
 if __name__ == "__main__":
