@@ -243,3 +243,35 @@ def code_statistics(bits) -> dict:
                                                     axis=0)) / b.shape[0]),
         "mean_bit_correlation": corr,
     }
+
+
+def class_distance_spread(codes, labels, bits: int, max_items=2000) -> dict:
+    """How far apart codes lie within and between classes: the Hamming distances of every
+    pair among the first ``max_items`` codes, split by relevance.
+
+    ``overlap`` is the share of between-class pairs closer than the 90th percentile of
+    within-class distances: the pairs a ranking puts among a class's own items. A loss
+    that lets similar pairs drift (DPSH's sigmoid saturates at 1/2 u^T u) shows here as a
+    wide within-class tail.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_hashing.codes import pack_bits
+        >>> codes = pack_bits(np.array([[0] * 8, [0] * 7 + [1], [1] * 8, [1] * 6 + [0] * 2]))
+        >>> class_distance_spread(codes, np.array([0, 0, 1, 1]), 8)["within_mean"]
+        1.5
+    """
+    codes = np.asarray(codes)[:max_items]
+    labels = np.asarray(labels)[:max_items]
+    dist = codes_lib.hamming_distances(codes, codes, bits)
+    same = relevance(labels, labels)
+    pairs = np.triu(np.ones(same.shape, bool), k=1)
+    within, between = dist[same & pairs], dist[~same & pairs]
+    if within.size == 0 or between.size == 0:  # one class only, or every item its own
+        return {"items": int(len(codes)), "within_mean": None, "within_p90": None,
+                "between_mean": None, "between_p10": None, "overlap": None}
+    p90 = float(np.percentile(within, 90))
+    return {"items": int(len(codes)), "within_mean": float(within.mean()), "within_p90": p90,
+            "between_mean": float(between.mean()),
+            "between_p10": float(np.percentile(between, 10)),
+            "overlap": float((between < p90).mean())}

@@ -289,6 +289,8 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     metrics["pr_curve"] = {"precision": [round(float(p), 5) for p in precision],
                            "recall": [round(float(r), 5) for r in recall]}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
+    metrics["class_spread"] = evaluation.class_distance_spread(query_codes, splits.query.y,
+                                                               model.bits)
     if not model.supervised:
         # Unsupervised codes are judged on what they were built for as well: keeping the
         # Euclidean neighbours of the pixels (the UH-BDNN / ITQ protocol).

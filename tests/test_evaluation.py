@@ -116,3 +116,16 @@ def test_mismatched_labels_raise():
     q, db = codes_at_distances([0, 1])
     with pytest.raises(HashingError):
         ev.retrieval_metrics(q, db, [1, 2], [0, 1], 8)
+
+
+def test_class_distance_spread_golden_values():
+    # class 0: 00000000, 00000011 (2 apart); class 1: 11111111, 00000001 (7 apart)
+    codes = pack_bits(np.array([[0] * 8, [0] * 6 + [1] * 2, [1] * 8, [0] * 7 + [1]]))
+    spread = ev.class_distance_spread(codes, np.array([0, 0, 1, 1]), 8)
+    # within: 2, 7 -> p90 = 2 + 0.9 * 5 = 6.5; between: 8, 1, 6, 1 -> 3 of 4 below 6.5
+    assert spread == {"items": 4, "within_mean": 4.5, "within_p90": 6.5, "between_mean": 4.0,
+                      "between_p10": 1.0, "overlap": 0.75}
+    # multi-hot: items 0 and 2 now share label 2, so their pair (8 apart) is within
+    multi = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 1, 0]])
+    assert ev.class_distance_spread(codes, multi, 8)["within_mean"] == pytest.approx(17 / 3)
+    assert ev.class_distance_spread(codes, np.zeros(4, int), 8)["overlap"] is None

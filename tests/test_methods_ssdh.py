@@ -41,6 +41,8 @@ def test_short_fit_on_digits_does_not_collapse(trained_run):
     assert stats["constant_bits"] == 0
     assert stats["unique_code_fraction"] > 0.05
     assert m["validation"]["best_epoch"] is not None
+    spread = m["query"]["class_spread"]  # classes apart: within-class pairs closer
+    assert spread["within_mean"] < spread["between_mean"] and spread["overlap"] < 0.2
 
 
 def test_bits_threshold_at_half(trained_run):

@@ -67,3 +67,12 @@ def test_reproduce_marks_training_time_known_only_after_a_resume(monkeypatch):
     assert reproduce.train_minutes_cell(row) == "1.5"
     assert reproduce.train_minutes_cell({**row, "train_minutes_after_resume_only": True}) \
         == "≥ 1.5"
+
+
+def test_class_spread_tool_measures_what_fit_recorded(trained_run, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import class_spread
+
+    recorded = trained_run.metrics["query"]["class_spread"]
+    assert class_spread.spread_of_run(trained_run.path, recorded["items"]) == recorded
+    assert recorded["within_mean"] < recorded["between_mean"]
