@@ -406,9 +406,11 @@ class MultiIndex:
                     found_rows.append(rows)
                     found_pos.append(pos)
                     found_dist.append(dist)
+                    # over distinct codes, an entry counts as many codes as it stands for
                     weights = None if self.groups is None else self.groups[0][pos]
-                    hist += np.bincount(rows * hist.shape[1] + dist, weights=weights,
-                                        minlength=hist.size).reshape(hist.shape).astype(np.int64, copy=False)
+                    found = np.bincount(rows * hist.shape[1] + dist, weights=weights,
+                                        minlength=hist.size)
+                    hist += found.reshape(hist.shape).astype(np.int64, copy=False)
                 last = rho == max_rho and j == self.tables - 1  # everything has been found
                 certain = min(self.tables * rho + j, self.bits)
                 if last:
