@@ -122,3 +122,26 @@ def test_dmrh_rejects_a_grid_finer_than_the_feature_map():
              params={"grid": 5})
     with pytest.raises(ConfigError, match="convolutional backbone"):
         DMRH(bits=8, input_shape=(8, 8, 1), num_classes=10, backbone="flatten")
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+def test_dmrh_fusion_weights_train_only_when_there_are_regions_to_weigh(grid):
+    """N = 1 has one region: its fusion logit would get no gradient, and Keras would warn
+    "Gradients do not exist" on every step, so it is not trainable; N > 1 learns it."""
+    import warnings
+
+    import keras
+
+    model = DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
+                 params={"grid": grid})
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (8, 28, 28, 1)).astype("uint8")
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    before = model.fusion_logits.numpy().copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
+    assert model.fusion_logits.trainable == (grid > 1)
+    assert np.any(model.fusion_logits.numpy() != before) == (grid > 1)

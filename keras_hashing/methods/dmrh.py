@@ -80,7 +80,10 @@ class DMRH(HashingModel):
                                              kernel_regularizer=reg, name="region_fc")
         self.hash_conv = keras.layers.Conv2D(self.bits, 1, kernel_regularizer=reg,
                                              name="hash_conv")
+        # With one region there is nothing to weigh: a trainable logit would get no
+        # gradient, and Keras warns about it on every step ("Gradients do not exist").
         self.fusion_logits = self.add_weight(shape=(len(self.cells),), initializer="zeros",
+                                             trainable=len(self.cells) > 1,
                                              name="fusion_logits")
 
     def head(self, features, training=False):
