@@ -291,6 +291,16 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
     metrics["class_spread"] = evaluation.class_distance_spread(query_codes, splits.query.y,
                                                                model.bits)
+    ablations = model.query_ablations()
+    if ablations:
+        h_query, h_db = model.embed(splits.query.x), model.embed(splits.database.x)
+        metrics["ablations"] = {}
+        for name, binarize in ablations.items():
+            scores = evaluation.retrieval_metrics(
+                pack_bits(binarize(h_query)), pack_bits(binarize(h_db)), splits.query.y,
+                splits.database.y, model.bits, map_at=(None, 1000), radius=None)
+            metrics["ablations"][name] = {"map_all": scores["map_all"],
+                                          "map_1000": scores["map_1000"]}
     if not model.supervised:
         # Unsupervised codes are judged on what they were built for as well: keeping the
         # Euclidean neighbours of the pixels (the UH-BDNN / ITQ protocol).

@@ -51,6 +51,17 @@ def test_sdsh_alias_and_rotation(short_run, digits, tmp_path):
     np.testing.assert_allclose(r @ r.T, np.eye(16), atol=1e-4)  # still a rotation
     after = short_run.metrics["after_fit"]
     assert after["train_map_rotated"] >= after["train_map_sign"]
+    # the query set is scored without the rotation too, from the same embeddings
+    from keras_hashing.codes import pack_bits
+    from keras_hashing.evaluation import mean_average_precision
+
+    plain = short_run.metrics["query"]["ablations"]["sign_without_rotation"]
+    expected = mean_average_precision(
+        pack_bits(model.embed(digits.query.x) >= 0),
+        pack_bits(model.embed(digits.database.x) >= 0),
+        digits.query.y, digits.database.y, 16)
+    assert plain["map_all"] == pytest.approx(expected, abs=1e-9)
+    assert plain["map_all"] != pytest.approx(short_run.metrics["query"]["map_all"], abs=1e-6)
     h = model.embed(digits.query.x[:30])
     np.testing.assert_array_equal(model.encode_bits(digits.query.x[:30]),
                                   (h @ r >= 0).astype(np.uint8))

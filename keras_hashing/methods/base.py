@@ -137,6 +137,13 @@ class HashingModel(keras.Model):
         """0/1 bits of a continuous code, as a bool tensor. Default: code >= 0."""
         return code >= 0
 
+    def query_ablations(self) -> dict:
+        """Other ways to binarise the same continuous codes, scored on the query set
+        beside the model's own (``metrics["query"]["ablations"]``), by name; each maps
+        (N, K) float32 codes to bool bits. Default: none. SDSH reports plain sign(H),
+        without its rotation, so a run shows what the rotation search bought."""
+        return {}
+
     def quantization_target(self, code, bits):
         """The binary value a continuous code is pushed towards, in code space (numpy).
 
