@@ -105,7 +105,7 @@ def test_dpsh_memory_bank_step_writes_the_batch_and_compares_with_all_of_it(digi
     x, y = digits.train.x[:n], digits.train.y[:n]
     rows = np.array([3, 7, 11, 30])
     ds = tf.data.Dataset.from_tensor_slices((x[rows], {"label": y[rows], "index": rows}))
-    history = model.fit(ds.batch(4), epochs=1, verbose=0)
+    history = model.fit(ds.batch(4), epochs=1, verbose=0, shuffle=False)
     bank = model.u_bank.numpy()
     np.testing.assert_allclose(bank[rows], model.embed(x[rows]), rtol=1e-5, atol=1e-6)
     assert np.count_nonzero(np.abs(bank).sum(axis=1)) == len(rows)  # the rest still empty
