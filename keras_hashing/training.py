@@ -279,8 +279,11 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     statistics of the database."""
     from keras_hashing.codes import pack_bits
 
-    db_bits = model.encode_bits(splits.database.x, verbose=verbose)
-    query_codes, db_codes = model.encode(splits.query.x, verbose=verbose), pack_bits(db_bits)
+    # One forward pass per split gives both the bits and the continuous codes (ablations).
+    query_out = model.predict_arrays(splits.query.x, verbose=verbose)
+    db_out = model.predict_arrays(splits.database.x, verbose=verbose)
+    db_bits = np.asarray(db_out["bits"], np.uint8)
+    query_codes, db_codes = pack_bits(np.asarray(query_out["bits"], np.uint8)), pack_bits(db_bits)
     metrics = evaluation.retrieval_metrics(
         query_codes, db_codes, splits.query.y, splits.database.y, model.bits,
         map_at=(None, 1000), radius=2, precision_ks=precision_ks)
@@ -293,7 +296,8 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                                                                model.bits)
     ablations = model.query_ablations()
     if ablations:
-        h_query, h_db = model.embed(splits.query.x), model.embed(splits.database.x)
+        h_query = np.asarray(query_out["code"], np.float32)
+        h_db = np.asarray(db_out["code"], np.float32)
         metrics["ablations"] = {}
         for name, binarize in ablations.items():
             scores = evaluation.retrieval_metrics(
