@@ -17,14 +17,26 @@ SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
 MIN_MAP = {"uh-bdnn": 0.45}
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Trains each method once per module, on first request: `trained("dsh")`."""
+    runs = {}
+
+    def get(method):
+        if method not in runs:
+            cfg = resolve_config(overrides={"method": method, "epochs": 6, "bits": 16,
+                                            "learning_rate": 0.005},
+                                 sets=SETS[method] + ["val_database_size=600",
+                                                      "tensorboard_samples=100"])
+            runs[method] = fit(cfg, out=str(tmp_path_factory.mktemp(method) / "run"),
+                               verbose=0)
+        return runs[method]
+    return get
+
+
 @pytest.fixture(scope="module", params=sorted(SETS))
-def short_run(request, tmp_path_factory):
-    method = request.param
-    cfg = resolve_config(overrides={"method": method, "epochs": 6, "bits": 16,
-                                    "learning_rate": 0.005},
-                         sets=SETS[method] + ["val_database_size=600",
-                                              "tensorboard_samples=100"])
-    return fit(cfg, out=str(tmp_path_factory.mktemp(method) / "run"), verbose=0)
+def short_run(request, trained):
+    return trained(request.param)
 
 
 def test_trains_on_digits_without_collapse(short_run):
@@ -42,9 +54,8 @@ def test_run_roundtrips_through_model_keras(short_run, digits):
                                   short_run.model.encode(digits.query.x[:40]))
 
 
-def test_sdsh_alias_and_rotation(short_run, digits, tmp_path):
-    if short_run.config["method"] != "sdsh":
-        pytest.skip("SDSH only")
+def test_sdsh_alias_and_rotation(trained, digits, tmp_path):
+    short_run = trained("sdsh")
     assert canonical_name("DSHSE") == "sdsh"
     model = short_run.model
     r = model.rotation.numpy()
@@ -73,18 +84,12 @@ def test_sdsh_alias_and_rotation(short_run, digits, tmp_path):
                                   model.encode(digits.query.x[:30]))
 
 
-def test_dpsh_gets_num_train_from_the_split(short_run, digits):
-    if short_run.config["method"] != "dpsh":
-        pytest.skip("DPSH only")
-    assert short_run.model.params["num_train"] == len(digits.train)
+def test_dpsh_gets_num_train_from_the_split(trained, digits):
+    assert trained("dpsh").model.params["num_train"] == len(digits.train)
 
 
-def test_dsh_margin_defaults_to_twice_the_bits(short_run):
-    if short_run.config["method"] != "dsh":
-        pytest.skip("DSH only")
-    import numpy as np
-
-    model = short_run.model
+def test_dsh_margin_defaults_to_twice_the_bits(trained):
+    model = trained("dsh").model
     b = np.zeros((2, 16), np.float32)
     b[1, :] = 1.0  # D = 16 < m = 32: the dissimilar pair pays 1/2 (32 - 16) / 2 pairs
     terms = model.loss_terms({"code": b}, np.array([0, 1]))
