@@ -14,11 +14,32 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 
 import yaml
 
 from keras_hashing.errors import ConfigError
+
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` and ``4e-6`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
+    ``lambda1: 1e-5`` loaded as the string "1e-5" and failed deep in training.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_load(stream):
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 DEFAULTS = {
     "method": "ssdh",
@@ -72,7 +93,7 @@ def load_yaml(path) -> dict:
     """A YAML mapping from ``path``; errors name the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = _yaml_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
@@ -95,7 +116,7 @@ def parse_sets(items) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw else None
+            value = _yaml_load(raw) if raw else None
         except yaml.YAMLError:
             value = raw
         node = out

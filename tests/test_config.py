@@ -64,3 +64,29 @@ def test_every_method_has_a_valid_recipe_per_dataset():
     for method in method_names():
         for dataset in ("digits", "fashion_mnist"):
             assert config.recipe_path(method, dataset), (method, dataset)
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) alone reads these as strings; eta="4e-6" then failed in the
+    # first training step with a TensorFlow TypeError.
+    f = tmp_path / "c.yaml"
+    f.write_text("learning_rate: 1e-3\nparams: {eta: 2E+1}\n")
+    cfg = config.resolve_config(str(f), sets=["weight_decay=5e-4", "params.alpha=4e-6"])
+    assert (cfg["learning_rate"], cfg["weight_decay"]) == (1e-3, 5e-4)
+    assert cfg["params"] == {"eta": 20.0, "alpha": 4e-6}
+    assert config.parse_sets(["a=12", "b=abc", "c=1.5"]) == {"a": 12, "b": "abc", "c": 1.5}
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"eta": "abc"}, "dpsh parameter eta must be a number, got 'abc'"),
+    ({"memory_bank": 1}, "dpsh parameter memory_bank must be true or false"),
+    ({"num_train": 2.5}, "dpsh parameter num_train must be an integer"),
+])
+def test_method_parameters_of_the_wrong_kind_are_rejected(params, message):
+    from keras_hashing.methods.dpsh import DPSH
+
+    with pytest.raises(ConfigError, match=message):
+        DPSH(bits=16, input_shape=(8, 8, 1), num_classes=10, params=params)
+    model = DPSH(bits=16, input_shape=(8, 8, 1), num_classes=10,
+                 params={"eta": 5, "num_train": 100, "memory_bank": True})
+    assert model.params["eta"] == 5

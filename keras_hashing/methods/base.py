@@ -22,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -72,6 +74,37 @@ def gather_global_batch(outputs, targets):
     return tf.nest.pack_sequence_as((outputs, targets), rebuilt)
 
 
+def check_param_type(method: str, key: str, value, default) -> None:
+    """Raise ConfigError unless ``value`` has the kind of its default (None: anything).
+
+    A string where a number belongs (``--set params.eta=abc``) would otherwise fail
+    deep inside the first training step.
+
+    Example:
+        >>> check_param_type("dpsh", "eta", 5, 10.0)  # an int is a number
+        >>> check_param_type("dpsh", "eta", "5", 10.0)
+        Traceback (most recent call last):
+        ...
+        keras_hashing.errors.ConfigError: dpsh parameter eta must be a number, got '5'
+    """
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        kind, ok = "true or false", isinstance(value, bool)
+    elif isinstance(default, int):
+        kind = "an integer"
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        kind = "a number"
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        kind, ok = "a string", isinstance(value, str)
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{method} parameter {key} must be {kind}, got {value!r}")
+
+
 class HashingModel(keras.Model):
     """Base class of every deep hashing method.
 
@@ -109,6 +142,8 @@ class HashingModel(keras.Model):
         if unknown:
             raise ConfigError(f"unknown {self.method_name} parameter(s) {sorted(unknown)}; "
                               f"valid: {sorted(self.default_params)}")
+        for key, value in (params or {}).items():
+            check_param_type(self.method_name, key, value, self.default_params[key])
         self.params = {**self.default_params, **(params or {})}
         if self.supervised and not self.num_classes:
             raise ConfigError(f"{self.method_name} is supervised: num_classes is required")
