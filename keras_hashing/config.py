@@ -22,7 +22,6 @@ import yaml
 from keras_hashing.errors import ConfigError
 
 
-
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-5`` and ``4e-6`` as floats.
 
