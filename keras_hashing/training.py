@@ -296,12 +296,10 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                                                                model.bits)
     ablations = model.query_ablations()
     if ablations:
-        h_query = np.asarray(query_out["code"], np.float32)
-        h_db = np.asarray(db_out["code"], np.float32)
         metrics["ablations"] = {}
         for name, binarize in ablations.items():
             scores = evaluation.retrieval_metrics(
-                pack_bits(binarize(h_query)), pack_bits(binarize(h_db)), splits.query.y,
+                pack_bits(binarize(query_out)), pack_bits(binarize(db_out)), splits.query.y,
                 splits.database.y, model.bits, map_at=(None, 1000), radius=None)
             metrics["ablations"][name] = {"map_all": scores["map_all"],
                                           "map_1000": scores["map_1000"]}

@@ -124,16 +124,17 @@ def test_dmrh_rejects_a_grid_finer_than_the_feature_map():
         DMRH(bits=8, input_shape=(8, 8, 1), num_classes=10, backbone="flatten")
 
 
-@pytest.mark.parametrize("grid", [1, 2])
-def test_dmrh_fusion_weights_train_only_when_there_are_regions_to_weigh(grid):
+@pytest.mark.parametrize("grid,fusion", [(1, "learned"), (2, "learned"), (2, "uniform")])
+def test_dmrh_fusion_weights_train_only_when_there_are_regions_to_weigh(grid, fusion):
     """N = 1 has one region: its fusion logit would get no gradient, and Keras would warn
-    "Gradients do not exist" on every step, so it is not trainable; N > 1 learns it."""
+    "Gradients do not exist" on every step, so it is not trainable; N > 1 learns it,
+    unless ``fusion: uniform`` fixes the weights equal."""
     import warnings
 
     import keras
 
     model = DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
-                 params={"grid": grid})
+                 params={"grid": grid, "fusion": fusion})
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (8, 28, 28, 1)).astype("uint8")
@@ -143,5 +144,50 @@ def test_dmrh_fusion_weights_train_only_when_there_are_regions_to_weigh(grid):
         warnings.simplefilter("always")
         model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
-    assert model.fusion_logits.trainable == (grid > 1)
-    assert np.any(model.fusion_logits.numpy() != before) == (grid > 1)
+    learns = grid > 1 and fusion == "learned"
+    assert model.fusion_logits.trainable == learns
+    assert np.any(model.fusion_logits.numpy() != before) == learns
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_dmrh_head_kernel_sets_how_far_a_region_sees(kernel):
+    """A region's code sees only its own cell's features with a 1x1 head; a 3x3 head also
+    sees the neighbouring positions of the feature map."""
+    model = DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
+                 params={"grid": 2, "head_kernel": kernel})
+    channels = model.backbone.output_shape[-1]
+    features = np.random.default_rng(1).random((1, 4, 4, channels)).astype("float32")
+    outside = features.copy()
+    outside[0, 2, 2] += 1.0  # diagonal neighbour of region 0's corner (1, 1), in region 3
+    region0 = [np.asarray(model.head(f)["regions"])[0, 0] for f in (features, outside)]
+    assert np.any(np.abs(region0[0] - region0[1]) > 1e-6) == (kernel > 1)
+
+
+@pytest.mark.parametrize("params,message", [({"head_kernel": 0}, "head_kernel"),
+                                            ({"fusion": "max"}, "fusion")])
+def test_dmrh_rejects_bad_head_params(params, message):
+    with pytest.raises(ConfigError, match=message):
+        DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
+             params={"grid": 2, **params})
+
+
+@pytest.mark.parametrize("query_fusion,ablation,other", [("mean", "weighted_fusion", "fused"),
+                                                         ("weighted", "mean_of_regions", "mean")])
+def test_dmrh_scores_the_query_code_it_does_not_use(query_fusion, ablation, other):
+    """The loss trains the weighted fusion and the query uses the plain mean (or the other
+    way round): predict returns both, and the ablation binarises the unused one."""
+    model = DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
+                 params={"grid": 2, "query_fusion": query_fusion})
+    model.fusion_logits.assign(np.array([3.0, 0.0, -1.0, 1.0], "float32"))
+    x = np.random.default_rng(2).integers(0, 255, (16, 28, 28, 1)).astype("uint8")
+    out = model.predict_arrays(x)
+    regions = np.asarray(model(x)["regions"])
+    weights = np.exp([3.0, 0.0, -1.0, 1.0]) / np.exp([3.0, 0.0, -1.0, 1.0]).sum()
+    expected = {"mean": regions.mean(axis=1), "fused": np.einsum("r,brk->bk", weights, regions)}
+    np.testing.assert_allclose(out[other], expected[other], rtol=1e-4, atol=1e-6)
+    used = "mean" if other == "fused" else "fused"
+    np.testing.assert_allclose(out["code"], expected[used], rtol=1e-4, atol=1e-6)
+    assert set(model.query_ablations()) == {ablation}
+    np.testing.assert_array_equal(model.query_ablations()[ablation](out), expected[other] >= 0)
+    # the two codes differ, so the checks above tell them apart
+    assert np.abs(expected["mean"] - expected["fused"]).max() > 1e-3

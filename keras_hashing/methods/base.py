@@ -173,10 +173,12 @@ class HashingModel(keras.Model):
         return code >= 0
 
     def query_ablations(self) -> dict:
-        """Other ways to binarise the same continuous codes, scored on the query set
-        beside the model's own (``metrics["query"]["ablations"]``), by name; each maps
-        (N, K) float32 codes to bool bits. Default: none. SDSH reports plain sign(H),
-        without its rotation, so a run shows what the rotation search bought."""
+        """Other ways to binarise the model's outputs, scored on the query set beside the
+        model's own (``metrics["query"]["ablations"]``), by name; each maps the dict of
+        numpy ``predict_arrays`` outputs ("code" and any extra keys ``predict_step``
+        returns) to (N, K) bool bits. Default: none. SDSH reports plain sign(H), without
+        its rotation, so a run shows what the rotation search bought; DMRH reports the
+        code fused with its learned weights beside the plain region mean."""
         return {}
 
     def quantization_target(self, code, bits):
@@ -234,8 +236,15 @@ class HashingModel(keras.Model):
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
-        code = self(images, training=False)["code"]
-        return {"code": code, "bits": ops.cast(self.binarize(code), "uint8")}
+        outputs = self(images, training=False)
+        code = outputs["code"]
+        return {"code": code, "bits": ops.cast(self.binarize(code), "uint8"),
+                **self.prediction_extras(outputs)}
+
+    def prediction_extras(self, outputs) -> dict:
+        """Outputs beyond code and bits that ``predict`` should return (for
+        ``query_ablations``), from the model's call outputs. Default: none."""
+        return {}
 
     def before_fit(self, splits, seed=0) -> None:
         """Hook run once before gradient training (BDNN's ITQ initialisation of B)."""

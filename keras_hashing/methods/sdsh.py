@@ -80,7 +80,7 @@ class SDSH(HashingModel):
         return ops.matmul(code, ops.cast(self.rotation, code.dtype)) >= 0
 
     def query_ablations(self):
-        return {"sign_without_rotation": lambda h: h >= 0}
+        return {"sign_without_rotation": lambda out: out["code"] >= 0}
 
     def after_fit(self, splits, seed=0):
         """Random rotation search on training embeddings; returns mAP before and after."""
