@@ -191,3 +191,6 @@ def test_dmrh_scores_the_query_code_it_does_not_use(query_fusion, ablation, othe
     np.testing.assert_array_equal(model.query_ablations()[ablation](out), expected[other] >= 0)
     # the two codes differ, so the checks above tell them apart
     assert np.abs(expected["mean"] - expected["fused"]).max() > 1e-3
+    uniform = DMRH(bits=8, input_shape=(28, 28, 1), num_classes=10, backbone="lenet",
+                   params={"grid": 2, "fusion": "uniform", "query_fusion": query_fusion})
+    assert uniform.query_ablations() == {}  # equal weights: the mean is the fused code

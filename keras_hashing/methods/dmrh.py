@@ -22,24 +22,25 @@ s spans [floor(i s / n), ceil((i + 1) s / n)), so cells overlap when n does not 
 Departures, and why: the authors use an ImageNet CNN-F; here any convolutional backbone
 of ``backbones`` (lenet on Fashion-MNIST), trained from scratch. Pairs are in-batch with
 the likelihood averaged over them, as in our DPSH. The Fashion-MNIST recipe's head conv
-is 3x3 (the class default stays 1x1, so older saved models load unchanged): on lenet's
-4x4 map a 1x1 head sees one position at a time, where DPSH's dense layer sees the whole
-map.
+is 3x3 and its fusion uniform (the class defaults stay 1x1 and learned, so older saved
+models load unchanged): on lenet's 4x4 map a 1x1 head sees one position at a time,
+where DPSH's dense layer sees the whole map.
 
-Measured (protocol fmnist, 32 bits, N = 2, 30 epochs, query mAP@all): 1x1 head 0.792
-(best validation epoch 16 of 30, then 0.73 to 0.77), 3x3 head 0.844 (validation 0.847
-at epoch 28, still level), DPSH 0.854 (``python tools/reproduce.py --cells
-dmrh-n2:32:fmnist --epochs 30``; 65 minutes on 2 CPU cores). On digits a 3x3 head
-collapsed at the recipe's learning rate 0.002 (query mAP 0.10 to 0.23, seeds 0 to 2;
-0.844 at 0.001, against 0.871 with 1x1), so the digits recipe keeps 1x1.
+Measured (protocol fmnist, 32 bits, N = 2, 30 epochs, query mAP@all; ``python
+tools/reproduce.py --cells dmrh-n2:32:fmnist --epochs 30``, 50 to 65 minutes on 2 CPU
+cores): 1x1 head and learned fusion 0.792 (best validation epoch 16 of 30, then 0.73 to
+0.77); 3x3 head, learned fusion 0.844; 3x3 head, uniform fusion 0.861 (validation 0.865
+at epoch 30), the Fashion-MNIST recipe. DPSH: 0.854. On digits a 3x3 head collapsed at
+the recipe's learning rate 0.002 (query mAP 0.10 to 0.23, seeds 0 to 2; 0.844 at 0.001,
+against 0.871 with 1x1), so the digits recipe keeps 1x1 and learned fusion.
 
-The learned fusion collapses onto one region: softmax weights 0.03 / 0.85 / 0.03 / 0.10
-after 30 epochs with the 3x3 head (0.04 / 0.69 / 0.09 / 0.18 with 1x1). The loss trains
-that weighted code, and the other regions' codes stay weak alone (mAP@all 0.45, 0.41,
-0.70 against 0.85 for the heavy one), so the issue's plain-mean query code scores 0.844
-where the trained weighted code scores 0.855 on the same model. ``fusion: uniform``
-trains the mean itself, but started slower (validation 0.651 against 0.723 after 4
-epochs); it has not been run to the end.
+Why uniform fusion: learned weights collapse onto one region, softmax 0.03 / 0.85 /
+0.03 / 0.10 after 30 epochs with the 3x3 head (0.04 / 0.69 / 0.09 / 0.18 with 1x1).
+The loss then trains that weighted code while the other regions' codes stay weak alone
+(mAP@all 0.45, 0.41, 0.70 against 0.85 for the heavy one), and the plain-mean query code
+scores 0.844 where the weighted code scores 0.855 on the same model (evaluation records
+the unused one under ``ablations``). Equal weights train the query code itself: slower
+for the first 4 epochs (validation 0.651 against 0.723), ahead from epoch 19.
 
 Not the cause, measured: the quantisation weight. eta = 0.02 per example is about 110
 times DPSH's eta / N_train, and holds abs(u) below 1, but dividing it by N_train as DPSH
@@ -139,7 +140,10 @@ class DMRH(HashingModel):
 
     def query_ablations(self):
         # The loss trains the weighted fusion; the query code is the plain mean (or the
-        # other way round with query_fusion: weighted): score the one not used.
+        # other way round with query_fusion: weighted): score the one not used. Equal
+        # weights make the two the same code.
+        if self.params["fusion"] == "uniform" or len(self.cells) == 1:
+            return {}
         if self.params["query_fusion"] == "mean":
             return {"weighted_fusion": lambda out: out["fused"] >= 0}
         return {"mean_of_regions": lambda out: out["mean"] >= 0}
