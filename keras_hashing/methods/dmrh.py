@@ -90,18 +90,17 @@ class DMRH(HashingModel):
     spatial_features = True
     default_params = {"grid": 2, "eta": 0.02, "hidden": 256, "head_kernel": 1,
                       "fusion": "learned", "query_fusion": "mean"}
+    param_choices = {"fusion": ("learned", "uniform"), "query_fusion": ("mean", "weighted")}
     term_names = ("likelihood", "quantization")
 
     def build_head(self):
         n = int(self.params["grid"])
         if n < 1:
             raise ConfigError(f"dmrh: grid must be >= 1, got {n}")
-        if self.params["query_fusion"] not in ("mean", "weighted"):
-            raise ConfigError("dmrh: query_fusion must be 'mean' or 'weighted', got "
-                              f"{self.params['query_fusion']!r}")
-        if self.params["fusion"] not in ("learned", "uniform"):
-            raise ConfigError("dmrh: fusion must be 'learned' or 'uniform', got "
-                              f"{self.params['fusion']!r}")
+        for key, choices in self.param_choices.items():
+            if self.params[key] not in choices:
+                raise ConfigError(f"dmrh: {key} must be {' or '.join(map(repr, choices))}, "
+                                  f"got {self.params[key]!r}")
         h, w = self.backbone.output_shape[1:3]
         if n > min(h, w):
             raise ConfigError(f"dmrh: a {n}x{n} grid needs a feature map of at least "
@@ -135,8 +134,11 @@ class DMRH(HashingModel):
         return {"code": code, "fused": fused, "regions": regions}
 
     def prediction_extras(self, outputs):
-        # the region codes fused both ways, for the ablation below
-        return {"fused": outputs["fused"], "mean": ops.mean(outputs["regions"], axis=1)}
+        # the fused code the query does not use, for the ablation below; computed at
+        # predict time only, so training gathers no extra output across replicas
+        if self.params["query_fusion"] == "mean":
+            return {"fused": outputs["fused"]}
+        return {"mean": ops.mean(outputs["regions"], axis=1)}
 
     def query_ablations(self):
         # The loss trains the weighted fusion; the query code is the plain mean (or the
