@@ -81,7 +81,9 @@ class HammingIndex:
     def reset(self) -> None:
         """Remove every item."""
         self._codes = np.zeros((0, self.code_size), dtype=np.uint8)
-        self._ids = np.zeros((0,), dtype=np.int64)
+        # None: every id is its position. A memory-mapped index of positional ids then
+        # needs no (N,) int64 array in RAM (800 MB for 100M codes) to open or search.
+        self._ids = None
         self._labels = None
         self._paths = None
         self.metadata = {}
@@ -104,7 +106,17 @@ class HammingIndex:
 
     @property
     def ids(self) -> np.ndarray:
-        return self._ids
+        """(N,) int64 user ids (built on request when they are the positions)."""
+        return np.arange(len(self), dtype=np.int64) if self._ids is None else self._ids
+
+    def _ids_of(self, positions) -> np.ndarray:
+        return np.asarray(positions, np.int64) if self._ids is None else self._ids[positions]
+
+    def _known(self, ids) -> np.ndarray:
+        """Which of ``ids`` (int64 array) are in the index."""
+        if self._ids is None:
+            return (ids >= 0) & (ids < len(self))
+        return np.isin(ids, self._ids)
 
     @property
     def labels(self):
@@ -119,6 +131,10 @@ class HammingIndex:
     def positions_of(self, ids) -> np.ndarray:
         """Positions in the index of the given ids (any shape); unknown ids raise."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self._ids is None:
+            if not np.all(self._known(ids)):
+                raise HashingError("some ids are not in the index")
+            return ids.copy()
         order = np.argsort(self._ids, kind="stable")
         sorted_ids = self._ids[order]
         where = np.searchsorted(sorted_ids, ids)
@@ -136,7 +152,8 @@ class HammingIndex:
         codes = codes_lib.as_packed(codes, self.bits)
         n = codes.shape[0]
         if ids is None:
-            start = int(self._ids.max()) + 1 if len(self) else 0
+            start = len(self) if self._ids is None else (
+                int(self._ids.max()) + 1 if len(self) else 0)
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
             ids = np.asarray(ids)
@@ -144,7 +161,7 @@ class HammingIndex:
                 raise HashingError(f"ids must be {n} integers (one per code), got shape "
                                    f"{ids.shape} of {ids.dtype}")
             ids = ids.astype(np.int64)
-            clash = np.intersect1d(ids, self._ids)
+            clash = np.unique(ids[self._known(ids)])
             if np.unique(ids).size != n or clash.size:
                 dup = clash[:5].tolist() or _duplicates(ids)[:5]
                 raise HashingError(f"ids must be unique in the index; repeated: {dup}")
@@ -168,8 +185,11 @@ class HammingIndex:
                 labels.shape[1:] != self._labels.shape[1:]:
             raise HashingError(f"labels of shape {labels.shape[1:]} do not match the index's "
                                f"{self._labels.shape[1:]}")
+        continues_positions = self._ids is None and np.array_equal(
+            ids, np.arange(len(self), len(self) + n))
+        if not continues_positions:
+            self._ids = np.concatenate([self.ids, ids])
         self._codes = np.concatenate([self._codes, codes])
-        self._ids = np.concatenate([self._ids, ids])
         if labels is not None:
             self._labels = labels if self._labels is None else np.concatenate(
                 [self._labels, labels])
@@ -183,12 +203,13 @@ class HammingIndex:
         Returns the number of items removed.
         """
         ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        missing = np.setdiff1d(ids, self._ids)
+        missing = ids[~self._known(ids)]
         if missing.size:
             raise HashingError(f"cannot remove ids not in the index: "
                                f"{missing[:10].tolist()}{' ...' if missing.size > 10 else ''}")
-        keep = ~np.isin(self._ids, ids)
-        self._codes, self._ids = self._codes[keep], self._ids[keep]
+        current = self.ids
+        keep = ~np.isin(current, ids)
+        self._codes, self._ids = self._codes[keep], current[keep]
         if self._labels is not None:
             self._labels = self._labels[keep]
         if self._paths is not None:
@@ -246,7 +267,7 @@ class HammingIndex:
             dist, pos = self._multi_index().top_k(queries, k)
         else:
             dist, pos = scan.top_k(self._database(), queries, k, threads=self.threads)
-        return dist, self._ids[pos]
+        return dist, self._ids_of(pos)
 
     def range_search(self, queries, radius: int):
         """All codes within Hamming distance ``radius`` (inclusive) of each query.
@@ -265,7 +286,7 @@ class HammingIndex:
         else:
             lims, dist, pos = scan.within_radius(self._database(), queries, int(radius),
                                                  threads=self.threads)
-        return lims, dist, self._ids[pos]
+        return lims, dist, self._ids_of(pos)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path) -> None:
@@ -274,7 +295,7 @@ class HammingIndex:
         Sections are streamed with a running CRC32, so saving needs no second copy of
         the codes in memory.
         """
-        positional = bool(np.array_equal(self._ids, np.arange(len(self))))
+        positional = self._ids is None or bool(np.array_equal(self._ids, np.arange(len(self))))
         labels_kind, labels_dim, labels_bytes = _LABELS_NONE, 0, b""
         if self._labels is not None:
             if self._labels.ndim == 2:
@@ -373,8 +394,7 @@ class HammingIndex:
                                      dtype).reshape(shape).copy()
 
         index._codes = section(0, np.uint8, (count, code_size))
-        index._ids = (section(1, "<i8", (count,)) if id_size
-                      else np.arange(count, dtype=np.int64))
+        index._ids = section(1, "<i8", (count,)) if id_size else None
         if h["labels_kind"] == _LABELS_SINGLE:
             index._labels = section(2, "<i8", (count,))
         elif h["labels_kind"] == _LABELS_MULTI:

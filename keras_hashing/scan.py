@@ -37,6 +37,28 @@ DB_BLOCK = 8192
 QUERY_BLOCK = 32
 # Codes of the first block whose k-th distance sets each query's first cut-off.
 FIRST_CUT_SAMPLE = 4096
+# Fewer query blocks than threads: split databases of at least this many codes between
+# the threads instead (below it, starting threads costs more than it saves).
+SPLIT_MIN_CODES = 4 * DB_BLOCK
+
+
+def block_width(queries: int) -> int:
+    """Database codes per block for a block of this many queries: DB_BLOCK for a full
+    query block, wider for fewer queries so the scratch buffer stays the same size and
+    numpy's per-call overhead stays small (one query over 8k codes is a few us of work)."""
+    return DB_BLOCK * max(1, QUERY_BLOCK // max(1, queries))
+
+
+_POOLS: dict = {}
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A lasting pool of this many threads: starting one per call costs about 0.5 ms, a
+    quarter of a single query's scan over 1M codes. A forked child gets its own."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="kh-scan")
+    return _POOLS[key]
 
 
 def default_threads() -> int:
@@ -115,18 +137,21 @@ def _scratch(nq, width, dist_dtype):
             np.empty((nq, width), np.uint8))
 
 
-def _top_k_block(db: Database, qwords, k: int):
-    """Exact top-k of one query block; returns (distances int32, positions int64)."""
+def _top_k_block(db: Database, qwords, k: int, lo=0, hi=None):
+    """Exact top-k of one query block among codes lo:hi; returns (distances int32,
+    positions int64), both (Q, min(k, hi - lo))."""
     nq = qwords.shape[1]
+    hi = db.n if hi is None else hi
     n = db.n
     span = n + 1  # pool keys: (row * (bits + 1) + distance) * span + position
-    scratch = _scratch(nq, min(DB_BLOCK, n), db.dist_dtype)
+    width = block_width(nq)
+    scratch = _scratch(nq, min(width, hi - lo), db.dist_dtype)
     cut = np.full(nq, db.bits + 1, np.int64)  # a code survives when distance < cut
     # The same cut-offs in the distances' dtype, as a column (compared without casting);
     # only exact while bits + 1 fits the dtype, else compare against the int64 column.
     cut_col = np.minimum(cut, np.iinfo(db.dist_dtype).max).astype(db.dist_dtype)[:, None]
     small_cut = db.bits + 1 <= np.iinfo(db.dist_dtype).max
-    mask_buf = np.empty((nq, min(DB_BLOCK, n)), bool)
+    mask_buf = np.empty((nq, min(width, hi - lo)), bool)
     pool = []
     pooled = 0
 
@@ -146,10 +171,10 @@ def _top_k_block(db: Database, qwords, k: int):
         cut_col[:, 0] = np.minimum(cut, np.iinfo(db.dist_dtype).max)
         return keys
 
-    for start in range(0, n, DB_BLOCK):
-        stop = min(n, start + DB_BLOCK)
+    for start in range(lo, hi, width):
+        stop = min(hi, start + width)
         dist = _block_distances(qwords, db, start, stop, *scratch)
-        if start == 0 and stop - start > FIRST_CUT_SAMPLE > k:
+        if start == lo and stop - start > FIRST_CUT_SAMPLE > k:
             # First block: the k-th smallest distance among its first codes bounds the
             # final k-th from above; codes must beat or tie it until the pool is re-ranked.
             head = dist[:, :FIRST_CUT_SAMPLE]
@@ -170,7 +195,7 @@ def _top_k_block(db: Database, qwords, k: int):
     keys = rank(np.concatenate(pool)) if pool else np.zeros(0, np.int64)
     rows = keys // ((db.bits + 1) * span)
     counts = np.bincount(rows, minlength=nq)
-    kk = min(k, n)
+    kk = min(k, hi - lo)
     assert np.all(counts == kk), "every row must hold k results"
     keys = keys.reshape(nq, kk)
     return ((keys // span) % (db.bits + 1)).astype(np.int32), (keys % span).astype(np.int64)
@@ -187,7 +212,9 @@ def query_words(queries: np.ndarray, nwords: int) -> np.ndarray:
 def top_k(db: Database, queries, k: int, threads=None):
     """The k nearest codes of every query: (distances int32 (Q, k'), positions (Q, k')).
 
-    k' = min(k, N); equal distances are ordered by position.
+    k' = min(k, N); equal distances are ordered by position. Threads take query blocks;
+    when there are fewer query blocks than threads (a few queries, as a server sees
+    them), they split the database instead and their top-k lists are merged.
     """
     queries = np.asarray(queries, np.uint8)
     nq = queries.shape[0]
@@ -204,13 +231,29 @@ def top_k(db: Database, queries, k: int, threads=None):
         s, e = bounds
         out_d[s:e], out_p[s:e] = _top_k_block(db, qw[:, s:e], k)
 
-    if threads == 1 or len(blocks) == 1:
+    if len(blocks) < threads and db.n >= SPLIT_MIN_CODES:
+        for s, e in blocks:
+            out_d[s:e], out_p[s:e] = _top_k_split(db, qw[:, s:e], k, threads)
+    elif threads == 1 or len(blocks) == 1:
         for b in blocks:
             work(b)
     else:
-        with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
-            list(pool.map(work, blocks))
+        list(thread_pool(min(threads, len(blocks))).map(work, blocks))
     return out_d, out_p
+
+
+def _top_k_split(db: Database, qwords, k: int, threads: int):
+    """Top-k of one query block, the database split into one position range per thread."""
+    bounds = np.linspace(0, db.n, threads + 1).astype(np.int64)
+    ranges = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    parts = list(thread_pool(len(ranges)).map(lambda r: _top_k_block(db, qwords, k, *r),
+                                              ranges))
+    dist = np.concatenate([d for d, _ in parts], axis=1)
+    pos = np.concatenate([p for _, p in parts], axis=1)
+    # Ranges are in position order and each part is sorted by (distance, position), so a
+    # stable sort by distance keeps ties in position order.
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
 
 
 def within_radius(db: Database, queries, radius: int, threads=None):
@@ -225,14 +268,15 @@ def within_radius(db: Database, queries, radius: int, threads=None):
 
     def work(bounds):
         s, e = bounds
-        scratch = _scratch(e - s, min(DB_BLOCK, db.n), db.dist_dtype)
+        block = block_width(e - s)
+        scratch = _scratch(e - s, min(block, db.n), db.dist_dtype)
         # (row, distance) as one small key; blocks run in position order, so a stable
         # sort on the key alone orders each row by (distance, position). int16 keys sort
         # by radix in numpy: linear time, which matters when radii return millions.
         key_dtype = np.int16 if (e - s) * width <= np.iinfo(np.int16).max else np.int64
         keys, positions = [], []
-        for start in range(0, db.n, DB_BLOCK):
-            stop = min(db.n, start + DB_BLOCK)
+        for start in range(0, db.n, block):
+            stop = min(db.n, start + block)
             dist = _block_distances(qw[:, s:e], db, start, stop, *scratch)
             rows, cols = np.divmod(np.flatnonzero(dist <= radius), stop - start)
             keys.append((rows * width + dist[rows, cols]).astype(key_dtype))
@@ -248,8 +292,7 @@ def within_radius(db: Database, queries, radius: int, threads=None):
     if threads == 1 or len(blocks) == 1:
         results = [work(b) for b in blocks]
     else:
-        with ThreadPoolExecutor(min(threads, len(blocks))) as pool:
-            results = list(pool.map(work, blocks))
+        results = list(thread_pool(min(threads, len(blocks))).map(work, blocks))
     counts = np.concatenate([r[0] for r in results])
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return (lims, np.concatenate([r[1] for r in results]).astype(np.int32),

@@ -69,7 +69,7 @@ def test_range_search_equals_brute_force(bits, n, r, seed, method, fallback):
         np.testing.assert_array_equal(dist[lims[i]:lims[i + 1]], row[hit])
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
     from keras_hashing import scan
 
@@ -77,16 +77,23 @@ def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
     monkeypatch.setattr(scan, "DB_BLOCK", 256)
     monkeypatch.setattr(scan, "QUERY_BLOCK", 7)
     monkeypatch.setattr(scan, "FIRST_CUT_SAMPLE", 64)
+    monkeypatch.setattr(scan, "SPLIT_MIN_CODES", 1024)
+    split = mock.Mock(wraps=scan._top_k_split)
+    monkeypatch.setattr(scan, "_top_k_split", split)
     rng = np.random.default_rng(1)
-    d_bits = rng.integers(0, 2, size=(3000, 16))
-    q_bits = rng.integers(0, 2, size=(70, 16))
+    # 40 distinct codes among 3,000: ties everywhere, also across the threads' ranges
+    d_bits = rng.integers(0, 2, size=(40, 16))[rng.integers(0, 40, 3000)]
     index = HammingIndex(16, threads=threads)
     index.add(pack_bits(d_bits))
-    for k in (1, 5, 40, 300):
-        dist, ids = index.search(pack_bits(q_bits), k)
-        exp_d, exp_i = brute_force(q_bits, d_bits, k)
-        np.testing.assert_array_equal(dist, exp_d)
-        np.testing.assert_array_equal(ids, exp_i)
+    # 70 queries: threads take query blocks; 3 (one block, wider): they split the codes
+    for nq in (70, 3):
+        q_bits = rng.integers(0, 2, size=(nq, 16))
+        for k in (1, 5, 40, 300):
+            dist, ids = index.search(pack_bits(q_bits), k)
+            exp_d, exp_i = brute_force(q_bits, d_bits, k)
+            np.testing.assert_array_equal(dist, exp_d)
+            np.testing.assert_array_equal(ids, exp_i)
+    assert split.called == (threads > 1)
 
 
 def _index_with_labels(bits=12, n=20, multi=False):
@@ -272,6 +279,42 @@ def test_mmap_load_searches_like_the_in_memory_index(tmp_path):
         HammingIndex.load(tmp_path / "m.khi", mmap=True, verify=True)
 
 
+
+def test_mapped_index_of_positional_ids_allocates_no_id_array(tmp_path):
+    """Opening a memory-mapped index whose ids are its positions must not build an (N,)
+    int64 array (800 MB at 100M codes); ids come back right all the same."""
+    import tracemalloc
+
+    n = 200_000
+    rng = np.random.default_rng(3)
+    index = HammingIndex(64)
+    index.add(rng.integers(0, 256, (n, 8), dtype=np.uint8))
+    index.save(tmp_path / "p.khi")
+    tracemalloc.start()
+    try:
+        mapped = HammingIndex.load(tmp_path / "p.khi", mmap=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < n * 8 // 10, f"opening allocated {peak} bytes"
+    q = rng.integers(0, 256, (3, 8), dtype=np.uint8)
+    dist, ids = mapped.search(q, 5)
+    ref_dist, ref_ids = index.search(q, 5)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(dist, ref_dist)
+    assert mapped.ids.tolist() == list(range(n))
+    np.testing.assert_array_equal(mapped.positions_of([5, 0, n - 1]), [5, 0, n - 1])
+    with pytest.raises(HashingError, match="not in the index"):
+        mapped.positions_of([n])
+    # appending continues the positions; an explicit id, or a removal, makes ids explicit
+    mapped.add(q[:1])
+    assert mapped.ids[-1] == n
+    with pytest.raises(HashingError, match="unique"):
+        mapped.add(q[:1], ids=[7])
+    mapped.add(q[:1], ids=[10 * n])
+    assert mapped.ids[-2:].tolist() == [n, 10 * n]
+    assert mapped.remove([0, 10 * n]) == 2
+    assert mapped.ids[:2].tolist() == [1, 2] and len(mapped) == n
 def test_merge_shards_and_reject_clashing_ids(tmp_path):
     a, b = HammingIndex(16), HammingIndex(16)
     a.add(pack_bits(np.zeros((3, 16))), labels=[1, 2, 3], paths=["a0", "a1", "a2"])
