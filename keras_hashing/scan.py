@@ -37,16 +37,15 @@ DB_BLOCK = 8192
 QUERY_BLOCK = 32
 # Codes of the first block whose k-th distance sets each query's first cut-off.
 FIRST_CUT_SAMPLE = 4096
-# Fewer query blocks than threads: split databases of at least this many codes between
-# the threads instead (below it, starting threads costs more than it saves).
-SPLIT_MIN_CODES = 4 * DB_BLOCK
 
 
 def block_width(queries: int) -> int:
     """Database codes per block for a block of this many queries: DB_BLOCK for a full
-    query block, wider for fewer queries so the scratch buffer stays the same size and
-    numpy's per-call overhead stays small (one query over 8k codes is a few us of work)."""
-    return DB_BLOCK * max(1, QUERY_BLOCK // max(1, queries))
+    query block, up to 8x wider for fewer queries, so numpy's per-call overhead stays
+    small (one query over 8k codes is a few us of work). Measured, 1M codes, k = 10, one
+    thread, ms at 64 / 256 bits: 1 query, 8k-code blocks 3.7 / 8.3, 64k 1.8 / 5.2;
+    8 queries, 8k 16.1 / 33.0, 32k 12.5 / 31.6, 64k 11.8 / 31.5, 256k 14.9 / 47.9."""
+    return DB_BLOCK * min(8, max(1, QUERY_BLOCK // max(1, queries)))
 
 
 _POOLS: dict = {}
@@ -201,6 +200,15 @@ def _top_k_block(db: Database, qwords, k: int, lo=0, hi=None):
     return ((keys // span) % (db.bits + 1)).astype(np.int32), (keys % span).astype(np.int64)
 
 
+def query_blocks(nq: int, threads: int) -> list:
+    """(start, stop) of the query blocks: at most QUERY_BLOCK queries each, and at least
+    one block per thread while there are queries to share (a batch of 16 on two threads
+    runs as two blocks of 8, each over wider database blocks)."""
+    count = max(-(-nq // QUERY_BLOCK), min(threads, nq))
+    bounds = np.linspace(0, nq, count + 1).round().astype(int)
+    return [(int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+
+
 def query_words(queries: np.ndarray, nwords: int) -> np.ndarray:
     """(W, Q) uint64 words of packed queries, like ``word_columns``."""
     q = word_columns(queries)
@@ -212,9 +220,9 @@ def query_words(queries: np.ndarray, nwords: int) -> np.ndarray:
 def top_k(db: Database, queries, k: int, threads=None):
     """The k nearest codes of every query: (distances int32 (Q, k'), positions (Q, k')).
 
-    k' = min(k, N); equal distances are ordered by position. Threads take query blocks;
-    when there are fewer query blocks than threads (a few queries, as a server sees
-    them), they split the database instead and their top-k lists are merged.
+    k' = min(k, N); equal distances are ordered by position. Threads take query blocks
+    (a single query runs on one thread: splitting the database between threads was
+    slower for one query at 64 and 256 bits, measured).
     """
     queries = np.asarray(queries, np.uint8)
     nq = queries.shape[0]
@@ -222,8 +230,8 @@ def top_k(db: Database, queries, k: int, threads=None):
     if nq == 0 or k == 0:
         return np.zeros((nq, k), np.int32), np.zeros((nq, k), np.int64)
     qw = query_words(queries, db.nwords)
-    blocks = [(s, min(nq, s + QUERY_BLOCK)) for s in range(0, nq, QUERY_BLOCK)]
     threads = default_threads() if threads is None else max(1, int(threads))
+    blocks = query_blocks(nq, threads)
     out_d = np.empty((nq, k), np.int32)
     out_p = np.empty((nq, k), np.int64)
 
@@ -231,29 +239,12 @@ def top_k(db: Database, queries, k: int, threads=None):
         s, e = bounds
         out_d[s:e], out_p[s:e] = _top_k_block(db, qw[:, s:e], k)
 
-    if len(blocks) < threads and db.n >= SPLIT_MIN_CODES:
-        for s, e in blocks:
-            out_d[s:e], out_p[s:e] = _top_k_split(db, qw[:, s:e], k, threads)
-    elif threads == 1 or len(blocks) == 1:
+    if threads == 1 or len(blocks) == 1:
         for b in blocks:
             work(b)
     else:
         list(thread_pool(min(threads, len(blocks))).map(work, blocks))
     return out_d, out_p
-
-
-def _top_k_split(db: Database, qwords, k: int, threads: int):
-    """Top-k of one query block, the database split into one position range per thread."""
-    bounds = np.linspace(0, db.n, threads + 1).astype(np.int64)
-    ranges = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    parts = list(thread_pool(len(ranges)).map(lambda r: _top_k_block(db, qwords, k, *r),
-                                              ranges))
-    dist = np.concatenate([d for d, _ in parts], axis=1)
-    pos = np.concatenate([p for _, p in parts], axis=1)
-    # Ranges are in position order and each part is sorted by (distance, position), so a
-    # stable sort by distance keeps ties in position order.
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(dist, order, 1), np.take_along_axis(pos, order, 1)
 
 
 def within_radius(db: Database, queries, radius: int, threads=None):
@@ -262,8 +253,8 @@ def within_radius(db: Database, queries, radius: int, threads=None):
     queries = np.asarray(queries, np.uint8)
     nq = queries.shape[0]
     qw = query_words(queries, db.nwords) if nq else None
-    blocks = [(s, min(nq, s + QUERY_BLOCK)) for s in range(0, nq, QUERY_BLOCK)]
     threads = default_threads() if threads is None else max(1, int(threads))
+    blocks = query_blocks(nq, threads)
     width = db.bits + 1
 
     def work(bounds):

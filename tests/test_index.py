@@ -77,15 +77,12 @@ def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
     monkeypatch.setattr(scan, "DB_BLOCK", 256)
     monkeypatch.setattr(scan, "QUERY_BLOCK", 7)
     monkeypatch.setattr(scan, "FIRST_CUT_SAMPLE", 64)
-    monkeypatch.setattr(scan, "SPLIT_MIN_CODES", 1024)
-    split = mock.Mock(wraps=scan._top_k_split)
-    monkeypatch.setattr(scan, "_top_k_split", split)
     rng = np.random.default_rng(1)
     # 40 distinct codes among 3,000: ties everywhere, also across the threads' ranges
     d_bits = rng.integers(0, 2, size=(40, 16))[rng.integers(0, 40, 3000)]
     index = HammingIndex(16, threads=threads)
     index.add(pack_bits(d_bits))
-    # 70 queries: threads take query blocks; 3 (one block, wider): they split the codes
+    # 70 queries: blocks of 7 over 256-code blocks; 3: one block per thread, 3x wider
     for nq in (70, 3):
         q_bits = rng.integers(0, 2, size=(nq, 16))
         for k in (1, 5, 40, 300):
@@ -93,7 +90,20 @@ def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
             exp_d, exp_i = brute_force(q_bits, d_bits, k)
             np.testing.assert_array_equal(dist, exp_d)
             np.testing.assert_array_equal(ids, exp_i)
-    assert split.called == (threads > 1)
+
+
+def test_query_blocks_cover_the_queries_and_give_every_thread_one():
+    from keras_hashing import scan
+
+    for nq, threads in [(1, 2), (3, 2), (16, 2), (16, 4), (31, 2), (1000, 2), (70, 1)]:
+        blocks = scan.query_blocks(nq, threads)
+        assert blocks[0][0] == 0 and blocks[-1][1] == nq
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        sizes = [e - s for s, e in blocks]
+        assert max(sizes) <= scan.QUERY_BLOCK and min(sizes) >= 1
+        assert len(blocks) >= min(threads, nq)
+    assert scan.query_blocks(16, 2) == [(0, 8), (8, 16)]
+    assert scan.block_width(8) == 4 * scan.DB_BLOCK and scan.block_width(1) == 8 * scan.DB_BLOCK
 
 
 def _index_with_labels(bits=12, n=20, multi=False):
