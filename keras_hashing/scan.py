@@ -136,21 +136,19 @@ def _scratch(nq, width, dist_dtype):
             np.empty((nq, width), np.uint8))
 
 
-def _top_k_block(db: Database, qwords, k: int, lo=0, hi=None):
-    """Exact top-k of one query block among codes lo:hi; returns (distances int32,
-    positions int64), both (Q, min(k, hi - lo))."""
+def _top_k_block(db: Database, qwords, k: int):
+    """Exact top-k of one query block; returns (distances int32, positions int64)."""
     nq = qwords.shape[1]
-    hi = db.n if hi is None else hi
     n = db.n
     span = n + 1  # pool keys: (row * (bits + 1) + distance) * span + position
     width = block_width(nq)
-    scratch = _scratch(nq, min(width, hi - lo), db.dist_dtype)
+    scratch = _scratch(nq, min(width, n), db.dist_dtype)
     cut = np.full(nq, db.bits + 1, np.int64)  # a code survives when distance < cut
     # The same cut-offs in the distances' dtype, as a column (compared without casting);
     # only exact while bits + 1 fits the dtype, else compare against the int64 column.
     cut_col = np.minimum(cut, np.iinfo(db.dist_dtype).max).astype(db.dist_dtype)[:, None]
     small_cut = db.bits + 1 <= np.iinfo(db.dist_dtype).max
-    mask_buf = np.empty((nq, min(width, hi - lo)), bool)
+    mask_buf = np.empty((nq, min(width, n)), bool)
     pool = []
     pooled = 0
 
@@ -170,10 +168,10 @@ def _top_k_block(db: Database, qwords, k: int, lo=0, hi=None):
         cut_col[:, 0] = np.minimum(cut, np.iinfo(db.dist_dtype).max)
         return keys
 
-    for start in range(lo, hi, width):
-        stop = min(hi, start + width)
+    for start in range(0, n, width):
+        stop = min(n, start + width)
         dist = _block_distances(qwords, db, start, stop, *scratch)
-        if start == lo and stop - start > FIRST_CUT_SAMPLE > k:
+        if start == 0 and stop - start > FIRST_CUT_SAMPLE > k:
             # First block: the k-th smallest distance among its first codes bounds the
             # final k-th from above; codes must beat or tie it until the pool is re-ranked.
             head = dist[:, :FIRST_CUT_SAMPLE]
@@ -194,7 +192,7 @@ def _top_k_block(db: Database, qwords, k: int, lo=0, hi=None):
     keys = rank(np.concatenate(pool)) if pool else np.zeros(0, np.int64)
     rows = keys // ((db.bits + 1) * span)
     counts = np.bincount(rows, minlength=nq)
-    kk = min(k, hi - lo)
+    kk = min(k, n)
     assert np.all(counts == kk), "every row must hold k results"
     keys = keys.reshape(nq, kk)
     return ((keys // span) % (db.bits + 1)).astype(np.int32), (keys % span).astype(np.int64)
