@@ -31,9 +31,10 @@ tools/reproduce.py --cells dmrh-n2:32:fmnist --epochs 30``, 50 to 65 minutes on 
 cores): 1x1 head and learned fusion 0.792 (best validation epoch 16 of 30, then 0.73 to
 0.77); 3x3 head, learned fusion 0.844; 3x3 head, uniform fusion 0.861 (validation 0.865
 at epoch 30), the Fashion-MNIST recipe. The same recipe with N = 1: 0.858, N = 3:
-0.865 (``--cells dmrh-n1:32:fmnist dmrh-n3:32:fmnist``). DPSH: 0.854. On digits a 3x3 head collapsed at
-the recipe's learning rate 0.002 (query mAP 0.10 to 0.23, seeds 0 to 2; 0.844 at 0.001,
-against 0.871 with 1x1), so the digits recipe keeps 1x1 and learned fusion.
+0.865 (``--cells dmrh-n1:32:fmnist dmrh-n3:32:fmnist``). DPSH: 0.854. On digits a 3x3
+head collapsed at the recipe's learning rate 0.002 (query mAP 0.10 to 0.23, seeds 0 to
+2; 0.844 at 0.001, against 0.871 with 1x1), so the digits recipe keeps 1x1 and learned
+fusion.
 
 Why uniform fusion: learned weights collapse onto one region, softmax 0.03 / 0.85 /
 0.03 / 0.10 after 30 epochs with the 3x3 head (0.04 / 0.69 / 0.09 / 0.18 with 1x1).
