@@ -57,6 +57,18 @@ def median_time(fn, repeats):
     return statistics.median(times), result
 
 
+def alternating_times(ref_fn, ours_fn, rounds):
+    """Call the reference and ours in turn, once each per round, so a slow spell of this
+    shared machine hits both: (reference times, our times, last results of each)."""
+    t_ref, t_ours = [], []
+    for _ in range(rounds):
+        t, ref_out = median_time(ref_fn, 1)
+        t_ref.append(t)
+        t, our_out = median_time(ours_fn, 1)
+        t_ours.append(t)
+    return t_ref, t_ours, ref_out, our_out
+
+
 def uniform_codes(rng, n, bits):
     return rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
 
@@ -92,16 +104,11 @@ def bench_exhaustive(rng, n, nq, k, bits_list, threads_list, repeats, faiss):
         ref.add(db)
         for threads in threads_list:
             faiss.omp_set_num_threads(threads)
-            # Alternate the two, one run each per round, so a slow spell of this shared
-            # machine hits both; the ratio is the median of the rounds' ratios.
-            t_ref, t_ours, ratios = [], [], []
-            for _ in range(repeats):
-                t, (ref_d, _) = median_time(lambda: ref.search(q, k), 1)
-                t_ref.append(t)
-                t, (our_d, _) = median_time(lambda: scan.top_k(ours, q, k, threads=threads), 1)
-                t_ours.append(t)
-                ratios.append(t_ours[-1] / t_ref[-1])
-                assert np.array_equal(np.asarray(ref_d, np.int32), our_d), "distances differ"
+            t_ref, t_ours, (ref_d, _), (our_d, _) = alternating_times(
+                lambda: ref.search(q, k), lambda: scan.top_k(ours, q, k, threads=threads),
+                repeats)
+            assert np.array_equal(np.asarray(ref_d, np.int32), our_d), "distances differ"
+            ratios = [o / r for o, r in zip(t_ours, t_ref)]
             ratio = statistics.median(ratios)
             rows.append({"bits": bits, "threads": threads, "n": n, "queries": nq, "k": k,
                          "faiss_s": round(statistics.median(t_ref), 4),
@@ -185,11 +192,9 @@ def bench_latency(rng, n, bits_list, threads_list, faiss, k=10, rounds=15):
             q = uniform_codes(rng, nq, bits)
             for threads in threads_list:
                 faiss.omp_set_num_threads(threads)
-                t_ref, t_ours = [], []
-                for _ in range(rounds):
-                    t_ref.append(median_time(lambda: ref.search(q, k), 1)[0])
-                    t_ours.append(median_time(
-                        lambda: scan.top_k(ours, q, k, threads=threads), 1)[0])
+                t_ref, t_ours, _, _ = alternating_times(
+                    lambda: ref.search(q, k), lambda: scan.top_k(ours, q, k, threads=threads),
+                    rounds)
                 ms_ref, ms_ours = (statistics.median(t) * 1e3 for t in (t_ref, t_ours))
                 rows.append({"bits": bits, "n": n, "queries": nq, "k": k, "threads": threads,
                              "faiss_ms": round(ms_ref, 2), "ours_ms": round(ms_ours, 2),
