@@ -26,15 +26,15 @@ class RetrievalValidation(keras.callbacks.Callback):
     weights of the best epoch (highest ``val_map``) are restored.
 
     Args:
-        val_x, val_y: validation images and labels (the queries).
-        db_x, db_y: retrieval database for validation (training images).
+        queries: the validation split (``data.Split``, ``FileSplit``, ...).
+        database: retrieval database for validation (a subset of the training split).
         bits: code length.
         restore_best: restore the best epoch's weights at the end.
     """
 
-    def __init__(self, val_x, val_y, db_x, db_y, bits, restore_best=True):
+    def __init__(self, queries, database, bits, restore_best=True):
         super().__init__()
-        self.val_x, self.val_y, self.db_x, self.db_y = val_x, val_y, db_x, db_y
+        self.queries, self.database = queries, database
         self.bits = bits
         self.restore_best = restore_best
         self.best_map = -np.inf
@@ -43,9 +43,13 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.history: list = []
 
     def on_epoch_end(self, epoch, logs=None):
-        m = self.model
-        metrics = retrieval_metrics(m.encode(self.val_x), m.encode(self.db_x), self.val_y,
-                                    self.db_y, self.bits, map_at=(None,), radius=2)
+        from keras_hashing.streaming import encode_split
+
+        q_codes, q_kept = encode_split(self.model, self.queries)
+        db_codes, db_kept = encode_split(self.model, self.database)
+        metrics = retrieval_metrics(q_codes, db_codes, self.queries.y[q_kept],
+                                    self.database.y[db_kept], self.bits, map_at=(None,),
+                                    radius=2)
         if logs is not None:
             logs["val_map"] = metrics["map_all"]
             logs["val_p_r2"] = metrics["p_r2"]
@@ -54,7 +58,7 @@ class RetrievalValidation(keras.callbacks.Callback):
             self.best_map = metrics["map_all"]
             self.best_epoch = epoch + 1
             if self.restore_best:
-                self._best_weights = m.get_weights()
+                self._best_weights = self.model.get_weights()
 
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:
@@ -152,6 +156,36 @@ class TrainingBackup(keras.callbacks.Callback):
             shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
+class BackboneWarmup(keras.callbacks.Callback):
+    """Transfer learning's warm-up: the backbone is frozen for the first ``epochs`` epochs
+    (only the hashing head learns; BatchNormalization runs in inference mode, keeping
+    its ImageNet statistics), then unfrozen for the rest of training.
+
+    The optimizer is built on every variable before the first freeze, so its state
+    covers the backbone when it joins (and a resumed run restores it whole).
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.set_frozen(epoch < self.epochs)
+
+    def set_frozen(self, frozen: bool) -> None:
+        backbone = self.model.backbone
+        if backbone.trainable == (not frozen):
+            return
+        backbone.trainable = not frozen
+        # The compiled step captured the old list of trainable variables: retrace it.
+        self.model.make_train_function(force=True)
+
+
 class HashingTensorBoard(keras.callbacks.Callback):
     """Hashing-specific TensorBoard summaries, beside Keras' own scalars.
 
@@ -171,15 +205,16 @@ class HashingTensorBoard(keras.callbacks.Callback):
 
     Args:
         log_dir: the run's TensorBoard folder (``RUN/logs``).
-        images, labels: validation sample (subsampled to ``max_samples``).
+        split: the validation split, subsampled to ``max_samples`` images (read into
+            memory once, also for a streamed split).
         class_names: names for the projector's metadata, or None.
     """
 
-    def __init__(self, log_dir, images, labels, class_names=None, max_samples=1000, seed=0):
+    def __init__(self, log_dir, split, class_names=None, max_samples=1000, seed=0):
         super().__init__()
         rng = np.random.default_rng(seed)
-        keep = np.sort(rng.permutation(len(images))[:max_samples])
-        self.images, self.labels = images[keep], labels[keep]
+        sample = split.subset(np.sort(rng.permutation(len(split))[:max_samples]))
+        self.images, self.labels = sample.x, sample.y
         self.class_names = class_names
         self.log_dir = log_dir
         self.hashing_dir = os.path.join(log_dir, "hashing")

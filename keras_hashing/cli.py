@@ -65,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(visible GPUs or logical CPUs), multiworker (TF_CONFIG)")
     f.add_argument("--logical-cpus", type=int, metavar="N",
                    help="split the CPU into N logical devices (mirrored without GPUs)")
+    f.add_argument("--backbone", help="small_cnn, lenet, flatten or applications:NAME "
+                   "(a keras.applications model, e.g. applications:ResNet50)")
+    f.add_argument("--weights", help="applications backbones: imagenet (downloaded by Keras "
+                   "once) or a local weights file")
+    f.add_argument("--image-size", type=int, nargs="+", metavar="PX",
+                   help="resize images to PX (square) or H W")
+    f.add_argument("--on-bad-image", choices=("fail", "skip"),
+                   help="an unreadable image file stops training (fail, default) or is left "
+                        "out with a warning naming it (skip)")
+    f.add_argument("--no-download", action="store_true",
+                   help="tfds:NAME must already be prepared under --data-dir")
+    f.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on a GPU (loss scaling included); off on CPU")
     f.add_argument("--features-from", metavar="RUN",
                    help="lsh/pcah/itq: hash the features of this trained run's backbone "
                         "instead of raw pixels")
@@ -83,9 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-    ib = isub.add_parser("build", help="encode a split and save it as an index",
-                         epilog="example: keras-hashing index build --run runs/d48 --out d.khi")
-    _add_split_args(ib)
+    ib = isub.add_parser("build", help="encode a split or a collection into an index file "
+                         "(streamed; an interrupted build resumes when rerun)",
+                         epilog="examples: keras-hashing index build --run runs/d48 --out "
+                                "d.khi\n  keras-hashing index build --run runs/p48 --images "
+                                "folder:/data/photos --out photos.khi",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_split_args(ib, serving=True)
     im = isub.add_parser("merge", help="merge index shards (disjoint ids) into one file",
                          epilog="example: keras-hashing index merge --out all.khi a.khi b.khi")
     im.add_argument("shards", nargs="+", help="index files, merged in this order")
@@ -146,14 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_split_args(p) -> None:
-    """Arguments of the commands that encode one split of a run's dataset."""
-    p.add_argument("--run", required=True)
+def _add_split_args(p, serving=False) -> None:
+    """Arguments of the commands that encode one split of a run's dataset, or a
+    collection of image files."""
+    p.add_argument("--run", required=not serving,
+                   help="the trained run whose model encodes" + (
+                       " (or --serving-url)" if serving else ""))
+    p.add_argument("--images", metavar="SOURCE",
+                   help="encode this collection instead of a dataset split: folder:PATH, "
+                        "list:FILE or csv:FILE (streamed; paths and labels are kept)")
     p.add_argument("--dataset", help="default: the run's dataset")
     p.add_argument("--split", default="database", choices=("train", "val", "query", "database"))
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="dataset files, or the base of relative paths in a list")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="an unreadable image stops the command (default) or is left out")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if serving:
+        p.add_argument("--serving-url", help="encode --images with TF Serving at this URL")
+        p.add_argument("--model", help="served model name (with --serving-url)")
+        p.add_argument("--model-version", type=int, help="served version (default latest)")
+        p.add_argument("--concurrency", type=int, default=4,
+                       help="requests in flight to TF Serving (default 4)")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
 
 def main(argv=None) -> int:
@@ -190,7 +223,12 @@ def cmd_fit(args) -> int:
                  "data_dir": args.data_dir, "bits": args.bits, "epochs": args.epochs,
                  "batch_size": args.batch_size, "learning_rate": args.learning_rate,
                  "seed": args.seed, "strategy": args.strategy,
-                 "logical_cpus": args.logical_cpus, "features_from": args.features_from}
+                 "logical_cpus": args.logical_cpus, "features_from": args.features_from,
+                 "backbone": args.backbone, "weights": args.weights,
+                 "on_bad_image": args.on_bad_image,
+                 "download": False if args.no_download else None,
+                 "mixed_precision": True if args.mixed_precision else None,
+                 "image_size": _image_size(args.image_size)}
     cfg = resolve_config(args.config, overrides, args.set)
     _quiet_tensorflow()
     from keras_hashing import training
@@ -203,6 +241,14 @@ def cmd_fit(args) -> int:
                "query_p_r2": q["p_r2"], "train_seconds": run.metrics["train_seconds"]}
     emit(json.dumps(summary, indent=2))
     return 0
+
+
+def _image_size(values):
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        raise HashingError(f"--image-size takes one size or height and width, got {values}")
+    return [values[0], values[0]] if len(values) == 1 else list(values)
 
 
 def _run_and_splits(args):
@@ -234,17 +280,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _split_to_encode(args):
+    """(run or None, split, where it came from) for encode and index build."""
+    if args.batch_size < 1:
+        raise HashingError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.images:
+        from keras_hashing.data import load_images_split
+
+        run = None
+        if args.run:
+            _quiet_tensorflow()
+            from keras_hashing import training
+
+            run = training.load_run(args.run)
+            shape = run.model.image_shape
+        else:
+            shape = (1, 1, 3)  # TF Serving decodes and resizes each file itself
+        split = load_images_split(args.images, shape, args.data_dir, args.on_bad_image)
+        return run, split, {"images": args.images, "data_dir": args.data_dir}
+    if not args.run:
+        raise HashingError("give --run RUN (or --images with --serving-url)")
+    run, splits = _run_and_splits(args)
+    return run, getattr(splits, args.split), None
+
+
 def cmd_encode(args) -> int:
     import numpy as np
 
     from keras_hashing.fileio import atomic_open
+    from keras_hashing.streaming import encode_split
 
-    run, splits = _run_and_splits(args)
-    split = getattr(splits, args.split)
-    codes = run.model.encode(split.x, verbose=_verbose(args))
+    run, split, _ = _split_to_encode(args)
+    codes, kept = encode_split(run.model, split, args.batch_size, verbose=_verbose(args))
+    arrays = {"codes": codes, "bits": np.int64(run.model.bits)}
+    if split.y is not None:
+        arrays["labels"] = split.y[kept]
+    if getattr(split, "paths", None) is not None:
+        arrays["paths"] = split.paths[kept].astype(str)
     with atomic_open(args.out, "wb") as f:
-        np.savez(f, codes=codes, labels=split.y, bits=np.int64(run.model.bits))
-    emit(json.dumps({"out": args.out, "count": int(codes.shape[0]), "bits": run.model.bits}))
+        np.savez(f, **arrays)
+    emit(json.dumps({"out": args.out, "count": int(codes.shape[0]), "bits": run.model.bits,
+                     "skipped": int((~kept).sum())}))
     return 0
 
 
@@ -262,19 +338,55 @@ def cmd_index(args) -> int:
         emit(json.dumps({"file": args.file, "bytes": os.path.getsize(args.file),
                          "checksum": "ok", **index.get_config()}))
         return 0
-    run, splits = _run_and_splits(args)
-    split = getattr(splits, args.split)
-    index = HammingIndex(run.model.bits)
-    index.add(run.model.encode(split.x, verbose=_verbose(args)), labels=split.y)
-    cfg = run.config
-    index.metadata = {"run": os.path.abspath(args.run), "dataset": splits.name,
-                      "protocol": splits.protocol, "split": args.split, "seed": cfg.get("seed"),
-                      "data_dir": cfg.get("data_dir") if not args.data_dir else args.data_dir,
-                      "image_size": cfg.get("image_size"), "channels": cfg.get("channels"),
-                      "method": run.model.method_name}
-    index.save(args.out)
-    emit(json.dumps({"out": args.out, "count": len(index), "bits": index.bits}))
+    from keras_hashing import streaming
+
+    if getattr(args, "serving_url", None):
+        if not args.images or not args.model:
+            raise HashingError("--serving-url needs --images SOURCE and --model NAME")
+        if args.concurrency < 1:
+            raise HashingError(f"--concurrency must be >= 1, got {args.concurrency}")
+    run, split, source = _split_to_encode(args)
+    if args.serving_url:
+        from keras_hashing.serving import TFServingClient
+
+        client = TFServingClient(args.serving_url, args.model, version=args.model_version,
+                                 timeout=args.timeout)
+        bits = client.bits
+        batches = streaming.serving_batches(client, split, min(args.batch_size, 64),
+                                            args.concurrency, _verbose(args))
+        metadata = {"serving_url": args.serving_url, "model": args.model, **source}
+        encoder = {"serving_url": args.serving_url, "model": args.model,
+                   "version": args.model_version}
+    else:
+        bits = run.model.bits
+        batches = streaming.model_batches(run.model, split, args.batch_size, _verbose(args))
+        metadata = _index_metadata(args, run, source)
+        model_file = os.path.join(args.run, "model.keras")
+        encoder = {"run": os.path.abspath(args.run), "model_bytes": os.path.getsize(model_file),
+                   "model_mtime": os.path.getmtime(model_file)}
+    fingerprint = {"encoder": encoder, "bits": bits, "count": len(split),
+                   "source": source or {"split": args.split, "dataset": metadata.get("dataset")},
+                   "first": str(split.paths[0]) if getattr(split, "paths", None) is not None
+                   and len(split) else None}
+    index, skipped, resumed_from = streaming.build_index(split, args.out, bits, batches,
+                                                         fingerprint, metadata)
+    emit(json.dumps({"out": args.out, "count": len(index), "bits": index.bits,
+                     "skipped": len(skipped), "resumed_from": resumed_from or None}))
     return 0
+
+
+def _index_metadata(args, run, source) -> dict:
+    """What an index records about where its codes came from (``search --show`` uses it)."""
+    cfg = run.config
+    meta = {"run": os.path.abspath(args.run), "method": run.model.method_name,
+            "image_size": list(run.model.image_shape[:2]), "channels": run.model.image_shape[2]}
+    if source:
+        return {**meta, **source}
+    return {**meta, "dataset": args.dataset or cfg.get("dataset"),
+            "protocol": None if args.dataset else cfg.get("protocol"), "split": args.split,
+            "seed": cfg.get("seed"),
+            "data_dir": cfg.get("data_dir") if not args.data_dir else args.data_dir,
+            "image_size": cfg.get("image_size"), "channels": cfg.get("channels")}
 
 
 def _verbose(args):
@@ -325,6 +437,19 @@ def _show_grid(index, result, query_images, query_names, path) -> None:
     from keras_hashing import data, plots
 
     meta = index.metadata
+    if index.paths is not None:  # built from image files: draw them from their paths
+        size, channels = meta.get("image_size") or [64, 64], meta.get("channels") or 3
+        positions = index.positions_of(result.ids.ravel())
+        neighbours = data.load_images([index.paths[p] for p in positions], size, channels)
+        if query_images is None:
+            query_images = data.load_images(query_names, size, channels)
+        labels = index.labels
+        labels = labels[positions].reshape(result.ids.shape) if (
+            labels is not None and labels.ndim == 1) else None
+        plots.plot_retrieval_grid(query_images, neighbours.reshape(*result.ids.shape,
+                                                                   *neighbours.shape[1:]),
+                                  path, None, labels, None, result.distances)
+        return
     if not meta.get("dataset") or not meta.get("split"):
         raise HashingError("--show needs an index made by `keras-hashing index build`, which "
                            "records the dataset its codes came from")
@@ -339,7 +464,10 @@ def _show_grid(index, result, query_images, query_names, path) -> None:
         shape = splits.input_shape
         query_images = data.load_images(query_names, shape[:2], shape[2])
     labels = db.y if db.y.ndim == 1 else None
-    plots.plot_retrieval_grid(query_images, db.x[result.ids], path, None,
+    # unique sorted rows: a streamed split reads them in file order, each once
+    rows, where = np.unique(result.ids.ravel(), return_inverse=True)
+    neighbours = db.subset(rows).x[where].reshape(*result.ids.shape, *splits.input_shape)
+    plots.plot_retrieval_grid(query_images, neighbours, path, None,
                               None if labels is None else labels[result.ids],
                               splits.class_names, result.distances)
 

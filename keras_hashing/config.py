@@ -55,8 +55,19 @@ DEFAULTS = {
     "seed": 0,
     "backbone": "small_cnn",
     "backbone_kwargs": {},
+    # applications backbones: "imagenet" (downloaded by Keras on first use), a local
+    # weights file, or None (random initialisation)
+    "weights": None,
+    # transfer learning: epochs with the backbone frozen (BatchNormalization in inference
+    # mode), then the backbone trains at learning_rate x backbone_lr_multiplier
+    "backbone_warmup_epochs": 0,
+    "backbone_lr_multiplier": 1.0,
     "image_size": None,
     "channels": None,
+    "on_bad_image": "fail",
+    "download": True,
+    "steps_per_epoch": None,
+    "mixed_precision": False,
     "patience": None,
     "val_database_size": 10000,
     "tensorboard_samples": 1000,
@@ -166,7 +177,7 @@ def validate(cfg: dict) -> dict:
     for key in ("dataset", "backbone"):
         if not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a name, got {cfg[key]!r}")
-    for key in ("protocol", "data_dir", "features_from"):
+    for key in ("protocol", "data_dir", "features_from", "weights"):
         if cfg[key] is not None and not isinstance(cfg[key], str):
             raise ConfigError(f"{key} must be a string, got {cfg[key]!r}")
     cfg["method"] = canonical_name(cfg["method"])
@@ -181,6 +192,19 @@ def validate(cfg: dict) -> dict:
         _check_int(cfg, "patience", 1)
     if cfg["logical_cpus"] is not None:
         _check_int(cfg, "logical_cpus", 1)
+    if cfg["steps_per_epoch"] is not None:
+        _check_int(cfg, "steps_per_epoch", 1)
+    _check_int(cfg, "backbone_warmup_epochs", 0)
+    for key in ("download", "mixed_precision"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["on_bad_image"] not in ("fail", "skip"):
+        raise ConfigError(f"on_bad_image must be fail or skip, got {cfg['on_bad_image']!r}")
+    multiplier = cfg["backbone_lr_multiplier"]
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or \
+            not 0 < multiplier <= 10:
+        raise ConfigError(f"backbone_lr_multiplier must be a number in (0, 10], got "
+                          f"{multiplier!r}")
     if cfg["strategy"] not in STRATEGIES:
         raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
     for key in ("learning_rate", "weight_decay"):

@@ -5,12 +5,20 @@ Names:
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images); the embedded default.
 * ``fashion_mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``) or ``data_dir``.
-* ``tfds:NAME``: a TensorFlow Datasets dataset already prepared under ``data_dir``
-  (nothing is downloaded).
-* ``folder:PATH``: one sub-folder of images per class.
+* ``tfds:NAME``: a TensorFlow Datasets dataset, downloaded and prepared as ``tfds.load``
+  does unless ``download=False`` or it is already prepared under ``data_dir``; streamed
+  from the prepared files.
+* ``folder:PATH``, ``list:FILE`` (or ``list:DIR`` of DeepHash-pytorch's train.txt,
+  test.txt, database.txt), ``csv:FILE``: a collection on disk (``keras_hashing.sources``),
+  streamed and decoded batch by batch.
 
-Images are raw pixels: uint8 arrays (N, H, W, C) in 0..255. The model rescales them,
-so clients send pixels as they are. Labels are class ids (N,) or multi-hot (N, C).
+Images are raw pixels: uint8 (H, W, C) in 0..255. The model rescales them, so clients
+send pixels as they are. Labels are class ids (N,) or multi-hot (N, C).
+
+A split is held in memory (``Split``: digits, Fashion-MNIST) or streamed (``FileSplit``
+for image files, ``TfdsSplit`` for TensorFlow Datasets): both have ``y``, ``len``,
+``image_shape``, ``subset(indices)`` and go through ``make_tf_dataset`` and
+``inference_dataset``; only labels are held in memory for a streamed one.
 
 Every protocol yields four splits: ``train`` (fitted on), ``val`` (model selection;
 carved from the training data, never the query set), ``query`` and ``database``.
@@ -27,33 +35,122 @@ import dataclasses
 import gzip
 import math
 import os
-import zlib
+import re
 import struct
+import zlib
 
 import numpy as np
 
+from keras_hashing import sources
 from keras_hashing.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
 PROTOCOLS = {
     "digits": ("digits",),
     "fashion_mnist": ("fmnist", "fmnist-reduced"),
     "tfds": ("standard",),
     "folder": ("standard",),
+    "list": ("standard",),
+    "csv": ("standard",),
 }
+DEFAULT_IMAGE_SIZE = (32, 32)
+# A streamed split read whole into memory (a closed-form baseline's training pixels, a
+# plot) must fit comfortably; beyond this the error says what to do instead.
+MAX_IN_MEMORY_BYTES = 4 << 30
 
 
 @dataclasses.dataclass
 class Split:
-    """Images (N, H, W, C) uint8 and labels (N,) or (N, C)."""
+    """Images (N, H, W, C) uint8 held in memory, and labels (N,) or (N, C)."""
 
     x: np.ndarray
     y: np.ndarray
+    in_memory = True
 
     def __len__(self):
         return int(self.x.shape[0])
+
+    @property
+    def image_shape(self):
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    def subset(self, indices) -> "Split":
+        return Split(self.x[indices], self.y[indices])
+
+
+class _StreamedSplit:
+    """What FileSplit and TfdsSplit share: labels in memory, pixels read on demand."""
+
+    in_memory = False
+
+    def __len__(self):
+        return len(self.y)
+
+    @property
+    def image_shape(self):
+        return (int(self.image_size[0]), int(self.image_size[1]), int(self.channels))
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every image of the split as one uint8 array (for what needs them all at once)."""
+        need = len(self) * int(np.prod(self.image_shape))
+        if need > MAX_IN_MEMORY_BYTES:
+            raise DataError(f"this needs all {len(self):,} images of a split in memory "
+                            f"({need / 2**30:.1f} GiB decoded); use a method that trains "
+                            "by gradients, or a smaller collection or image size")
+        images, ok = [], []
+        for batch, good in inference_dataset(self, 256):
+            images.append(np.asarray(batch))
+            ok.append(np.asarray(good))
+        ok = np.concatenate(ok)
+        if not ok.all():
+            bad = self.paths[~ok] if hasattr(self, "paths") else ["?"]
+            if self.on_bad_image == "fail":
+                raise DataError(f"{bad[0]}: cannot read image; fix or remove it, or set "
+                                "on_bad_image: skip")
+            sources.warn(f"{len(bad)} unreadable image(s) read as black, e.g. {bad[0]}")
+        return np.concatenate(images)
+
+
+@dataclasses.dataclass
+class FileSplit(_StreamedSplit):
+    """Image files (N,) with labels, decoded to ``image_size`` x ``channels`` when read."""
+
+    paths: np.ndarray
+    y: np.ndarray
+    image_size: tuple = DEFAULT_IMAGE_SIZE
+    channels: int = 3
+    on_bad_image: str = "fail"
+
+    def subset(self, indices) -> "FileSplit":
+        y = None if self.y is None else self.y[indices]
+        return dataclasses.replace(self, paths=self.paths[indices], y=y)
+
+    def __len__(self):
+        return len(self.paths)
+
+
+@dataclasses.dataclass
+class TfdsSplit(_StreamedSplit):
+    """Rows (sorted positions) of one prepared TensorFlow Datasets split, streamed."""
+
+    name: str
+    split: str
+    rows: np.ndarray
+    y: np.ndarray
+    label_key: str
+    num_classes: int
+    image_size: tuple
+    channels: int
+    data_dir: str | None = None
+
+    def subset(self, indices) -> "TfdsSplit":
+        # The split streams in file order, so a subset keeps its rows sorted (and its
+        # labels with them): take labels from the subset, not from the parent.
+        order = np.sort(np.asarray(indices, np.int64))
+        return dataclasses.replace(self, rows=self.rows[order], y=self.y[order])
 
 
 @dataclasses.dataclass
@@ -70,7 +167,7 @@ class DatasetSplits:
 
     @property
     def input_shape(self):
-        return tuple(int(s) for s in self.train.x.shape[1:])
+        return self.train.image_shape
 
     def summary(self) -> dict:
         return {"dataset": self.name, "protocol": self.protocol,
@@ -81,11 +178,11 @@ class DatasetSplits:
 def dataset_kind(name: str) -> str:
     if name in ("digits", "fashion_mnist"):
         return name
-    for prefix in ("tfds", "folder"):
+    for prefix in ("tfds", "folder", "list", "csv"):
         if name.startswith(prefix + ":") and len(name) > len(prefix) + 1:
             return prefix
-    raise DataError(f"unknown dataset {name!r}; use digits, fashion_mnist, tfds:NAME or "
-                    "folder:PATH")
+    raise DataError(f"unknown dataset {name!r}; use digits, fashion_mnist, tfds:NAME, "
+                    "folder:PATH, list:FILE or csv:FILE")
 
 
 def default_protocol(name: str) -> str:
@@ -93,8 +190,12 @@ def default_protocol(name: str) -> str:
 
 
 def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size=None,
-                 channels=None) -> DatasetSplits:
-    """Load a dataset by name and split it by ``protocol`` (default: the dataset's first)."""
+                 channels=None, download=True, on_bad_image="fail") -> DatasetSplits:
+    """Load a dataset by name and split it by ``protocol`` (default: the dataset's first).
+
+    ``download`` (``tfds:`` only) fetches and prepares a dataset that is not prepared yet,
+    as ``tfds.load`` does; ``on_bad_image`` (image files) is ``"fail"`` or ``"skip"``.
+    """
     kind = dataset_kind(name)
     protocol = protocol or PROTOCOLS[kind][0]
     if protocol not in PROTOCOLS[kind]:
@@ -113,13 +214,11 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
-        splits, num_classes, class_names = _tfds_splits(name.split(":", 1)[1], data_dir, rng,
-                                                        image_size)
+        splits, num_classes, class_names = _tfds_splits(
+            name.split(":", 1)[1], data_dir, rng, image_size, channels, download)
     else:
-        x, y, class_names = load_image_folder(name.split(":", 1)[1], image_size, channels)
-        num_classes = len(class_names)
-        q_idx, db_idx = _stratified_take(y, fraction=0.1, rng=rng)
-        splits = _with_validation(x, y, q_idx, db_idx, val_fraction=0.1, rng=rng)
+        splits, num_classes, class_names = _file_splits(name, data_dir, rng, image_size,
+                                                        channels, on_bad_image)
     result = DatasetSplits(name=name, protocol=protocol, num_classes=num_classes,
                            class_names=class_names, multi_label=splits["train"].y.ndim == 2,
                            **splits)
@@ -148,6 +247,61 @@ def _with_validation(x, y, q_idx, db_idx, val_fraction, rng):
     val_idx, train_idx = _stratified_take(y, fraction=val_fraction, rng=rng, pool=db_idx)
     return {"query": Split(x[q_idx], y[q_idx]), "database": Split(x[db_idx], y[db_idx]),
             "val": Split(x[val_idx], y[val_idx]), "train": Split(x[train_idx], y[train_idx])}
+
+
+def _carve(whole, y, q_idx, db_idx, val_fraction, rng):
+    """query / database / val / train subsets of a streamed split (val from the database)."""
+    val_idx, train_idx = _stratified_take(y, fraction=val_fraction, rng=rng, pool=db_idx)
+    return {"query": whole.subset(q_idx), "database": whole.subset(db_idx),
+            "val": whole.subset(val_idx), "train": whole.subset(train_idx)}
+
+
+def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image):
+    """Splits of a folder, list or CSV collection; nothing is decoded here."""
+    sources.check_policy(on_bad_image)
+    kind, path = dataset_kind(name), name.split(":", 1)[1]
+    size = tuple(image_size or DEFAULT_IMAGE_SIZE)
+
+    def as_split(c):
+        if c.labels is None:
+            raise DataError(f"{name}: supervised training needs labels; the list gives "
+                            "only paths")
+        return FileSplit(c.paths, c.labels, size, channels or 3, on_bad_image)
+
+    if kind == "list" and os.path.isdir(path):
+        parts = sources.read_deephash_lists(path, data_dir)
+        train = as_split(parts["train"])
+        val_idx, train_idx = _stratified_take(train.y, fraction=0.1, rng=rng)
+        splits = {"query": as_split(parts["query"]), "database": as_split(parts["database"]),
+                  "val": train.subset(val_idx), "train": train.subset(train_idx)}
+        collection = parts["train"]
+    else:
+        collection = sources.read_source(name, data_dir, on_bad_image)
+        whole = as_split(collection)
+        _check_class_sizes(whole.y, collection.class_names, path)
+        q_idx, db_idx = _stratified_take(whole.y, fraction=0.1, rng=rng)
+        splits = _carve(whole, whole.y, q_idx, db_idx, 0.1, rng)
+    num_classes = (collection.num_classes if collection.class_names is None
+                   else len(collection.class_names))
+    names = collection.class_names or [str(i) for i in range(num_classes)]
+    return splits, max(num_classes, _label_width(splits)), names
+
+
+def _label_width(splits) -> int:
+    ys = [s.y for s in splits.values()]
+    if ys[0].ndim == 2:
+        return int(ys[0].shape[1])
+    return int(max(int(y.max()) for y in ys if len(y))) + 1
+
+
+def _check_class_sizes(y, class_names, path):
+    keys = y if y.ndim == 1 else np.argmax(y, axis=1)
+    counts = np.bincount(keys, minlength=len(class_names or []))
+    if counts.size and counts.min() < 2:
+        cls = int(np.argmin(counts))
+        name = class_names[cls] if class_names else str(cls)
+        raise DataError(f"class {name!r} in {path} has {counts.min()} image(s); every class "
+                        "needs at least 2 (similar pairs and relevant items need two)")
 
 
 def _fashion_mnist_splits(protocol, data_dir, rng):
@@ -233,91 +387,140 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
 
 
-def _tfds_splits(tfds_name, data_dir, rng, image_size):
+def _tfds_splits(tfds_name, data_dir, rng, image_size, channels, download):
+    """Streamed splits of a TensorFlow Datasets dataset: train -> train/val/database,
+    test (or validation) -> query. Only the labels are read here (images skipped)."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for an unknown name
         raise DataError(f"tfds:{tfds_name}: unknown TensorFlow Datasets name ({e})") from None
-    label_key = next((k for k in ("label", "labels") if k in builder.info.features), None)
-    if label_key is None:
-        raise DataError(f"tfds:{tfds_name} has no 'label' or 'labels' feature")
-    feature = builder.info.features[label_key]
+    features = builder.info.features
+    label_key = next((k for k in ("label", "labels") if k in features), None)
+    if label_key is None or "image" not in features:
+        raise DataError(f"tfds:{tfds_name} needs an 'image' and a 'label' or 'labels' "
+                        "feature")
+    feature = features[label_key]
     multi = not hasattr(feature, "num_classes")
     num_classes = feature.feature.num_classes if multi else feature.num_classes
     names = list((feature.feature if multi else feature).names)
+    if download:
+        prepare_tfds(builder, tfds_name, data_dir)
+    shape = tuple(features["image"].shape)
+    channels = int(channels or shape[-1] or 3)
+    size = tuple(image_size or (shape[:2] if None not in shape[:2] else DEFAULT_IMAGE_SIZE))
 
-    def to_numpy(split):
-        try:
-            ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=False)
-        except Exception as e:
-            raise DataError(f"tfds:{tfds_name} is not prepared under {data_dir or '~'} "
-                            f"(no download here): {e}") from None
-        xs, ys = [], []
-        for ex in tfds.as_numpy(ds):
-            img = _resize(ex["image"], image_size)
-            xs.append(img)
-            lab = ex[label_key]
-            if multi:
-                hot = np.zeros(num_classes, np.uint8)
-                hot[np.asarray(lab, dtype=np.int64)] = 1
-                lab = hot
-            ys.append(lab)
-        return np.stack(xs).astype(np.uint8), np.asarray(ys).astype(
-            np.uint8 if multi else np.int64)
+    def whole(split):
+        y = _tfds_labels(tfds_name, split, data_dir, label_key, multi, num_classes)
+        return TfdsSplit(tfds_name, split, np.arange(len(y)), y, label_key, num_classes,
+                         size, channels, data_dir)
 
     # Split names come from trying them: builder.info.splits is empty under
     # tfds.testing.mock_data and for some prepared-by-hand datasets.
-    x_db, y_db = to_numpy("train")
+    database = whole("train")
     for query_split in ("test", "validation"):
         try:
-            x_q, y_q = to_numpy(query_split)
+            query = whole(query_split)
             break
         except DataError:
             continue
     else:
         raise DataError(f"tfds:{tfds_name} needs a 'test' or 'validation' split besides "
                         "'train'")
-    val_idx, train_idx = _stratified_take(y_db, fraction=0.1, rng=rng)
-    return ({"query": Split(x_q, y_q), "database": Split(x_db, y_db),
-             "val": Split(x_db[val_idx], y_db[val_idx]),
-             "train": Split(x_db[train_idx], y_db[train_idx])}, num_classes, names)
+    val_idx, train_idx = _stratified_take(database.y, fraction=0.1, rng=rng)
+    return ({"query": query, "database": database, "val": database.subset(val_idx),
+             "train": database.subset(train_idx)}, num_classes, names)
 
 
-def load_image_folder(path, image_size=None, channels=None):
-    """Images from ``path/<class>/<image>``; returns (x uint8, y int64, class_names).
+def prepare_tfds(builder, tfds_name, data_dir) -> None:
+    """Download and prepare as ``tfds.load(download=True)`` does (a no-op once prepared);
+    a download that cannot happen is one DataError naming what to fetch and where."""
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # network errors come wrapped in several types
+        text = " ".join(str(e).split())
+        url = re.search(r"https?://[^\s'\")]+", text)
+        host = re.search(r"host='([^']+)'.*?url: (/\S+?)[ )]", text)
+        where = url.group(0) if url else (f"https://{host.group(1)}{host.group(2)}" if host
+                                          else "its source")
+        target = builder.data_dir if hasattr(builder, "data_dir") else data_dir
+        raise DataError(
+            f"tfds:{tfds_name}: cannot download {where} ({type(e).__name__}: {text[:160]}); "
+            f"on a machine with internet run `tfds build {tfds_name} --data_dir DIR` and "
+            f"copy DIR here with --data-dir DIR (it would be prepared in {target}), or put "
+            "the downloaded files in DIR/downloads/manual") from None
 
-    All images are resized to ``image_size`` (default 32x32) with ``channels`` (default 3).
-    A file that is not a readable image raises DataError naming it.
-    """
-    if not os.path.isdir(path):
-        raise DataError(f"image folder {path} does not exist; folder:PATH needs one "
-                        "sub-folder of images per class")
-    class_names = sorted(d for d in os.listdir(path)
-                         if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
-    if len(class_names) < 2:
-        raise DataError(f"image folder {path} has {len(class_names)} class sub-folders; "
-                        "supervised hashing needs at least 2")
-    files, labels = [], []
-    for label, cls in enumerate(class_names):
-        for fname in sorted(os.listdir(os.path.join(path, cls))):
-            if not fname.startswith("."):
-                files.append(os.path.join(path, cls, fname))
-                labels.append(label)
-    if not files:
-        raise DataError(f"image folder {path} holds no images")
-    counts = np.bincount(labels, minlength=len(class_names))
-    if counts.min() < 2:
-        cls = class_names[int(np.argmin(counts))]
-        raise DataError(f"class {cls!r} in {path} has {counts.min()} image(s); every class "
-                        "needs at least 2 (similar pairs and relevant items need two)")
-    x = load_images(files, image_size or (32, 32), channels or 3)
-    return x, np.asarray(labels, np.int64), class_names
+
+def _tfds_load(name, split, data_dir, **kwargs):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.load(name, split=split, data_dir=data_dir, download=False,
+                         shuffle_files=False, **kwargs)
+    except Exception as e:
+        raise DataError(f"tfds:{name}: split {split!r} is not prepared under "
+                        f"{data_dir or '~/tensorflow_datasets'}: {e}") from None
+
+
+def _tfds_label_map(label_key, multi, num_classes):
+    import tensorflow as tf
+
+    def label(ex):
+        lab = ex[label_key]
+        if multi:
+            return tf.reduce_max(tf.one_hot(tf.cast(lab, tf.int32), num_classes,
+                                            dtype=tf.uint8), axis=0)
+        return tf.cast(lab, tf.int64)
+    return label
+
+
+def _tfds_labels(name, split, data_dir, label_key, multi, num_classes) -> np.ndarray:
+    import tensorflow_datasets as tfds
+
+    ds = _tfds_load(name, split, data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+    parts = [np.asarray(b) for b in ds.map(_tfds_label_map(label_key, multi, num_classes))
+             .batch(8192).as_numpy_iterator()]
+    if not parts:
+        raise DataError(f"tfds:{name}: split {split!r} is empty")
+    return np.concatenate(parts)
+
+
+def _tfds_examples(split: TfdsSplit, with_index=False):
+    """(image uint8 resized, label[, position in the split]) of a TfdsSplit, in order."""
+    import tensorflow as tf
+
+    mask = np.zeros(int(split.rows.max()) + 1 if len(split.rows) else 0, bool)
+    mask[split.rows] = True
+    n = len(mask)
+    mask_t = tf.constant(mask)
+    label = _tfds_label_map(split.label_key, split.y.ndim == 2, split.num_classes)
+    ds = _tfds_load(split.name, split.split, split.data_dir).enumerate()
+    ds = ds.filter(lambda i, ex: tf.logical_and(i < n, tf.gather(mask_t, tf.minimum(i, n - 1))))
+
+    def image(ex):
+        img = ex["image"]
+        if img.shape.rank == 2:
+            img = img[..., None]
+        if split.channels == 3 and img.shape[-1] == 1:
+            img = tf.image.grayscale_to_rgb(img)
+        elif split.channels == 1 and img.shape[-1] == 3:
+            img = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(img, tf.float32))),
+                          tf.uint8)
+        if tuple(img.shape[:2]) != tuple(split.image_size):
+            img = tf.image.resize(img, split.image_size, antialias=True)
+            img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+        return tf.ensure_shape(tf.cast(img, tf.uint8), split.image_shape)
+
+    ds = ds.map(lambda i, ex: (image(ex), label(ex)), num_parallel_calls=tf.data.AUTOTUNE)
+    if with_index:
+        ds = ds.enumerate().map(lambda i, ex: (ex[0], ex[1], i))
+    return ds
 
 
 def load_images(paths, image_size, channels) -> np.ndarray:
-    """Read image files into uint8 (N, H, W, C), resized; bad files raise DataError."""
+    """Read a few image files (queries) into uint8 (N, H, W, C), resized; bad files raise
+    DataError naming them. Collections stream through ``make_tf_dataset`` instead."""
     from PIL import Image, UnidentifiedImageError
 
     mode = {1: "L", 3: "RGB"}.get(int(channels))
@@ -337,17 +540,6 @@ def load_images(paths, image_size, channels) -> np.ndarray:
             raise DataError(f"{p}: cannot read image ({e})") from None
         out[i] = arr.reshape(out.shape[1:])
     return out
-
-
-def _resize(img, image_size):
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = img[..., None]
-    if image_size is None or tuple(img.shape[:2]) == tuple(image_size):
-        return img
-    import tensorflow as tf
-
-    return tf.image.resize(img, image_size).numpy().round().clip(0, 255).astype(np.uint8)
 
 
 def check_images(x, input_shape) -> np.ndarray:
@@ -416,31 +608,95 @@ def augmentation_model(spec: dict, seed=0):
     return keras.Sequential(layers, name="augmentation")
 
 
-def make_tf_dataset(split: Split, batch_size, shuffle=False, seed=0, cache=True,
+def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
                     with_index=False, augmentation=None, drop_remainder=False):
-    """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a Split.
+    """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a split.
 
     With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
     example's position in the split (methods that keep per-example state need it).
     ``augmentation`` (a config mapping, see AUGMENTATIONS) applies random Keras
     preprocessing layers to each batch after the cache, so every epoch sees new
-    variants; the images become float32 in the same 0..255 range.
+    variants; the images become float32 in the same 0..255 range. A streamed split
+    (image files, TFDS) is never cached: its file names are shuffled, decoded in
+    parallel and batched, so memory depends on the batch only.
     """
     import tensorflow as tf
 
     if len(split) == 0:
         raise DataError("cannot build a pipeline over an empty split")
-    targets = split.y
-    if with_index:
-        targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
-    ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
-    if cache:
-        ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
+    if split.in_memory:
+        targets = split.y
+        if with_index:
+            targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
+        ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
+        if cache:
+            ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = _streamed_examples(split, shuffle, seed)
+        if with_index:
+            ds = ds.map(lambda x, y, i: (x, {"label": y, "index": i}))
+        else:
+            ds = ds.map(lambda x, y, i: (x, y))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     augment = augmentation_model(augmentation or {}, seed=seed)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _streamed_examples(split, shuffle, seed):
+    """Unbatched (image, label, position) of a FileSplit or TfdsSplit."""
+    import tensorflow as tf
+
+    if isinstance(split, TfdsSplit):
+        ds = _tfds_examples(split, with_index=True)
+        if shuffle:
+            ds = ds.shuffle(min(len(split), 10000), seed=seed, reshuffle_each_iteration=True)
+        return ds
+    positions = np.arange(len(split), dtype=np.int64)
+    if shuffle:  # one fixed permutation, then a bounded buffer reshuffled every epoch
+        positions = np.random.default_rng(seed).permutation(positions)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (split.paths[positions].astype(str), split.y[positions], positions))
+    if shuffle:
+        ds = ds.shuffle(min(len(split), sources.SHUFFLE_BUFFER), seed=seed,
+                        reshuffle_each_iteration=True)
+    ds = sources.load_images_dataset(ds, split.image_size, split.channels,
+                                     deterministic=not shuffle)
+    ds = sources.handle_bad_images(ds, split.on_bad_image)
+    return ds.map(lambda img, ok, path, y, i: (img, y, i))
+
+
+def inference_dataset(split, batch_size):
+    """Batches of (images, ok) of a split, in order, for encoding; ``ok`` is False for an
+    image file that could not be read (its pixels are zeros)."""
+    import tensorflow as tf
+
+    if split.in_memory:
+        return tf.data.Dataset.from_tensor_slices(split.x).batch(batch_size).map(
+            lambda x: (x, tf.ones(tf.shape(x)[:1], tf.bool)))
+    if isinstance(split, TfdsSplit):
+        ds = _tfds_examples(split).map(lambda x, y: (x, True))
+    else:
+        ds = sources.load_images_dataset(
+            tf.data.Dataset.from_tensor_slices(split.paths.astype(str)), split.image_size,
+            split.channels).map(lambda img, ok, path: (img, ok))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def load_images_split(spec, image_shape, data_dir=None, on_bad_image="fail") -> FileSplit:
+    """A whole ``folder:``/``list:``/``csv:`` collection as one FileSplit for a model of
+    ``image_shape`` (H, W, C), independent of any run's training data; labels may be None.
+
+    Example:
+        >>> split = load_images_split("list:photos.txt", (224, 224, 3))  # doctest: +SKIP
+    """
+    if sources.source_kind(spec) is None:
+        raise DataError(f"--images takes folder:PATH, list:FILE (or list:DIR) or csv:FILE, "
+                        f"got {spec!r}")
+    collection = sources.read_source(spec, data_dir, on_bad_image)
+    return FileSplit(collection.paths, collection.labels, tuple(image_shape[:2]),
+                     int(image_shape[2]), on_bad_image)

@@ -37,6 +37,7 @@ import tensorflow as tf
 from keras_hashing import __version__
 from keras_hashing.errors import HashingError
 from keras_hashing.fileio import write_json
+from keras_hashing.sources import decode_image
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "encode_bytes"
@@ -71,8 +72,9 @@ def build_archive(model) -> keras.export.ExportArchive:
 
     def serve_bytes(image_bytes):
         def decode(data):
-            img = tf.io.decode_image(data, channels=c, expand_animations=False)
-            img = tf.image.resize(tf.cast(img, tf.float32), (h, w))
+            # The same decode and resize as `index build --images`, so served codes of an
+            # image file equal the ones in an index built from that file.
+            img = tf.cast(decode_image(data, (h, w), c), tf.float32)
             return tf.ensure_shape(img, (h, w, c))
 
         images = tf.map_fn(decode, image_bytes,

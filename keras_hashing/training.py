@@ -61,11 +61,55 @@ def default_run_dir(cfg: dict, base="runs") -> str:
 
 def load_splits(cfg: dict) -> DatasetSplits:
     return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
-                        seed=cfg["seed"], image_size=cfg["image_size"],
-                        channels=cfg["channels"])
+                        seed=cfg["seed"], image_size=image_size(cfg),
+                        channels=cfg["channels"], download=cfg.get("download", True),
+                        on_bad_image=cfg.get("on_bad_image", "fail"))
 
 
-def build_model(cfg: dict, splits: DatasetSplits):
+def image_size(cfg: dict):
+    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
+    from keras_hashing.backbones import application_name
+
+    if cfg["image_size"] or not application_name(cfg["backbone"]):
+        return cfg["image_size"]
+    return [224, 224] if cfg["dataset"].split(":")[0] in ("folder", "list", "csv") else None
+
+
+def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
+    """The method's model for ``splits``; pretrained weights loaded, and with
+    ``mixed_precision`` (default: cfg's, on a GPU only) a mixed_float16 policy."""
+    policy = keras.mixed_precision.global_policy()
+    if mixed_precision is None:
+        mixed_precision = use_mixed_precision(cfg)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _build_model(cfg, splits)
+    finally:  # the layers keep their policy; nothing else built later inherits it
+        keras.mixed_precision.set_global_policy(policy)
+    if cfg["weights"]:
+        from keras_hashing.backbones import load_pretrained
+
+        load_pretrained(model.backbone, model.backbone_spec, cfg["weights"])
+    return model
+
+
+def use_mixed_precision(cfg: dict) -> bool:
+    """cfg's mixed_precision where a GPU is visible; on CPU it stays off (float16 math
+    there is emulated and slower), with a warning."""
+    if not cfg["mixed_precision"]:
+        return False
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    from keras_hashing.sources import warn
+
+    warn("mixed_precision is for GPUs; no GPU is visible, so training stays in float32")
+    return False
+
+
+def _build_model(cfg: dict, splits: DatasetSplits):
     cls = get_method(cfg["method"])
     params = dict(cfg["params"])
     if "num_train" in cls.default_params and params.get("num_train") is None:
@@ -105,15 +149,40 @@ def feature_source(cfg: dict, splits: DatasetSplits):
     return source
 
 
-def make_optimizer(cfg: dict, steps_per_epoch: int):
+def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
+    """The configured optimizer; the backbone's variables learn at ``learning_rate x
+    backbone_lr_multiplier`` (the usual lower rate for a pretrained network)."""
     lr = cfg["learning_rate"]
     if cfg["lr_schedule"] == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, cfg["epochs"] * steps_per_epoch)
     if cfg["optimizer"] == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9)
-    if cfg["optimizer"] == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
-    return keras.optimizers.Adam(lr)
+        optimizer = keras.optimizers.SGD(lr, momentum=0.9)
+    elif cfg["optimizer"] == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(lr)
+    else:
+        optimizer = keras.optimizers.Adam(lr)
+    if cfg["backbone_lr_multiplier"] != 1.0 and backbone_variables:
+        scale_learning_rate(optimizer, backbone_variables, cfg["backbone_lr_multiplier"])
+    return optimizer
+
+
+def scale_learning_rate(optimizer, variables, multiplier: float) -> None:
+    """Make ``optimizer`` update ``variables`` with its learning rate times ``multiplier``.
+
+    Keras optimizers have one learning rate; their per-variable ``update_step`` gets it
+    as an argument, so this instance's update_step scales it for these variables. For
+    SGD and Adam alike that is exactly a per-variable learning rate (scaling gradients
+    would not be, for Adam). The optimizer's class and saved config stay Keras' own.
+    """
+    keys = {optimizer._var_key(v) for v in variables}
+    update_step = optimizer.update_step
+
+    def scaled_update_step(gradient, variable, learning_rate):
+        if optimizer._var_key(variable) in keys:
+            learning_rate = learning_rate * multiplier
+        return update_step(gradient, variable, learning_rate)
+
+    optimizer.update_step = scaled_update_step
 
 
 def make_strategy(cfg: dict):
@@ -170,13 +239,38 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     chief = custom_loop.is_chief(strategy)
     if chief:
         # Only once data and model are good: bad input must not leave an empty run dir.
+        created = not os.path.exists(out)
         os.makedirs(out, exist_ok=True)
-        return _train_and_save(cfg, out, out, strategy, model, splits, verbose)
+        try:
+            return _with_data_errors(_train_and_save, cfg, out, out, strategy, model, splits,
+                                     verbose)
+        except BaseException:
+            # A run that fails before its first epoch is saved (a bad image in a streamed
+            # collection) leaves nothing behind; one with a backup stays resumable.
+            if created and not os.path.exists(os.path.join(out, BACKUP_DIR)):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     work = tempfile.mkdtemp(prefix="keras-hashing-worker-")
     try:
-        return _train_and_save(cfg, out, work, strategy, model, splits, verbose)
+        return _with_data_errors(_train_and_save, cfg, out, work, strategy, model, splits,
+                                 verbose)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _with_data_errors(fn, *args):
+    """Call fn; a bad image met inside a tf.data pipeline becomes a one-line DataError."""
+    import tensorflow as tf
+
+    from keras_hashing.sources import bad_image_error
+
+    try:
+        return fn(*args)
+    except tf.errors.OpError as e:
+        error = bad_image_error(e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
@@ -184,13 +278,13 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
     from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
 
     chief = work == out
-    steps = -(-len(splits.train) // cfg["batch_size"])
+    steps = cfg["steps_per_epoch"] or -(-len(splits.train) // cfg["batch_size"])
     with strategy.scope():
-        model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=jit_compile_default())
+        model.compile(optimizer=make_optimizer(cfg, steps, model.backbone.trainable_variables),
+                      jit_compile=jit_compile_default())
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
-    validation = RetrievalValidation(splits.val.x, splits.val.y, splits.train.x[db_idx],
-                                     splits.train.y[db_idx], cfg["bits"])
+    validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"])
     # Order matters: validation adds val_map to the logs the others read; the backup
     # must come after validation so it saves the updated selection state. Workers other
     # than the chief resume from the chief's backup (a shared --out) and never write it.
@@ -206,8 +300,12 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
                               "delete its backup folder to start over")
     logs = os.path.join(work, "logs")
     callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
-                 HashingTensorBoard(logs, splits.val.x, splits.val.y, splits.class_names,
+                 HashingTensorBoard(logs, splits.val, splits.class_names,
                                     max_samples=cfg["tensorboard_samples"])]
+    if cfg["backbone_warmup_epochs"]:
+        from keras_hashing.callbacks import BackboneWarmup
+
+        callbacks.insert(0, BackboneWarmup(cfg["backbone_warmup_epochs"]))
     if cfg["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
                                                        mode="max"))
@@ -222,6 +320,11 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
                             with_index=model.needs_index, augmentation=cfg["augmentation"],
                             # every worker must take the same number of full global steps
                             drop_remainder=multi_worker)
+    fit_steps = None
+    if not multi_worker and (cfg["steps_per_epoch"] or not splits.train.in_memory):
+        # A streamed split's length is unknown to tf.data (unreadable images may be
+        # skipped): repeat it and cut epochs by steps, so Keras never runs out of data.
+        train, fit_steps = train.repeat(), steps
     if model.gradient_training and multi_worker:
         custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
                                        initial_epoch=initial_epoch, callbacks=callbacks,
@@ -232,10 +335,13 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
             # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
             # an AddN over the per-replica inputs); RetrievalValidation, which selects the
             # epoch, uses predict, which works. So the validation loss is single-device only.
+            # A streamed validation split is scored by RetrievalValidation alone (its
+            # length is unknown to Keras' evaluate loop).
             validation_data=(make_tf_dataset(splits.val, max(256, cfg["batch_size"]))
-                             if strategy.num_replicas_in_sync == 1 else None),
+                             if strategy.num_replicas_in_sync == 1 and splits.val.in_memory
+                             else None),
             epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
-            verbose=verbose, shuffle=False)
+            verbose=verbose, shuffle=False, steps_per_epoch=fit_steps)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
@@ -280,30 +386,33 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     from keras_hashing.codes import pack_bits
 
     # One forward pass per split gives both the bits and the continuous codes (ablations).
-    query_out = model.predict_arrays(splits.query.x, verbose=verbose)
-    db_out = model.predict_arrays(splits.database.x, verbose=verbose)
+    # A streamed split is encoded batch by batch from disk; images that could not be read
+    # (on_bad_image: skip) are left out of the queries and the database.
+    query_out = _readable(model.predict_arrays(splits.query, verbose=verbose))
+    db_out = _readable(model.predict_arrays(splits.database, verbose=verbose))
+    query_y = splits.query.y[query_out.pop("ok")]
+    db_y = splits.database.y[db_out.pop("ok")]
     db_bits = np.asarray(db_out["bits"], np.uint8)
     query_codes, db_codes = pack_bits(np.asarray(query_out["bits"], np.uint8)), pack_bits(db_bits)
     metrics = evaluation.retrieval_metrics(
-        query_codes, db_codes, splits.query.y, splits.database.y, model.bits,
+        query_codes, db_codes, query_y, db_y, model.bits,
         map_at=(None, 1000), radius=2, precision_ks=precision_ks)
     _, precision, recall = evaluation.precision_recall_curve(
-        query_codes, db_codes, splits.query.y, splits.database.y, model.bits)
+        query_codes, db_codes, query_y, db_y, model.bits)
     metrics["pr_curve"] = {"precision": [round(float(p), 5) for p in precision],
                            "recall": [round(float(r), 5) for r in recall]}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
-    metrics["class_spread"] = evaluation.class_distance_spread(query_codes, splits.query.y,
-                                                               model.bits)
+    metrics["class_spread"] = evaluation.class_distance_spread(query_codes, query_y, model.bits)
     ablations = model.query_ablations()
     if ablations:
         metrics["ablations"] = {}
         for name, binarize in ablations.items():
             scores = evaluation.retrieval_metrics(
-                pack_bits(binarize(query_out)), pack_bits(binarize(db_out)), splits.query.y,
-                splits.database.y, model.bits, map_at=(None, 1000), radius=None)
+                pack_bits(binarize(query_out)), pack_bits(binarize(db_out)), query_y, db_y,
+                model.bits, map_at=(None, 1000), radius=None)
             metrics["ablations"][name] = {"map_all": scores["map_all"],
                                           "map_1000": scores["map_1000"]}
-    if not model.supervised:
+    if not model.supervised and splits.query.in_memory and splits.database.in_memory:
         # Unsupervised codes are judged on what they were built for as well: keeping the
         # Euclidean neighbours of the pixels (the UH-BDNN / ITQ protocol).
         k = max(1, min(EUCLIDEAN_K, round(EUCLIDEAN_FRACTION * len(db_codes))))
@@ -318,6 +427,14 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                         "map_1000_euclidean": euclid["map_1000"],
                         "p_r2_euclidean": euclid["p_r2"], "euclidean_k": k})
     return metrics
+
+
+def _readable(outputs: dict) -> dict:
+    """Outputs restricted to the images that could be read, with the mask as "ok"."""
+    ok = np.asarray(outputs.get("ok", np.ones(len(outputs["bits"]), bool)), bool)
+    kept = {k: np.asarray(v)[ok] for k, v in outputs.items() if k != "ok"}
+    kept["ok"] = ok
+    return kept
 
 
 def save_run(path, model, cfg, metrics) -> None:

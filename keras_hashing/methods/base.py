@@ -192,7 +192,11 @@ class HashingModel(keras.Model):
     # -- forward -----------------------------------------------------------------------
     def call(self, images, training=False):
         x = self.rescale(ops.cast(images, "float32"))
-        return self.head(self.backbone(x, training=training), training=training)
+        outputs = self.head(self.backbone(x, training=training), training=training)
+        # Losses and binarisation work in float32 also under a mixed-precision policy
+        # (float16 layers); a no-op otherwise.
+        return {k: ops.cast(v, "float32") if "float" in str(v.dtype) else v
+                for k, v in outputs.items()}
 
     # -- training skeleton ---------------------------------------------------------------
     @property
@@ -224,6 +228,9 @@ class HashingModel(keras.Model):
             terms, gradient_loss, decay = self._terms_with_decay(
                 *gather_global_batch(outputs, targets))
             scaled = gradient_loss + decay / replicas
+            # Under mixed precision Keras' LossScaleOptimizer scales the loss against
+            # float16 underflow (and unscales the gradients in apply); else a no-op.
+            scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.after_train_step(outputs, targets)
@@ -282,10 +289,20 @@ class HashingModel(keras.Model):
         return np.asarray(self.predict_arrays(images, batch_size, verbose)["bits"], np.uint8)
 
     def predict_arrays(self, images, batch_size=256, verbose=0) -> dict:
-        """{"code", "bits"} of numpy images: ``predict``, or a plain batched loop under
-        MultiWorkerMirroredStrategy, where Keras 3.15's predict fails."""
+        """{"code", "bits"} of numpy images or of a split: ``predict``, or a plain batched
+        loop under MultiWorkerMirroredStrategy, where Keras 3.15's predict fails.
+
+        A streamed split (image files, TFDS) is encoded batch by batch from disk, and
+        the result also has "ok": False for images that could not be read.
+        """
         from keras_hashing.custom_loop import multi_worker
 
+        if hasattr(images, "in_memory"):  # a data split
+            if not images.in_memory:
+                from keras_hashing.streaming import predict_split
+
+                return predict_split(self, images, batch_size, verbose)
+            images = images.x
         if not multi_worker(getattr(self, "distribute_strategy", None)):
             return self.predict(images, batch_size=batch_size, verbose=verbose)
         # Keras 3.15's predict fails under MultiWorkerMirroredStrategy (custom_loop.py).

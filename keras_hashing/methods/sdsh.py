@@ -89,8 +89,10 @@ class SDSH(HashingModel):
         n = len(splits.train)
         q_idx = rng.permutation(n)[:p["rotation_queries"]]
         d_idx = rng.permutation(n)[:p["rotation_database"]]
-        h_q, h_d = self.embed(splits.train.x[q_idx]), self.embed(splits.train.x[d_idx])
-        y_q, y_d = splits.train.y[q_idx], splits.train.y[d_idx]
+        # A subset of a streamed split may come back in file order: take its own labels.
+        queries, database = splits.train.subset(q_idx), splits.train.subset(d_idx)
+        h_q, h_d = self.embed(queries), self.embed(database)
+        y_q, y_d = queries.y, database.y
         rotation, before, after = search_rotation(h_q, h_d, y_q, y_d, p["rotation_steps"], rng)
         self.rotation.assign(rotation.astype("float32"))
         return {"train_map_sign": before, "train_map_rotated": after}
