@@ -109,7 +109,7 @@ class _StreamedSplit:
             bad = self.paths[~ok] if hasattr(self, "paths") else ["?"]
             if self.on_bad_image == "fail":
                 raise DataError(f"{bad[0]}: cannot read image; fix or remove it, or set "
-                                "on_bad_image: skip")
+                                "--on-bad-image skip")
             sources.warn(f"{len(bad)} unreadable image(s) read as black, e.g. {bad[0]}")
         return np.concatenate(images)
 

@@ -134,7 +134,7 @@ def read_folder(path, on_bad_image="fail") -> Collection:
         if check_policy(on_bad_image) == "fail":
             raise DataError(f"{others[0]}: not an image file (expected one of "
                             f"{', '.join(IMAGE_EXTENSIONS)}); remove it from the folder or "
-                            "set on_bad_image: skip")
+                            "pass --on-bad-image skip")
         warn(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
     if not files:
         raise DataError(f"image folder {path} holds no images")
@@ -346,5 +346,5 @@ def bad_image_error(exc):
     match = re.search(re.escape(_BAD_IMAGE_MARK) + r"\] \[(.*?)\]", text)
     path = match.group(1) if match else "an image"
     return DataError(f"{path}: cannot read image (missing, unreadable, truncated or not an "
-                     "image); fix or remove it, or set on_bad_image: skip to leave such "
-                     "images out")
+                     "image); fix or remove it, or pass --on-bad-image skip (config "
+                     "on_bad_image: skip) to leave such images out")

@@ -220,7 +220,8 @@ def bad_inputs(trained_run, tmp_path_factory):
     _png_folder(d / "single", {"a": 5, "b": 1})
     _png_folder(d / "txtfolder", {"a": 5, "b": 5})
     (d / "txtfolder" / "a" / "readme.md").write_text("x")
-    _png_folder(d / "corruptimg", {"a": 5, "b": 5})
+    _png_folder(d / "corruptimg", {"a": 12, "b": 12})  # enough for every split: the bad
+    # file is met when training streams it
     (d / "corruptimg" / "b" / "x.png").write_bytes(b"\x89PNG garbage")
     (d / "emptyfolder" / "a").mkdir(parents=True)
     (d / "emptyfolder" / "b").mkdir()
@@ -275,7 +276,7 @@ BAD_INPUT_CASES = [
     ("folder with one class", "fit --dataset folder:{d}/onecls", "at least 2"),
     ("class with one example", "fit --dataset folder:{d}/single", "class 'b'"),
     ("non-image file in folder", "fit --dataset folder:{d}/txtfolder", "readme.md"),
-    ("unreadable image in folder", "fit --dataset folder:{d}/corruptimg", "x.png"),
+    ("unreadable image in folder", "fit --dataset folder:{d}/corruptimg --quiet", "x.png"),
     ("empty dataset", "fit --dataset folder:{d}/emptyfolder", "holds no images"),
     ("run dir missing", "evaluate --run {d}/none", "does not exist"),
     ("run dir without model.keras", "evaluate --run {d}/norun", "has no model.keras"),
