@@ -239,7 +239,7 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
     chief = custom_loop.is_chief(strategy)
     if chief:
         # Only once data and model are good: bad input must not leave an empty run dir.
-        created = not os.path.exists(out)
+        created = _first_missing_ancestor(out)  # what makedirs creates (runs/ too)
         os.makedirs(out, exist_ok=True)
         try:
             return _with_data_errors(_train_and_save, cfg, out, out, strategy, model, splits,
@@ -248,7 +248,7 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
             # A run that fails before its first epoch is saved (a bad image in a streamed
             # collection) leaves nothing behind; one with a backup stays resumable.
             if created and not os.path.exists(os.path.join(out, BACKUP_DIR)):
-                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(created, ignore_errors=True)
             raise
     work = tempfile.mkdtemp(prefix="keras-hashing-worker-")
     try:
@@ -256,6 +256,18 @@ def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
                                  verbose)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _first_missing_ancestor(path):
+    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def _with_data_errors(fn, *args):
