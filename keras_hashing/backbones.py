@@ -28,8 +28,7 @@ import re
 import keras
 
 from keras_hashing.errors import ConfigError, DataError
-
-PACKAGE = "keras_hashing"
+from keras_hashing.layers import PACKAGE
 
 SMALL_CNN = "small_cnn"
 LENET = "lenet"
@@ -172,7 +171,7 @@ def preprocess_function(app_name):
     preprocess = getattr(module, "preprocess_input", None)
     if preprocess is None:
         raise ConfigError(f"keras.applications.{app_name} has no preprocess_input")
-    return lambda x: preprocess(x)
+    return preprocess
 
 
 def _application(app_name, input_shape, weights, name, feature_map=False):

@@ -175,7 +175,9 @@ def _add_split_args(p, serving=False) -> None:
     p.add_argument("--dataset", help="default: the run's dataset")
     p.add_argument("--split", default="database", choices=("train", "val", "query", "database"))
     p.add_argument("--data-dir", help="dataset files, or the base of relative paths in a list")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int,
+                   help="most images per batch (default 256; large images get fewer, "
+                        "about 1M pixels a batch)")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="an unreadable image stops the command (default) or is left out")
     p.add_argument("--out", required=True)
@@ -282,7 +284,7 @@ def cmd_evaluate(args) -> int:
 
 def _split_to_encode(args):
     """(run or None, split, where it came from) for encode and index build."""
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise HashingError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.images:
         from keras_hashing.data import load_images_split
@@ -301,7 +303,12 @@ def _split_to_encode(args):
     if not args.run:
         raise HashingError("give --run RUN (or --images with --serving-url)")
     run, splits = _run_and_splits(args)
-    return run, getattr(splits, args.split), None
+    cfg = run.config
+    # what `search --show` needs to load the split's images again (the image size and
+    # channels are the model's, which the index metadata records beside these)
+    source = {"dataset": splits.name, "protocol": splits.protocol, "split": args.split,
+              "seed": cfg.get("seed"), "data_dir": args.data_dir or cfg.get("data_dir")}
+    return run, getattr(splits, args.split), source
 
 
 def cmd_encode(args) -> int:
@@ -311,7 +318,7 @@ def cmd_encode(args) -> int:
     from keras_hashing.streaming import encode_split
 
     run, split, _ = _split_to_encode(args)
-    codes, kept = encode_split(run.model, split, args.batch_size, verbose=_verbose(args))
+    codes, kept = encode_split(run.model, split, args.batch_size or 256, verbose=_verbose(args))
     arrays = {"codes": codes, "bits": np.int64(run.model.bits)}
     if split.y is not None:
         arrays["labels"] = split.y[kept]
@@ -340,7 +347,7 @@ def cmd_index(args) -> int:
         return 0
     from keras_hashing import streaming
 
-    if getattr(args, "serving_url", None):
+    if args.serving_url:
         if not args.images or not args.model:
             raise HashingError("--serving-url needs --images SOURCE and --model NAME")
         if args.concurrency < 1:
@@ -351,42 +358,17 @@ def cmd_index(args) -> int:
 
         client = TFServingClient(args.serving_url, args.model, version=args.model_version,
                                  timeout=args.timeout)
-        bits = client.bits
-        batches = streaming.serving_batches(client, split, min(args.batch_size, 64),
-                                            args.concurrency, _verbose(args))
-        metadata = {"serving_url": args.serving_url, "model": args.model, **source}
-        encoder = {"serving_url": args.serving_url, "model": args.model,
-                   "version": args.model_version}
+        index, skipped, resumed_from = streaming.index_from_serving(
+            client, split, args.out, source, min(args.batch_size or 32, 64), args.concurrency,
+            _verbose(args))
     else:
-        bits = run.model.bits
-        batches = streaming.model_batches(run.model, split, args.batch_size, _verbose(args))
-        metadata = _index_metadata(args, run, source)
-        model_file = os.path.join(args.run, "model.keras")
-        encoder = {"run": os.path.abspath(args.run), "model_bytes": os.path.getsize(model_file),
-                   "model_mtime": os.path.getmtime(model_file)}
-    fingerprint = {"encoder": encoder, "bits": bits, "count": len(split),
-                   "source": source or {"split": args.split, "dataset": metadata.get("dataset")},
-                   "first": str(split.paths[0]) if getattr(split, "paths", None) is not None
-                   and len(split) else None}
-    index, skipped, resumed_from = streaming.build_index(split, args.out, bits, batches,
-                                                         fingerprint, metadata)
+        batch_size = streaming.inference_batch_size(run.model.image_shape,
+                                                    args.batch_size or 256)
+        index, skipped, resumed_from = streaming.index_from_model(
+            args.run, run.model, split, args.out, source, batch_size, _verbose(args))
     emit(json.dumps({"out": args.out, "count": len(index), "bits": index.bits,
                      "skipped": len(skipped), "resumed_from": resumed_from or None}))
     return 0
-
-
-def _index_metadata(args, run, source) -> dict:
-    """What an index records about where its codes came from (``search --show`` uses it)."""
-    cfg = run.config
-    meta = {"run": os.path.abspath(args.run), "method": run.model.method_name,
-            "image_size": list(run.model.image_shape[:2]), "channels": run.model.image_shape[2]}
-    if source:
-        return {**meta, **source}
-    return {**meta, "dataset": args.dataset or cfg.get("dataset"),
-            "protocol": None if args.dataset else cfg.get("protocol"), "split": args.split,
-            "seed": cfg.get("seed"),
-            "data_dir": cfg.get("data_dir") if not args.data_dir else args.data_dir,
-            "image_size": cfg.get("image_size"), "channels": cfg.get("channels")}
 
 
 def _verbose(args):

@@ -198,8 +198,11 @@ def validate(cfg: dict) -> dict:
     for key in ("download", "mixed_precision"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
-    if cfg["on_bad_image"] not in ("fail", "skip"):
-        raise ConfigError(f"on_bad_image must be fail or skip, got {cfg['on_bad_image']!r}")
+    from keras_hashing.sources import BAD_IMAGE_POLICIES
+
+    if cfg["on_bad_image"] not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got "
+                          f"{cfg['on_bad_image']!r}")
     multiplier = cfg["backbone_lr_multiplier"]
     if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or \
             not 0 < multiplier <= 10:

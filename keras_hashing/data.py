@@ -104,13 +104,9 @@ class _StreamedSplit:
         for batch, good in inference_dataset(self, 256):
             images.append(np.asarray(batch))
             ok.append(np.asarray(good))
-        ok = np.concatenate(ok)
-        if not ok.all():
-            bad = self.paths[~ok] if hasattr(self, "paths") else ["?"]
-            if self.on_bad_image == "fail":
-                raise DataError(f"{bad[0]}: cannot read image; fix or remove it, or set "
-                                "--on-bad-image skip")
-            sources.warn(f"{len(bad)} unreadable image(s) read as black, e.g. {bad[0]}")
+        # unreadable images (only image files have them) fail, or stay black with a warning
+        sources.check_readable(getattr(self, "paths", None), np.concatenate(ok),
+                               getattr(self, "on_bad_image", "fail"), "read as black")
         return np.concatenate(images)
 
 
@@ -205,7 +201,7 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
     if kind == "digits":
         x, y = _load_digits()
         q_idx, db_idx = _stratified_take(y, fraction=0.2, rng=rng)
-        splits = _with_validation(x, y, q_idx, db_idx, val_fraction=0.1, rng=rng)
+        splits = _carve(Split(x, y), q_idx, db_idx, val_fraction=0.1, rng=rng)
         num_classes = 10
         class_names = [str(i) for i in range(10)]
     elif kind == "fashion_mnist":
@@ -243,15 +239,10 @@ def _stratified_take(y, fraction=None, per_class=None, rng=None, pool=None):
     return taken, np.setdiff1d(pool, taken)
 
 
-def _with_validation(x, y, q_idx, db_idx, val_fraction, rng):
-    val_idx, train_idx = _stratified_take(y, fraction=val_fraction, rng=rng, pool=db_idx)
-    return {"query": Split(x[q_idx], y[q_idx]), "database": Split(x[db_idx], y[db_idx]),
-            "val": Split(x[val_idx], y[val_idx]), "train": Split(x[train_idx], y[train_idx])}
-
-
-def _carve(whole, y, q_idx, db_idx, val_fraction, rng):
-    """query / database / val / train subsets of a streamed split (val from the database)."""
-    val_idx, train_idx = _stratified_take(y, fraction=val_fraction, rng=rng, pool=db_idx)
+def _carve(whole, q_idx, db_idx, val_fraction, rng):
+    """query / database / val / train subsets of a split (val carved from the database)."""
+    val_idx, train_idx = _stratified_take(whole.y, fraction=val_fraction, rng=rng,
+                                          pool=db_idx)
     return {"query": whole.subset(q_idx), "database": whole.subset(db_idx),
             "val": whole.subset(val_idx), "train": whole.subset(train_idx)}
 
@@ -274,24 +265,15 @@ def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image):
         val_idx, train_idx = _stratified_take(train.y, fraction=0.1, rng=rng)
         splits = {"query": as_split(parts["query"]), "database": as_split(parts["database"]),
                   "val": train.subset(val_idx), "train": train.subset(train_idx)}
-        collection = parts["train"]
+        collection = sources.concatenate(list(parts.values()))  # every class of the three
     else:
         collection = sources.read_source(name, data_dir, on_bad_image)
         whole = as_split(collection)
         _check_class_sizes(whole.y, collection.class_names, path)
         q_idx, db_idx = _stratified_take(whole.y, fraction=0.1, rng=rng)
-        splits = _carve(whole, whole.y, q_idx, db_idx, 0.1, rng)
-    num_classes = (collection.num_classes if collection.class_names is None
-                   else len(collection.class_names))
-    names = collection.class_names or [str(i) for i in range(num_classes)]
-    return splits, max(num_classes, _label_width(splits)), names
-
-
-def _label_width(splits) -> int:
-    ys = [s.y for s in splits.values()]
-    if ys[0].ndim == 2:
-        return int(ys[0].shape[1])
-    return int(max(int(y.max()) for y in ys if len(y))) + 1
+        splits = _carve(whole, q_idx, db_idx, val_fraction=0.1, rng=rng)
+    num_classes = collection.num_classes
+    return splits, num_classes, collection.class_names or [str(i) for i in range(num_classes)]
 
 
 def _check_class_sizes(y, class_names, path):
@@ -519,27 +501,20 @@ def _tfds_examples(split: TfdsSplit, with_index=False):
 
 
 def load_images(paths, image_size, channels) -> np.ndarray:
-    """Read a few image files (queries) into uint8 (N, H, W, C), resized; bad files raise
-    DataError naming them. Collections stream through ``make_tf_dataset`` instead."""
-    from PIL import Image, UnidentifiedImageError
-
-    mode = {1: "L", 3: "RGB"}.get(int(channels))
-    if mode is None:
+    """Read a few image files (queries) into uint8 (N, H, W, C), decoded and resized exactly
+    as collections are (so a query's code matches its copy in an index); a file that is
+    not an image raises DataError naming it.
+    """
+    if int(channels) not in (1, 3):
         raise DataError(f"images must have 1 or 3 channels, not {channels}")
-    out = np.zeros((len(paths), int(image_size[0]), int(image_size[1]), int(channels)),
-                   np.uint8)
-    for i, p in enumerate(paths):
+    for p in paths:
         if not str(p).lower().endswith(IMAGE_EXTENSIONS):
             raise DataError(f"{p}: not an image file (expected one of "
                             f"{', '.join(IMAGE_EXTENSIONS)}); remove it from the folder")
-        try:
-            with Image.open(p) as img:
-                img = img.convert(mode).resize((int(image_size[1]), int(image_size[0])))
-                arr = np.asarray(img, np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"{p}: cannot read image ({e})") from None
-        out[i] = arr.reshape(out.shape[1:])
-    return out
+    if not len(paths):
+        return np.zeros((0, int(image_size[0]), int(image_size[1]), int(channels)), np.uint8)
+    return FileSplit(np.asarray([str(p) for p in paths], dtype=object), None,
+                     tuple(image_size), int(channels)).x
 
 
 def check_images(x, input_shape) -> np.ndarray:

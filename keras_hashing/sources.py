@@ -222,7 +222,25 @@ def read_deephash_lists(folder, data_dir=None) -> dict:
               for split, c in parts.items()}
     if len(set(shapes.values())) != 1:
         raise DataError(f"{folder}: the three lists have labels of different shapes {shapes}")
-    return parts
+    return _same_class_ids(parts, folder)
+
+
+def _same_class_ids(parts: dict, folder) -> dict:
+    """Class names read from each list on its own become one id per name across all."""
+    named = [c.class_names is not None for c in parts.values()]
+    if not any(named):
+        return parts
+    if not all(named):
+        raise DataError(f"{folder}: some lists label images by class name, others by id")
+    names = sorted({n for c in parts.values() for n in c.class_names}, key=_natural_key)
+    where = {n: i for i, n in enumerate(names)}
+    out = {}
+    for split, c in parts.items():
+        labels = c.labels
+        if labels.ndim == 1:  # names -> ids of the union (multi-hot widths already agree)
+            labels = np.asarray([where[n] for n in c.class_names], np.int64)[labels]
+        out[split] = Collection(c.paths, labels, names if labels.ndim == 1 else c.class_names)
+    return out
 
 
 def concatenate(collections) -> Collection:
@@ -338,13 +356,33 @@ def handle_bad_images(ds, on_bad_image):
     return ds.map(check)
 
 
+def bad_image(path) -> DataError:
+    """The error for one image file that cannot be read or decoded."""
+    return DataError(f"{path}: cannot read image (missing, unreadable, truncated or not an "
+                     "image); fix or remove it, or pass --on-bad-image skip (config "
+                     "on_bad_image: skip) to leave such images out")
+
+
 def bad_image_error(exc):
     """The DataError for a tf.data error raised by ``handle_bad_images``, or None."""
     text = str(exc)
     if _BAD_IMAGE_MARK not in text:
         return None
     match = re.search(re.escape(_BAD_IMAGE_MARK) + r"\] \[(.*?)\]", text)
-    path = match.group(1) if match else "an image"
-    return DataError(f"{path}: cannot read image (missing, unreadable, truncated or not an "
-                     "image); fix or remove it, or pass --on-bad-image skip (config "
-                     "on_bad_image: skip) to leave such images out")
+    return bad_image(match.group(1) if match else "an image")
+
+
+def check_readable(paths, ok, on_bad_image, skipped_as="skipped") -> None:
+    """Apply ``on_bad_image`` to the rows whose ``ok`` is False: raise naming the first
+    (``fail``) or warn with their count and an example (``skip``)."""
+    ok = np.asarray(ok, bool)
+    if ok.all():
+        return
+    bad = np.asarray(paths)[~ok] if paths is not None else ["an image"] * int((~ok).sum())
+    if check_policy(on_bad_image) == "fail":
+        raise bad_image(bad[0])
+    warn_skipped(bad, skipped_as)
+
+
+def warn_skipped(bad_paths, skipped_as="skipped") -> None:
+    warn(f"{len(bad_paths)} unreadable image(s) {skipped_as}, e.g. {bad_paths[0]}")

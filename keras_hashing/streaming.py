@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import os
 import sys
 
 import numpy as np
@@ -23,7 +25,7 @@ import numpy as np
 from keras_hashing import codes as codes_lib
 from keras_hashing.data import inference_dataset
 from keras_hashing.errors import DataError
-from keras_hashing.sources import warn
+from keras_hashing.sources import check_readable, warn_skipped
 
 
 def progress_bar(total, desc, verbose, initial=0):
@@ -34,13 +36,15 @@ def progress_bar(total, desc, verbose, initial=0):
                 file=sys.stderr, disable=not verbose, mininterval=1.0, dynamic_ncols=True)
 
 
-def _predict_function(model):
-    import tensorflow as tf
+# Pixels per inference batch for streamed images: 256 images of 64 x 64. Large images get
+# smaller batches (128 px: 64, 224 px: 20), so encoding's activations stay near the size
+# of a training step's instead of growing with the image (codes do not depend on it).
+PIXELS_PER_BATCH = 256 * 64 * 64
 
-    if getattr(model, "_streaming_predict", None) is None:
-        model._streaming_predict = tf.function(model.predict_step, autograph=False,
-                                               reduce_retracing=True)
-    return model._streaming_predict
+
+def inference_batch_size(image_shape, most=256) -> int:
+    """Batch size for encoding streamed images of ``image_shape``: at most ``most``."""
+    return int(max(1, min(most, PIXELS_PER_BATCH // (image_shape[0] * image_shape[1]))))
 
 
 def iter_predictions(model, split, batch_size=256, verbose=0, desc="encoding", start=0):
@@ -50,23 +54,21 @@ def iter_predictions(model, split, batch_size=256, verbose=0, desc="encoding", s
     ``ok`` is False for images that could not be read. With the split's
     ``on_bad_image == "fail"`` the first such image raises DataError naming it.
     """
+    paths = getattr(split, "paths", None)
+    fail = getattr(split, "on_bad_image", "fail") == "fail"
     if start:
         split = split.subset(np.arange(start, len(split)))
-    predict = _predict_function(model)
-    policy = getattr(split, "on_bad_image", "fail")
+    predict = model.batch_predict_function()
     position = start
     with progress_bar(start + len(split), desc, verbose, initial=start) as bar:
         for images, ok in inference_dataset(split, batch_size):
+            positions = np.arange(position, position + len(ok))
             ok = np.asarray(ok, bool)
-            n = len(ok)
-            if not ok.all() and policy == "fail":
-                bad = split.paths[position - start + int(np.argmin(ok))]
-                raise DataError(f"{bad}: cannot read image (missing, unreadable, truncated or "
-                                "not an image); fix or remove it, or pass --on-bad-image skip")
-            outputs = {k: np.asarray(v) for k, v in predict(images).items()}
-            yield np.arange(position, position + n), outputs, ok
-            position += n
-            bar.update(n)
+            if fail:  # before the batch is encoded
+                check_readable(None if paths is None else paths[positions], ok, "fail")
+            yield positions, {k: np.asarray(v) for k, v in predict(images).items()}, ok
+            position += len(ok)
+            bar.update(len(ok))
 
 
 def predict_split(model, split, batch_size=256, verbose=0, desc="encoding") -> dict:
@@ -80,23 +82,22 @@ def predict_split(model, split, batch_size=256, verbose=0, desc="encoding") -> d
                 "bits": np.zeros((0, model.bits), np.uint8), "ok": np.zeros(0, bool)}
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     out["ok"] = np.concatenate(oks)
-    report_skipped(split, out["ok"])
+    check_readable(getattr(split, "paths", None), out["ok"], "skip")
     return out
 
 
-def report_skipped(split, ok) -> None:
-    if not ok.all():
-        paths = getattr(split, "paths", None)
-        example = f", e.g. {paths[int(np.argmin(ok))]}" if paths is not None else ""
-        warn(f"skipped {int((~ok).sum())} unreadable image(s){example}")
+def readable(outputs: dict):
+    """(outputs of the readable images only, the (N,) mask of which those are) from
+    ``predict_arrays`` outputs (all rows are readable when there is no "ok")."""
+    ok = np.asarray(outputs.get("ok", np.ones(len(outputs["bits"]), bool)), bool)
+    return {k: np.asarray(v)[ok] for k, v in outputs.items() if k != "ok"}, ok
 
 
 def encode_split(model, split, batch_size=256, verbose=0):
     """(packed codes, kept) of a split: codes of the readable images, and the (N,) mask
     of which images those are (all True for an in-memory split)."""
-    out = model.predict_arrays(split, batch_size=batch_size, verbose=verbose)
-    kept = out.get("ok", np.ones(len(out["bits"]), bool))
-    return codes_lib.pack_bits(np.asarray(out["bits"], np.uint8)[kept]), kept
+    out, kept = readable(model.predict_arrays(split, batch_size=batch_size, verbose=verbose))
+    return codes_lib.pack_bits(np.asarray(out["bits"], np.uint8)), kept
 
 
 # -- index build ----------------------------------------------------------------------------
@@ -124,6 +125,7 @@ def serving_batches(client, split, batch_size=32, concurrency=4, verbose=0):
     if paths is None:
         raise DataError("encoding through TF Serving reads image files: pass --images "
                         "folder:PATH, list:FILE or csv:FILE")
+    on_bad_image = getattr(split, "on_bad_image", "fail")
 
     def read(path):
         try:
@@ -149,29 +151,25 @@ def serving_batches(client, split, batch_size=32, concurrency=4, verbose=0):
         return positions, codes, ok
 
     def batches(start):
-        chunks = (np.arange(s, min(s + batch_size, len(split)))
-                  for s in range(start, len(split), batch_size))
         with ThreadPoolExecutor(max_workers=concurrency) as pool, \
                 progress_bar(len(split), "indexing", verbose, initial=start) as bar:
-            pending = []
-            for chunk in chunks:  # a bounded window of requests, answered in order
-                pending.append(pool.submit(encode, chunk))
+
+            def answered(future):
+                positions, codes, ok = future.result()
+                if on_bad_image == "fail":
+                    check_readable(paths[positions], ok, "fail")
+                bar.update(len(positions))
+                return positions, codes, ok
+
+            pending = collections.deque()  # a bounded window of requests, answered in order
+            for s in range(start, len(split), batch_size):
+                pending.append(pool.submit(encode, np.arange(s, min(s + batch_size,
+                                                                    len(split)))))
                 if len(pending) >= 2 * concurrency:
-                    result = pending.pop(0).result()
-                    bar.update(len(result[0]))
-                    yield _checked(split, *result)
-            for future in pending:
-                result = future.result()
-                bar.update(len(result[0]))
-                yield _checked(split, *result)
+                    yield answered(pending.popleft())
+            while pending:
+                yield answered(pending.popleft())
     return batches
-
-
-def _checked(split, positions, codes, ok):
-    if not ok.all() and getattr(split, "on_bad_image", "fail") == "fail":
-        raise DataError(f"{split.paths[positions[int(np.argmin(ok))]]}: cannot read or decode "
-                        "image; fix or remove it, or pass --on-bad-image skip")
-    return positions, codes, ok
 
 
 def build_index(split, out, bits, batches, fingerprint: dict, metadata: dict):
@@ -194,6 +192,42 @@ def build_index(split, out, bits, batches, fingerprint: dict, metadata: dict):
         builder.close()
         raise
     skipped = builder.skipped
-    if skipped and getattr(split, "on_bad_image", "fail") == "skip":
-        warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+    if skipped:
+        warn_skipped(skipped)
     return builder.finish(metadata), skipped, start
+
+
+def index_from_model(run_path, model, split, out, source: dict, batch_size=256, verbose=0):
+    """Build (or resume) the index of ``split`` encoded by a run's model.
+
+    ``source`` says where the images came from ({"images": SPEC} or the dataset split)
+    and is saved in the index metadata with the run and the model's image shape.
+    Returns (index, skipped paths, resumed from).
+    """
+    model_file = os.path.join(run_path, "model.keras")
+    encoder = {"run": os.path.abspath(run_path), "model_bytes": os.path.getsize(model_file),
+               "model_mtime": os.path.getmtime(model_file)}
+    metadata = {"run": os.path.abspath(run_path), "method": model.method_name,
+                "image_size": list(model.image_shape[:2]), "channels": model.image_shape[2],
+                **source}
+    return build_index(split, out, model.bits, model_batches(model, split, batch_size, verbose),
+                       _fingerprint(encoder, model.bits, split, source), metadata)
+
+
+def index_from_serving(client, split, out, source: dict, batch_size=32, concurrency=4,
+                       verbose=0):
+    """Build (or resume) the index of image files encoded by TF Serving; as
+    ``index_from_model``. Imports no TensorFlow."""
+    encoder = {"serving_url": client.url, "model": client.model_name,
+               "version": client.version}
+    metadata = {"serving_url": client.url, "model": client.model_name, **source}
+    return build_index(split, out, client.bits,
+                       serving_batches(client, split, batch_size, concurrency, verbose),
+                       _fingerprint(encoder, client.bits, split, source), metadata)
+
+
+def _fingerprint(encoder, bits, split, source) -> dict:
+    """What an interrupted build must share with its resume: encoder, inputs, length."""
+    paths = getattr(split, "paths", None)
+    return {"encoder": encoder, "bits": bits, "count": len(split), "source": source,
+            "first": str(paths[0]) if paths is not None and len(split) else None}

@@ -61,18 +61,19 @@ def default_run_dir(cfg: dict, base="runs") -> str:
 
 def load_splits(cfg: dict) -> DatasetSplits:
     return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
-                        seed=cfg["seed"], image_size=image_size(cfg),
+                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
                         channels=cfg["channels"], download=cfg.get("download", True),
                         on_bad_image=cfg.get("on_bad_image", "fail"))
 
 
-def image_size(cfg: dict):
+def resolved_image_size(cfg: dict):
     """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
     from keras_hashing.backbones import application_name
+    from keras_hashing.sources import source_kind
 
     if cfg["image_size"] or not application_name(cfg["backbone"]):
         return cfg["image_size"]
-    return [224, 224] if cfg["dataset"].split(":")[0] in ("folder", "list", "csv") else None
+    return [224, 224] if source_kind(cfg["dataset"]) else None
 
 
 def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
@@ -287,7 +288,7 @@ def _with_data_errors(fn, *args):
 
 def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
     """fit's training, evaluation and (on the chief, where work == out) the run files."""
-    from keras_hashing.callbacks import HashingTensorBoard, RetrievalValidation, TrainingBackup
+    from keras_hashing.callbacks import RetrievalValidation, TrainingBackup
 
     chief = work == out
     steps = cfg["steps_per_epoch"] or -(-len(splits.train) // cfg["batch_size"])
@@ -297,9 +298,8 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
     validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"])
-    # Order matters: validation adds val_map to the logs the others read; the backup
-    # must come after validation so it saves the updated selection state. Workers other
-    # than the chief resume from the chief's backup (a shared --out) and never write it.
+    # Workers other than the chief resume from the chief's backup (a shared --out) and
+    # never write it.
     backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief)
     backup.set_model(model)
     initial_epoch = backup.restore()
@@ -310,50 +310,14 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
             raise RunDirError(f"the workers would resume from epochs {low} to {high}: give "
                               f"every worker the chief's run directory (a shared {out}) or "
                               "delete its backup folder to start over")
-    logs = os.path.join(work, "logs")
-    callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
-                 HashingTensorBoard(logs, splits.val, splits.class_names,
-                                    max_samples=cfg["tensorboard_samples"])]
-    if cfg["backbone_warmup_epochs"]:
-        from keras_hashing.callbacks import BackboneWarmup
-
-        callbacks.insert(0, BackboneWarmup(cfg["backbone_warmup_epochs"]))
-    if cfg["patience"]:
-        callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
-                                                       mode="max"))
-    # The method's own callbacks (BDNN's B step) run first, so the backup saves their state.
-    callbacks = model.training_callbacks(splits) + callbacks
+    callbacks = _callbacks(cfg, model, splits, os.path.join(work, "logs"), validation, backup)
     if initial_epoch and verbose:
         print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
     if not initial_epoch:  # a resumed run has its state (BDNN's B table) in the backup
         model.before_fit(splits, seed=cfg["seed"])
-    train = make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
-                            with_index=model.needs_index, augmentation=cfg["augmentation"],
-                            # every worker must take the same number of full global steps
-                            drop_remainder=multi_worker)
-    fit_steps = None
-    if not multi_worker and (cfg["steps_per_epoch"] or not splits.train.in_memory):
-        # A streamed split's length is unknown to tf.data (unreadable images may be
-        # skipped): repeat it and cut epochs by steps, so Keras never runs out of data.
-        train, fit_steps = train.repeat(), steps
-    if model.gradient_training and multi_worker:
-        custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
-                                       initial_epoch=initial_epoch, callbacks=callbacks,
-                                       verbose=verbose)
-    elif model.gradient_training:
-        model.fit(
-            train,
-            # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
-            # an AddN over the per-replica inputs); RetrievalValidation, which selects the
-            # epoch, uses predict, which works. So the validation loss is single-device only.
-            # A streamed validation split is scored by RetrievalValidation alone (its
-            # length is unknown to Keras' evaluate loop).
-            validation_data=(make_tf_dataset(splits.val, max(256, cfg["batch_size"]))
-                             if strategy.num_replicas_in_sync == 1 and splits.val.in_memory
-                             else None),
-            epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
-            verbose=verbose, shuffle=False, steps_per_epoch=fit_steps)
+    if model.gradient_training:
+        _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
@@ -383,6 +347,55 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
     return Run(out, model, cfg, metrics)
 
 
+def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
+    """fit's callbacks, in the order they must run."""
+    from keras_hashing.callbacks import BackboneWarmup, HashingTensorBoard
+
+    # Order matters: validation adds val_map to the logs the others read; the backup
+    # must come after validation so it saves the updated selection state.
+    callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
+                 HashingTensorBoard(logs, splits.val, splits.class_names,
+                                    max_samples=cfg["tensorboard_samples"])]
+    if cfg["backbone_warmup_epochs"]:
+        callbacks.insert(0, BackboneWarmup(cfg["backbone_warmup_epochs"]))
+    if cfg["patience"]:
+        callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
+                                                       mode="max"))
+    # The method's own callbacks (BDNN's B step) run first, so the backup saves their state.
+    return model.training_callbacks(splits) + callbacks
+
+
+def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose):
+    """Gradient training: Keras' fit, or the custom loop under multi-worker."""
+    multi_worker = custom_loop.multi_worker(strategy)
+    train = make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+                            with_index=model.needs_index, augmentation=cfg["augmentation"],
+                            # every worker must take the same number of full global steps
+                            drop_remainder=multi_worker)
+    if multi_worker:
+        custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
+                                       initial_epoch=initial_epoch, callbacks=callbacks,
+                                       verbose=verbose)
+        return
+    fit_steps = None
+    if cfg["steps_per_epoch"] or not splits.train.in_memory:
+        # A streamed split's length is unknown to tf.data (unreadable images may be
+        # skipped): repeat it and cut epochs by steps, so Keras never runs out of data.
+        train, fit_steps = train.repeat(), steps
+    model.fit(
+        train,
+        # Keras' evaluate fails on an uneven last batch under MirroredStrategy (TF 2.21:
+        # an AddN over the per-replica inputs); RetrievalValidation, which selects the
+        # epoch, uses predict, which works. So the validation loss is single-device only.
+        # A streamed validation split is scored by RetrievalValidation alone (its
+        # length is unknown to Keras' evaluate loop).
+        validation_data=(make_tf_dataset(splits.val, max(256, cfg["batch_size"]))
+                         if strategy.num_replicas_in_sync == 1 and splits.val.in_memory
+                         else None),
+        epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
+        verbose=verbose, shuffle=False, steps_per_epoch=fit_steps)
+
+
 PRECISION_KS = (1, 10, 50, 100, 200, 500, 1000)
 # Euclidean ground truth of unsupervised methods: the nearest pixel-space neighbours, 1,000
 # or 2% of the database if fewer (the BDNN code leaves K unstated; 1,000 is 1.7% of the
@@ -396,14 +409,14 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     """Query-vs-database retrieval metrics, the PR curve over Hamming radii, and code
     statistics of the database."""
     from keras_hashing.codes import pack_bits
+    from keras_hashing.streaming import readable
 
     # One forward pass per split gives both the bits and the continuous codes (ablations).
     # A streamed split is encoded batch by batch from disk; images that could not be read
     # (on_bad_image: skip) are left out of the queries and the database.
-    query_out = _readable(model.predict_arrays(splits.query, verbose=verbose))
-    db_out = _readable(model.predict_arrays(splits.database, verbose=verbose))
-    query_y = splits.query.y[query_out.pop("ok")]
-    db_y = splits.database.y[db_out.pop("ok")]
+    query_out, query_kept = readable(model.predict_arrays(splits.query, verbose=verbose))
+    db_out, db_kept = readable(model.predict_arrays(splits.database, verbose=verbose))
+    query_y, db_y = splits.query.y[query_kept], splits.database.y[db_kept]
     db_bits = np.asarray(db_out["bits"], np.uint8)
     query_codes, db_codes = pack_bits(np.asarray(query_out["bits"], np.uint8)), pack_bits(db_bits)
     metrics = evaluation.retrieval_metrics(
@@ -439,14 +452,6 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                         "map_1000_euclidean": euclid["map_1000"],
                         "p_r2_euclidean": euclid["p_r2"], "euclidean_k": k})
     return metrics
-
-
-def _readable(outputs: dict) -> dict:
-    """Outputs restricted to the images that could be read, with the mask as "ok"."""
-    ok = np.asarray(outputs.get("ok", np.ones(len(outputs["bits"]), bool)), bool)
-    kept = {k: np.asarray(v)[ok] for k, v in outputs.items() if k != "ok"}
-    kept["ok"] = ok
-    return kept
 
 
 def save_run(path, model, cfg, metrics) -> None:

@@ -93,6 +93,19 @@ def test_deephash_list_folder_gives_train_query_database(tmp_path, collection):
         data.load_dataset(f"list:{tmp_path}")
 
 
+def test_deephash_lists_of_class_names_share_one_id_per_name(tmp_path):
+    (tmp_path / "train.txt").write_text("a.jpg cat\nb.jpg dog\nc.jpg emu\n")
+    (tmp_path / "test.txt").write_text("d.jpg emu\n")  # alone it would be class 0
+    (tmp_path / "database.txt").write_text("e.jpg dog\nf.jpg emu\n")
+    parts = sources.read_deephash_lists(str(tmp_path))
+    assert parts["query"].labels.tolist() == [2]
+    assert parts["database"].labels.tolist() == [1, 2]
+    assert parts["train"].class_names == ["cat", "dog", "emu"]
+    (tmp_path / "test.txt").write_text("d.jpg 2\n")
+    with pytest.raises(DataError, match="by class name, others by id"):
+        sources.read_deephash_lists(str(tmp_path))
+
+
 # -- streaming ----------------------------------------------------------------------------
 def test_file_pipeline_decodes_every_image_with_its_label(tmp_path):
     rng = np.random.default_rng(1)
@@ -209,6 +222,9 @@ def test_index_build_over_images_keeps_paths_and_labels(tmp_path, photo_run, col
         data.load_images_split(f"csv:{collection / 'photos.csv'}", (16, 16, 3)).x)
     np.testing.assert_array_equal(index.codes, model_codes)
     assert not os.path.exists(str(out) + ".partial")
+    # a query read from one of the files gets exactly the code the index holds for it
+    query = data.load_images([index.paths[7]], (16, 16), 3)
+    np.testing.assert_array_equal(photo_run.model.encode(query)[0], index.codes[7])
 
 
 def test_interrupted_index_build_resumes_to_the_same_file(tmp_path, photo_run, collection):
@@ -385,6 +401,21 @@ def _folder_splits(tmp_path, return_folder=False):
     if return_folder:
         return folder
     return data.load_dataset(f"folder:{folder}", image_size=(32, 32))
+
+
+def test_a_model_on_an_application_backbone_saves_and_loads(tmp_path):
+    import keras
+
+    from keras_hashing.training import build_model
+
+    splits = _folder_splits(tmp_path)
+    cfg = resolve_config(overrides={"backbone": "applications:ResNet50", "bits": 8})
+    model = build_model(cfg, splits)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = splits.query.x
+    np.testing.assert_array_equal(loaded.encode(x), model.encode(x))
+    assert loaded.backbone.get_layer("preprocess_input").application == "ResNet50"
 
 
 def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):

@@ -299,23 +299,31 @@ class HashingModel(keras.Model):
 
         if hasattr(images, "in_memory"):  # a data split
             if not images.in_memory:
-                from keras_hashing.streaming import predict_split
+                from keras_hashing.streaming import inference_batch_size, predict_split
 
-                return predict_split(self, images, batch_size, verbose)
+                return predict_split(self, images,
+                                     inference_batch_size(images.image_shape, batch_size),
+                                     verbose)
             images = images.x
         if not multi_worker(getattr(self, "distribute_strategy", None)):
             return self.predict(images, batch_size=batch_size, verbose=verbose)
         # Keras 3.15's predict fails under MultiWorkerMirroredStrategy (custom_loop.py).
         # Every worker holds the same weights, so each encodes on its own, batch by batch.
-        if getattr(self, "_local_predict", None) is None:
-            self._local_predict = tf.function(self.predict_step, autograph=False)
         images = np.asarray(images)
         if len(images) == 0:
             return {"code": np.zeros((0, self.bits), np.float32),
                     "bits": np.zeros((0, self.bits), np.uint8)}
-        parts = [self._local_predict(images[i:i + batch_size])
-                 for i in range(0, len(images), batch_size)]
+        predict = self.batch_predict_function()
+        parts = [predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         return {key: np.concatenate([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+
+    def batch_predict_function(self):
+        """``predict_step`` as one compiled function of a batch of images, for loops that
+        feed batches themselves (streamed splits; predict under multi-worker)."""
+        if getattr(self, "_batch_predict", None) is None:
+            self._batch_predict = tf.function(self.predict_step, autograph=False,
+                                              reduce_retracing=True)
+        return self._batch_predict
 
     def encode(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """Packed codes (N, ceil(K/8)) uint8, the format of HammingIndex."""
