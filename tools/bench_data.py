@@ -96,10 +96,9 @@ def measure_memory(root, n, work):
 def measure_throughput(root, work, rounds=3, steps=30):
     """Pipeline alone vs model step alone vs fit, per backbone; index build vs predict."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
     import tensorflow as tf
 
-    from keras_hashing import data, streaming
+    from keras_hashing import data
     from keras_hashing.config import resolve_config
     from keras_hashing.training import build_model, make_optimizer
 
@@ -122,11 +121,20 @@ def measure_throughput(root, work, rounds=3, steps=30):
             fn()  # warm-up (tracing)
             result[name] = round(float(np.median([fn() for _ in range(rounds)])), 1)
         rows.append(result)
-    # index build (streaming path) vs model.predict over the same pipeline, alternated
-    model = keras.saving.load_model(os.path.join(work, f"run_{min_size(work)}", "model.keras"))
+    return rows, compare_index_build(work, root, rounds)
+
+
+def compare_index_build(work, root, rounds=5):
+    """index build (the streaming path, its own batch size) vs model.predict over the same
+    pipeline, alternated round by round; the ratio is the median of the rounds'."""
+    from keras_hashing import data, streaming
+    from keras_hashing.training import load_run
+
+    model = load_run(os.path.join(work, f"run_{min_size(work)}")).model
     split = data.load_images_split(f"folder:{root}", model.image_shape)
     sub = split.subset(np.arange(min(len(split), 4000)))
-    predict_ds = data.inference_dataset(sub, 256).map(lambda x, ok: x)
+    batch = streaming.inference_batch_size(model.image_shape)  # what index build uses
+    predict_ds = data.inference_dataset(sub, batch).map(lambda x, ok: x)
     ours, reference = [], []
     for _ in range(rounds):
         t = time.time()
@@ -134,14 +142,14 @@ def measure_throughput(root, work, rounds=3, steps=30):
         reference.append(len(sub) / (time.time() - t))
         t = time.time()
         out = os.path.join(work, "tmp_bench.khi")
-        streaming.build_index(sub, out, model.bits, streaming.model_batches(model, sub, 256),
+        streaming.build_index(sub, out, model.bits, streaming.model_batches(model, sub, batch),
                               {"bench": time.time()}, {})
         ours.append(len(sub) / (time.time() - t))
         os.unlink(out)
-    compare = {"images": len(sub), "index_build_images_per_s": round(float(np.median(ours)), 1),
-               "predict_images_per_s": round(float(np.median(reference)), 1),
-               "ratio": round(float(np.median(np.array(ours) / np.array(reference))), 3)}
-    return rows, compare
+    return {"images": len(sub), "batch_size": batch, "rounds": rounds,
+            "index_build_images_per_s": round(float(np.median(ours)), 1),
+            "predict_images_per_s": round(float(np.median(reference)), 1),
+            "ratio": round(float(np.median(np.array(ours) / np.array(reference))), 3)}
 
 
 def min_size(work):
