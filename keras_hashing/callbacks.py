@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import keras
@@ -86,7 +85,9 @@ class TrainingBackup(keras.callbacks.Callback):
     (best epoch, per-epoch mAP, best weights) so a resumed run picks the same best epoch,
     and the seconds trained so far, so a resumed run reports its whole training time
     (``seconds_before``; the epoch cut short by the kill is lost and not counted).
-    The folder is removed when training ends normally.
+    When training ends the state is marked done (``training_done`` after a restore): a
+    run killed during its evaluation or save resumes without training again. The folder
+    is removed by ``runs.RunWriter.finish`` once the finished run is on disk.
 
     Use ``initial_epoch = backup.restore()`` before ``fit(initial_epoch=...)``.
     """
@@ -101,6 +102,7 @@ class TrainingBackup(keras.callbacks.Callback):
         # Training seconds of the epochs in the restored backup; None when the backup
         # predates this field (its time is unknown).
         self.seconds_before = 0.0
+        self.training_done = False
         self._clock_start = time.time()
 
     def _path(self, name):
@@ -114,20 +116,32 @@ class TrainingBackup(keras.callbacks.Callback):
         self._clock_start = time.time()
         if not os.path.exists(self._path(self.STATE)):
             return 0
-        state = read_json(self._path(self.STATE))
         model = self.model
         try:
+            state = read_json(self._path(self.STATE))
+            if not isinstance(state, dict):
+                raise ValueError("the state is not a JSON object")
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
+            for key in ("weights", "best_weights"):
+                name = state.get(key)
+                if name is not None and (not isinstance(name, str) or
+                                         os.path.basename(name) != name):
+                    raise ValueError(f"{key} names {name!r}, not a checkpoint of the backup")
             if self.validation is not None and state.get("best_weights"):
                 model.load_weights(self._path(state["best_weights"]))
                 self.validation.set_state(state["validation"], model.get_weights())
             model.load_weights(self._path(state["weights"]))
-        except (OSError, ValueError, KeyError) as e:
-            raise RunDirError(f"{self.backup_dir}: cannot resume from the backup ({e}); delete "
-                              "the folder to start this run over") from None
-        self.seconds_before = state.get("train_seconds")
-        return int(state["epoch"])
+            epoch = int(state["epoch"])
+            seconds = state.get("train_seconds")
+            if seconds is not None:
+                seconds = float(seconds)
+        except Exception as e:  # noqa: BLE001 - h5py and Keras raise many types
+            raise RunDirError(f"{self.backup_dir}: cannot resume from the backup ({e}); rerun "
+                              "with --restart to start this run over") from None
+        self.seconds_before = seconds
+        self.training_done = bool(state.get("training_done"))
+        return epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.write:
@@ -152,8 +166,47 @@ class TrainingBackup(keras.callbacks.Callback):
                 os.unlink(self._path(name))
 
     def on_train_end(self, logs=None):
-        if self.write:
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+        state_path = self._path(self.STATE)
+        if self.write and os.path.exists(state_path):
+            write_json(state_path, {**read_json(state_path), "training_done": True})
+
+
+class NonFiniteLossError(RunDirError):
+    """Training diverged: the loss or the weights became NaN or infinite."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training with one line naming the epoch and step where the loss became NaN
+    or infinite, before an epoch end could back the bad weights up.
+
+    Keras' ``TerminateOnNaN`` stops quietly and lets the run be saved as finished; this
+    raises ``NonFiniteLossError`` instead, so the run keeps its last good backup. Put it
+    first in the callback list. The weights are also checked at each epoch end (the last
+    step's update can make them NaN after a finite loss).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(np.asarray(loss))):
+            self._stop(f"the loss became {float(np.asarray(loss))} at epoch {self.epoch + 1}, "
+                       f"step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for weight in self.model.trainable_weights:
+            if not np.all(np.isfinite(np.asarray(weight))):
+                self._stop(f"{weight.path} became NaN or infinite in epoch {epoch + 1}")
+
+    def _stop(self, what):
+        raise NonFiniteLossError(f"training diverged: {what}. Nothing diverged was saved "
+                                 "(the run keeps its last good epoch, if any); lower the "
+                                 "learning rate and rerun with --restart")
 
 
 class BackboneWarmup(keras.callbacks.Callback):

@@ -29,10 +29,49 @@ EXAMPLES = """examples:
 """
 
 
+_verbose_startup = False  # --verbose: let TensorFlow's own start-up lines through
+
+
 def _quiet_tensorflow():
-    # 3 hides the GPU probe's "failed call to cuInit" on CPU-only machines; set
-    # TF_CPP_MIN_LOG_LEVEL=0 to see TensorFlow's own logs.
+    """Import TensorFlow and probe its devices with stderr silenced, so a command's
+    stderr holds only keras-hashing's own lines. TensorFlow's C++ side (absl) prints
+    oneDNN, CUDA-stub and "failed call to cuInit" lines on a machine without a GPU,
+    whatever TF_CPP_MIN_LOG_LEVEL says; should the import fail, they are shown."""
+    if _verbose_startup or "tensorflow" in sys.modules:
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_held_back():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe logs here
+    import logging
+
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Send file descriptor 2 (C++ logs write there directly) to a temporary file;
+    replay it to stderr only if the block fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Deep supervised hashing for image retrieval.")
     p.add_argument("--version", action="version", version=f"keras-hashing {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's own start-up logs on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = sub.add_parser("fit", help="train a hashing model and write a run directory",
+    f = sub.add_parser("fit", parents=[common],
+                       help="train a hashing model and write a run directory",
                        epilog="example: keras-hashing fit --method ssdh --dataset digits "
                               "--bits 48 --epochs 20 --out runs/digits48")
     f.add_argument("--method", help=f"one of: {', '.join(method_names())} (default ssdh)")
@@ -59,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config", help="a YAML recipe (default: configs/<method>_<dataset>.yaml)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set params.beta=0.5")
-    f.add_argument("--out", help="run directory (default runs/<method>_<dataset>_<bits>b)")
+    f.add_argument("--out", help="run directory (default runs/<method>_<dataset>_<bits>b); "
+                   "rerunning the same command resumes an interrupted run")
+    f.add_argument("--restart", action="store_true",
+                   help="start an interrupted or finished run in --out over")
+    f.add_argument("--force", action="store_true",
+                   help="write the run into a folder that is not a run (its files stay)")
     f.add_argument("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
                    help="tf.distribute strategy: auto (mirrored over 2+ GPUs), none, mirrored "
                         "(visible GPUs or logical CPUs), multiworker (TF_CONFIG)")
@@ -83,35 +131,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of raw pixels")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
-    e = sub.add_parser("evaluate", help="retrieval metrics of a run on its query/database",
+    e = sub.add_parser("evaluate", parents=[common],
+                       help="retrieval metrics of a run on its query/database",
                        epilog="example: keras-hashing evaluate --run runs/digits48")
     e.add_argument("--run", required=True)
     e.add_argument("--data-dir")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    c = sub.add_parser("encode", help="packed codes of a dataset split, to .npz",
+    c = sub.add_parser("encode", parents=[common], help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
                               "--out q.npz")
     _add_split_args(c)
 
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-    ib = isub.add_parser("build", help="encode a split or a collection into an index file "
+    ib = isub.add_parser("build", parents=[common],
+                         help="encode a split or a collection into an index file "
                          "(streamed; an interrupted build resumes when rerun)",
                          epilog="examples: keras-hashing index build --run runs/d48 --out "
                                 "d.khi\n  keras-hashing index build --run runs/p48 --images "
                                 "folder:/data/photos --out photos.khi",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_split_args(ib, serving=True)
-    im = isub.add_parser("merge", help="merge index shards (disjoint ids) into one file",
+    im = isub.add_parser("merge", parents=[common],
+                         help="merge index shards (disjoint ids) into one file",
                          epilog="example: keras-hashing index merge --out all.khi a.khi b.khi")
     im.add_argument("shards", nargs="+", help="index files, merged in this order")
     im.add_argument("--out", required=True)
-    ii = isub.add_parser("info", help="header, size and checksum of an index file",
+    ii = isub.add_parser("info", parents=[common],
+                         help="header, size and checksum of an index file",
                          epilog="example: keras-hashing index info d.khi")
     ii.add_argument("file")
 
-    pl = sub.add_parser("plot", help="PR curve, precision@k, bit balance, retrieval grid",
+    pl = sub.add_parser("plot", parents=[common],
+                        help="PR curve, precision@k, bit balance, retrieval grid",
                         epilog="examples: keras-hashing plot --run runs/d48\n"
                                "  keras-hashing plot --run runs/d48 --runs runs/d12 runs/d24 "
                                "runs/d32   # adds mAP vs bits",
@@ -123,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cf = sub.add_parser("config", help="show the configuration a fit would use")
     cfsub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    cs = cfsub.add_parser("show", help="print defaults < recipe < --set as YAML",
+    cs = cfsub.add_parser("show", parents=[common], help="print defaults < recipe < --set as YAML",
                           epilog="example: keras-hashing config show --method ssdh "
                                  "--dataset fashion_mnist --set bits=32")
     cs.add_argument("--method")
@@ -131,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--config")
     cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
-    x = sub.add_parser("export", help="SavedModel for TF Serving (saved_models/NAME/V/)",
+    x = sub.add_parser("export", parents=[common],
+                       help="SavedModel for TF Serving (saved_models/NAME/V/)",
                        epilog="example: keras-hashing export --run runs/d48 --base "
                               "saved_models --name digits")
     x.add_argument("--run", required=True)
@@ -139,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", help="model name (default: the run folder's name)")
     x.add_argument("--version", type=int, help="default: the next integer")
 
-    s = sub.add_parser("search", help="nearest database items of query images",
+    s = sub.add_parser("search", parents=[common], help="nearest database items of query images",
                        epilog="examples: keras-hashing search --index d.khi --run runs/d48 "
                               "--images a.png b.png -k 5\n  keras-hashing search --index d.khi "
                               "--serving-url http://localhost:8501 --model digits --images a.png",
@@ -194,8 +248,9 @@ def _add_split_args(p, serving=False) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    global _stdout
+    global _stdout, _verbose_startup
     _stdout = sys.stdout
+    _verbose_startup = bool(getattr(args, "verbose", False))
     try:
         # Progress bars (Keras prints them to stdout) go to stderr: stdout carries only
         # the results, so `keras-hashing evaluate ... | jq` works.
@@ -235,7 +290,8 @@ def cmd_fit(args) -> int:
     _quiet_tensorflow()
     from keras_hashing import training
 
-    run = training.fit(cfg, out=args.out, verbose=0 if args.quiet else "auto")
+    run = training.fit(cfg, out=args.out, verbose=0 if args.quiet else "auto",
+                       restart=args.restart, force=args.force)
     q = run.metrics["query"]
     summary = {"run": run.path, "val_map_all": run.metrics["validation"]["best_map_all"],
                "best_epoch": run.metrics["validation"]["best_epoch"],
@@ -256,8 +312,9 @@ def _image_size(values):
 def _run_and_splits(args):
     _quiet_tensorflow()
     from keras_hashing import training
+    from keras_hashing.runs import load_run
 
-    run = training.load_run(args.run)
+    run = load_run(args.run)
     cfg = dict(run.config)
     if getattr(args, "dataset", None):
         cfg["dataset"] = args.dataset
@@ -274,9 +331,9 @@ def _run_and_splits(args):
 
 
 def cmd_evaluate(args) -> int:
+    run, splits = _run_and_splits(args)
     from keras_hashing import training
 
-    run, splits = _run_and_splits(args)
     emit(json.dumps(training.evaluate_model(run.model, splits, verbose=_verbose(args)),
                     indent=2))
     return 0
@@ -292,9 +349,9 @@ def _split_to_encode(args):
         run = None
         if args.run:
             _quiet_tensorflow()
-            from keras_hashing import training
+            from keras_hashing.runs import load_run
 
-            run = training.load_run(args.run)
+            run = load_run(args.run)
             shape = run.model.image_shape
         else:
             shape = (1, 1, 3)  # TF Serving decodes and resizes each file itself
@@ -317,6 +374,7 @@ def cmd_encode(args) -> int:
     from keras_hashing.fileio import atomic_open
     from keras_hashing.streaming import encode_split
 
+    _check_npz_output(args)
     run, split, _ = _split_to_encode(args)
     codes, kept = encode_split(run.model, split, args.batch_size or 256, verbose=_verbose(args))
     arrays = {"codes": codes, "bits": np.int64(run.model.bits)}
@@ -331,10 +389,34 @@ def cmd_encode(args) -> int:
     return 0
 
 
+def _check_npz_output(args) -> None:
+    """encode's --out may replace an .npz of arrays, never a run's files or an input."""
+    import zipfile
+
+    from keras_hashing.fileio import check_output_path
+    from keras_hashing.runs import MODEL_FILE
+
+    def is_npz(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return all(name.endswith(".npy") for name in z.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+
+    inputs = [os.path.join(args.run, MODEL_FILE)] if args.run else []
+    if args.images and ":" in args.images:
+        inputs.append(args.images.split(":", 1)[1])
+    check_output_path(args.out, inputs=inputs, kind=is_npz)
+
+
 def cmd_index(args) -> int:
     from keras_hashing.index import HammingIndex
 
     if args.index_command == "merge":
+        from keras_hashing.fileio import check_output_path
+        from keras_hashing.index_file import is_index_file
+
+        check_output_path(args.out, inputs=args.shards, kind=is_index_file)
         merged = HammingIndex.merge([HammingIndex.load(path) for path in args.shards])
         merged.save(args.out)
         emit(json.dumps({"out": args.out, "count": len(merged), "bits": merged.bits,
@@ -350,8 +432,9 @@ def cmd_index(args) -> int:
     if args.serving_url:
         if not args.images or not args.model:
             raise HashingError("--serving-url needs --images SOURCE and --model NAME")
-        if args.concurrency < 1:
-            raise HashingError(f"--concurrency must be >= 1, got {args.concurrency}")
+        if not 1 <= args.concurrency <= 256:
+            raise HashingError(f"--concurrency must be in 1..256, got {args.concurrency}")
+        _check_timeout(args.timeout)
     run, split, source = _split_to_encode(args)
     if args.serving_url:
         from keras_hashing.serving import TFServingClient
@@ -369,6 +452,14 @@ def cmd_index(args) -> int:
     emit(json.dumps({"out": args.out, "count": len(index), "bits": index.bits,
                      "skipped": len(skipped), "resumed_from": resumed_from or None}))
     return 0
+
+
+def _check_timeout(seconds) -> None:
+    import math
+
+    if not (math.isfinite(seconds) and 0 < seconds <= 86400):
+        raise HashingError(f"--timeout must be a number of seconds in (0, 86400], got "
+                           f"{seconds}")
 
 
 def _verbose(args):
@@ -472,6 +563,10 @@ def _read_query_images(paths, shape=None):
             images = np.load(paths[0], allow_pickle=False)
         except (OSError, ValueError) as e:
             raise HashingError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
+        if images.size == 0 or images.ndim == 0 or (images.ndim < 3 and
+                                                    images.dtype.kind in "biuf"):
+            raise HashingError(f"{paths[0]}: holds no images (an array of shape "
+                               f"{images.shape}; give (N, H, W, C) pixels)")
         if images.ndim == 3 and shape is not None and len(shape) == 3:
             images = images[None]
         return images, None, [f"{paths[0]}[{i}]" for i in range(len(images))]
@@ -497,6 +592,18 @@ def cmd_search(args) -> int:
     index = HammingIndex.load(args.index, mmap=args.mmap, method=args.index_method)
     if args.k < 1:
         raise HashingError(f"-k must be >= 1, got {args.k}")
+    if len(index) == 0:
+        raise HashingError(f"index {args.index} is empty; nothing to search")
+    _check_timeout(args.timeout)
+    if args.show:
+        from keras_hashing.fileio import check_output_path, file_starts_with
+
+        check_output_path(args.show, inputs=[args.index, *args.images],
+                          kind=file_starts_with(b"\x89PNG"))
+    recorded = index.metadata.get("model")
+    if args.serving_url and recorded and args.model and recorded != args.model:
+        raise HashingError(f"index {args.index} was built by served model {recorded!r}, not "
+                           f"{args.model!r}; its codes are not comparable")
     if args.serving_url:
         # This path imports no TensorFlow: the served model encodes.
         if not args.model:
@@ -506,11 +613,11 @@ def cmd_search(args) -> int:
         images, blobs, names = _read_query_images(args.images)
     else:
         _quiet_tensorflow()
-        from keras_hashing import training
         from keras_hashing.data import check_images
+        from keras_hashing.runs import check_index_matches_run, load_run
 
-        run = training.load_run(args.run)
-        training.check_code_length(run.model, index.bits, f"index {args.index}")
+        run = load_run(args.run)
+        check_index_matches_run(run, index, f"index {args.index}")
         encoder = run.model
         images, blobs, names = _read_query_images(args.images, run.model.image_shape)
         images = check_images(images, run.model.image_shape)

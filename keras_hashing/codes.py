@@ -89,7 +89,28 @@ def as_packed(codes, bits: int) -> np.ndarray:
             f"codes have {codes.shape[1]} bytes per row but {bits}-bit codes take {nbytes}; "
             "was the model trained with another --bits?"
         )
-    return np.ascontiguousarray(codes)
+    return mask_padding(np.ascontiguousarray(codes), bits)
+
+
+def padding_mask(bits: int) -> int:
+    """The bits of a code's last byte that belong to the code (0xFF for whole bytes)."""
+    return (0xFF << (-int(bits) % 8)) & 0xFF
+
+
+def mask_padding(codes: np.ndarray, bits: int) -> np.ndarray:
+    """``codes`` with the padding bits of the last byte cleared (a copy only when some
+    are set): a 12-bit code is 2 bytes, and the 4 bits past the 12th must not count.
+
+    Example:
+        >>> mask_padding(np.array([[0, 15]], np.uint8), 12).tolist()
+        [[0, 0]]
+    """
+    mask = padding_mask(bits)
+    if mask == 0xFF or codes.shape[0] == 0 or not np.any(codes[:, -1] & ~np.uint8(mask)):
+        return codes
+    codes = np.array(codes)
+    codes[:, -1] &= np.uint8(mask)
+    return codes
 
 
 def hamming_distances(query_codes, database_codes, bits: int) -> np.ndarray:
@@ -102,19 +123,20 @@ def hamming_distances(query_codes, database_codes, bits: int) -> np.ndarray:
     """
     q = as_packed(query_codes, bits)
     d = as_packed(database_codes, bits)
-    qw, dw = _as_words(q), _as_words(d)
-    out = np.zeros((qw.shape[0], dw.shape[0]), dtype=np.int32)
-    for w in range(qw.shape[1]):  # word by word keeps the temporary at (Q, N)
-        out += np.bitwise_count(qw[:, w, None] ^ dw[None, :, w])
+    qw, dw = word_columns(q), word_columns(d)
+    out = np.zeros((q.shape[0], d.shape[0]), dtype=np.int32)
+    for w in range(qw.shape[0]):  # word by word keeps the temporary at (Q, N)
+        out += np.bitwise_count(qw[w][:, None] ^ dw[w][None, :])
     return out
 
 
-def _as_words(packed: np.ndarray) -> np.ndarray:
-    """View packed rows as uint64 words (zero-padded), so popcount works 8 bytes at a time."""
-    n, nbytes = packed.shape
-    padded_bytes = -(-nbytes // 8) * 8
-    if padded_bytes != nbytes:
-        buf = np.zeros((n, padded_bytes), dtype=np.uint8)
-        buf[:, :nbytes] = packed
-        packed = buf
-    return np.ascontiguousarray(packed).view(np.uint64)
+def word_columns(codes: np.ndarray, bits=None) -> np.ndarray:
+    """(W, N) uint64: word w of every code, contiguous (zero-padded to whole words; with
+    ``bits``, the padding bits of the last byte are cleared too)."""
+    n, nbytes = codes.shape
+    nwords = max(1, -(-nbytes // 8))
+    buf = np.zeros((n, nwords * 8), np.uint8)
+    buf[:, :nbytes] = codes
+    if bits is not None and nbytes:
+        buf[:, nbytes - 1] &= np.uint8(padding_mask(bits))
+    return np.ascontiguousarray(buf.view(np.uint64).T)

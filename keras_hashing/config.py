@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import sys
@@ -172,6 +173,10 @@ def validate(cfg: dict) -> dict:
     from keras_hashing.codes import check_bits
     from keras_hashing.methods import canonical_name
 
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
     if not isinstance(cfg["method"], str):
         raise ConfigError(f"method must be a name, got {cfg['method']!r}")
     for key in ("dataset", "backbone"):
@@ -240,6 +245,18 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
         cfg["image_size"] = size
     return cfg
+
+
+def _numbers(node, prefix=""):
+    """(dotted key, value) of every float in a nested config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{prefix}{key}.")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{prefix}{i}.")
+    elif isinstance(node, float):
+        yield prefix.rstrip("."), node
 
 
 def _check_int(cfg, key, low):

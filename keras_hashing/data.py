@@ -530,6 +530,8 @@ def check_images(x, input_shape) -> np.ndarray:
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise DataError(f"images have shape {tuple(x.shape[1:])} but the model expects "
                         f"{tuple(input_shape)} (height, width, channels)")
+    if len(x) == 0:
+        raise DataError("no images given (an empty array)")
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise DataError("images contain NaN or infinite pixels")
     return x

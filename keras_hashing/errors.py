@@ -23,3 +23,7 @@ class IndexFileError(HashingError):
 
 class RunDirError(HashingError):
     """A run directory that lacks what a command needs (model.keras, config.yaml, ...)."""
+
+
+class OutputError(HashingError):
+    """An output path that cannot be written, or that would replace what it must not."""

@@ -35,8 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hashing import __version__
+from keras_hashing.codes import code_bytes
 from keras_hashing.errors import HashingError
-from keras_hashing.fileio import write_json
+from keras_hashing.fileio import check_output_dir, write_json
 from keras_hashing.sources import decode_image
 
 SERVING_SIGNATURE = "serving_default"
@@ -101,6 +102,7 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     if not name or os.sep in name or name.startswith("."):
         raise HashingError(f"model name {name!r} must be a plain folder name")
     model_dir = os.path.join(base, name)
+    check_output_dir(model_dir)
     version = next_version(model_dir) if version is None else int(version)
     if version < 1:
         raise HashingError(f"version must be a positive integer, got {version}")
@@ -108,7 +110,6 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     if os.path.exists(final):
         raise HashingError(f"{final} already exists; TF Serving versions are immutable, pass "
                            f"another --version (next free: {next_version(model_dir)})")
-    os.makedirs(model_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir)
     try:
         export_dir = os.path.join(tmp, "export")
@@ -118,7 +119,7 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = {"name": name, "latest_version": version, "method": model.method_name,
-            "bits": model.bits, "code_bytes": (model.bits + 7) // 8,
+            "bits": model.bits, "code_bytes": code_bytes(model.bits),
             "input_shape": list(model.image_shape), "input_dtype": "float32",
             "signatures": {SERVING_SIGNATURE: {"inputs": ["images"],
                                                "outputs": ["codes", "bits", "embedding"]},
@@ -131,13 +132,13 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
 
 def export_run(run_dir, base="saved_models", name=None, version=None) -> str:
     """Export the model of a run directory; metadata carries its dataset and metrics."""
-    from keras_hashing.training import load_run
+    from keras_hashing.runs import load_run, model_digest
 
     run = load_run(run_dir)
     name = name or os.path.basename(os.path.normpath(run_dir))
     q = run.metrics.get("query", {})
     extra = {"dataset": run.config.get("dataset"), "protocol": run.config.get("protocol"),
-             "run": os.path.abspath(run_dir),
+             "run": os.path.abspath(run_dir), "model_sha256": model_digest(run_dir),
              "metrics": {k: q[k] for k in ("map_all", "map_1000", "p_r2") if k in q}}
     return export_model(run.model, base, name, version, extra)
 

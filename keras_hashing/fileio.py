@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 
-from keras_hashing.errors import HashingError
+from keras_hashing.errors import HashingError, OutputError
 
 
 @contextlib.contextmanager
@@ -31,14 +31,30 @@ def atomic_path(path, suffix: str = ""):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}",
-                               dir=directory)
+    check_output_path(path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create its folder ({e.strerror})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                   suffix=f".tmp{suffix}", dir=directory)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
+    # mkstemp makes the file 0600; a written file gets the permissions of the one it
+    # replaces, else the umask's, as open() would give it.
+    os.chmod(tmp, _mode_for(path))
     os.close(fd)
     try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+        try:
+            yield tmp
+        except OSError as e:  # the writer failed on the temporary file: disk full, ...
+            raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+        try:
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # a disk that filled up, a folder swapped for a file, ...
+            raise OutputError(f"{path}: cannot write ({e.strerror})") from None
         _fsync_dir(directory)
     finally:
         if os.path.exists(tmp):
@@ -53,6 +69,61 @@ def atomic_open(path, mode: str = "wb"):
     with atomic_path(path) as tmp:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
+
+
+def check_output_path(path, inputs=(), kind=None) -> None:
+    """Raise OutputError unless ``path`` can be written as a file: not a folder, not one
+    of ``inputs`` (files the command reads), and, when it exists and ``kind`` is given,
+    a file that ``kind(path)`` accepts as one of its own (the rest is not overwritten).
+
+    Example:
+        >>> check_output_path("/tmp")                       # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        keras_hashing.errors.OutputError: /tmp is a folder; give a file name
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputError(f"{path} is a folder; give a file name")
+    if not os.path.lexists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise OutputError(f"{path}: {parent} is not a folder")
+        return
+    for source in inputs:
+        if os.path.exists(source) and os.path.samefile(source, path):
+            raise OutputError(f"{path} is also an input of this command; write the output "
+                              "to another file (inputs are never overwritten)")
+    if not os.path.isfile(path):
+        raise OutputError(f"{path} exists and is not a regular file; nothing is overwritten")
+    if kind is not None and not kind(path):
+        raise OutputError(f"{path} exists and is not a file this command writes; nothing is "
+                          "overwritten (choose another name or delete it)")
+
+
+def check_output_dir(path) -> None:
+    """Create the folder ``path`` (and its parents) for outputs, or raise OutputError."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{path} exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create the folder ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the folder is not writable")
+
+
+def file_starts_with(prefix: bytes):
+    """A ``kind`` test for ``check_output_path``: files whose first bytes are ``prefix``."""
+    def kind(path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(prefix)) == prefix
+        except OSError:
+            return False
+    return kind
 
 
 def write_bytes(path, data: bytes) -> None:
@@ -80,6 +151,26 @@ def read_json(path):
         raise HashingError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     except OSError as e:
         raise HashingError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _mode_for(path) -> int:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # read without changing it (os.umask sets it, racing other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path) -> None:

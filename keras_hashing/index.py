@@ -30,29 +30,15 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
-import struct
-import zlib
-
 import numpy as np
 
 from . import codes as codes_lib
-from . import scan
-from .errors import HashingError, IndexFileError
-from .fileio import atomic_open
+from . import index_file, scan
+from .errors import HashingError
 
-MAGIC = b"KHASHIDX"
-FORMAT_VERSION = 2
-# magic, version, bits, count, ids_kind, labels_kind, labels_dim, paths_len, meta_len,
-# payload_len, crc32 (of the payload: codes | ids | labels | paths JSON | metadata JSON)
-_HEADER = struct.Struct("<8sHIQBBIQIQI")
-HEADER_FIELDS = ("magic", "version", "bits", "count", "ids_kind", "labels_kind",
-                 "labels_dim", "paths_len", "meta_len", "payload_len", "crc32")
-_IDS_POSITIONS, _IDS_INT64 = 0, 1
-_LABELS_NONE, _LABELS_SINGLE, _LABELS_MULTI = 0, 1, 2
 METHODS = ("flat", "mih")
-_CRC_CHUNK = 1 << 24
+# Metadata that names the model whose codes an index holds (written by `index build`).
+ENCODER_KEYS = ("model_sha256", "method", "model")
 
 
 class HammingIndex:
@@ -233,6 +219,11 @@ class HammingIndex:
         bits = {s.bits for s in shards}
         if len(bits) != 1:
             raise HashingError(f"cannot merge indexes of different bit lengths {sorted(bits)}")
+        for key in ENCODER_KEYS:  # codes of different models are not comparable
+            values = {str(s.metadata[key]) for s in shards if s.metadata.get(key) is not None}
+            if len(values) > 1:
+                raise HashingError(f"cannot merge indexes built by different models ({key}: "
+                                   f"{', '.join(sorted(values))}); rebuild them with one")
         out = cls(shards[0].bits, method=method)
         for shard in shards:
             out.add(shard.codes, ids=shard.ids, labels=shard.labels, paths=shard.paths)
@@ -281,6 +272,7 @@ class HammingIndex:
         if len(self) == 0:
             return np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.int32), np.zeros(
                 0, np.int64)
+        radius = min(int(radius), self.bits)  # no code is farther than its length
         if self.method == "mih":
             lims, dist, pos = self._multi_index().within_radius(queries, int(radius))
         else:
@@ -288,40 +280,12 @@ class HammingIndex:
                                                  threads=self.threads)
         return lims, dist, self._ids_of(pos)
 
-    # -- persistence --------------------------------------------------------------------
+    # -- persistence (the file format is keras_hashing.index_file) ---------------------
     def save(self, path) -> None:
-        """Write the index to ``path`` atomically (temp file, fsync, rename).
-
-        Sections are streamed with a running CRC32, so saving needs no second copy of
-        the codes in memory.
-        """
+        """Write the index to ``path`` atomically (temp file, fsync, rename)."""
         positional = self._ids is None or bool(np.array_equal(self._ids, np.arange(len(self))))
-        labels_kind, labels_dim, labels_bytes = _LABELS_NONE, 0, b""
-        if self._labels is not None:
-            if self._labels.ndim == 2:
-                labels_kind, labels_dim = _LABELS_MULTI, self._labels.shape[1]
-                labels_bytes = np.ascontiguousarray(self._labels, np.uint8)
-            else:
-                labels_kind, labels_bytes = _LABELS_SINGLE, self._labels.astype("<i8")
-        paths = (json.dumps(self._paths, ensure_ascii=False).encode("utf-8")
-                 if self._paths is not None else b"")
-        meta = json.dumps(self.metadata, sort_keys=True).encode("utf-8")
-        sections = [np.ascontiguousarray(self._codes, np.uint8),
-                    b"" if positional else self._ids.astype("<i8"), labels_bytes, paths, meta]
-        payload_len = sum(memoryview(s).nbytes for s in sections)
-        crc = 0
-        with atomic_open(path, "wb") as f:
-            f.write(b"\0" * _HEADER.size)  # rewritten below, once the CRC is known
-            for section in sections:
-                view = memoryview(section).cast("B")
-                for start in range(0, len(view), _CRC_CHUNK):
-                    chunk = view[start:start + _CRC_CHUNK]
-                    crc = zlib.crc32(chunk, crc)
-                    f.write(chunk)
-            f.seek(0)
-            f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, self.bits, len(self),
-                                 _IDS_POSITIONS if positional else _IDS_INT64, labels_kind,
-                                 labels_dim, len(paths), len(meta), payload_len, crc))
+        index_file.write(path, self.bits, self._codes, None if positional else self._ids,
+                         self._labels, self._paths, self.metadata)
 
     @classmethod
     def load(cls, path, mmap=False, verify=None, method="flat", tables=None,
@@ -334,81 +298,15 @@ class HammingIndex:
                 them: opening is instant whatever the size, and a search pages in one
                 block at a time. ``add``/``remove`` then build an in-memory copy.
             verify: check the payload CRC32 (default: True, except with ``mmap``, where it
-                would read the whole file; pass True to stream it through anyway).
+                would read the whole file; pass True to stream it through anyway). The
+                header's checksum is always checked.
         """
-        path = os.fspath(path)
         verify = (not mmap) if verify is None else bool(verify)
-        try:
-            size = os.path.getsize(path)
-            with open(path, "rb") as f:
-                raw_header = f.read(_HEADER.size)
-        except OSError as e:
-            raise IndexFileError(f"{path}: cannot read index file ({e.strerror})") from None
-        if len(raw_header) < _HEADER.size:
-            raise IndexFileError(f"{path}: truncated index file ({size} bytes, header "
-                                 f"alone is {_HEADER.size}); rebuild it with "
-                                 "`keras-hashing index build`")
-        h = dict(zip(HEADER_FIELDS, _HEADER.unpack(raw_header)))
-        if h["magic"] != MAGIC:
-            raise IndexFileError(f"{path}: not a keras-hashing index (bad magic "
-                                 f"{h['magic']!r})")
-        if h["version"] != FORMAT_VERSION:
-            raise IndexFileError(f"{path}: index format version {h['version']} is not "
-                                 f"supported (this keras-hashing reads version "
-                                 f"{FORMAT_VERSION}); rebuild it with `keras-hashing index "
-                                 "build`")
-        try:
-            code_size = codes_lib.code_bytes(h["bits"])
-        except HashingError as e:
-            raise IndexFileError(f"{path}: bad bit length in header: {e}") from None
-        if h["ids_kind"] not in (_IDS_POSITIONS, _IDS_INT64):
-            raise IndexFileError(f"{path}: unknown ids kind {h['ids_kind']} in header")
-        if h["labels_kind"] not in (_LABELS_NONE, _LABELS_SINGLE, _LABELS_MULTI):
-            raise IndexFileError(f"{path}: unknown labels kind {h['labels_kind']} in header")
-        count = h["count"]
-        label_size = {_LABELS_NONE: 0, _LABELS_SINGLE: 8,
-                      _LABELS_MULTI: h["labels_dim"]}[h["labels_kind"]]
-        id_size = 8 if h["ids_kind"] == _IDS_INT64 else 0
-        expected = count * (code_size + id_size + label_size) + h["paths_len"] + h["meta_len"]
-        if h["payload_len"] != expected or size - _HEADER.size != expected:
-            raise IndexFileError(
-                f"{path}: truncated or corrupt index file: header says {count} codes "
-                f"({expected} payload bytes), file holds {size - _HEADER.size}")
-        if verify:
-            crc = _file_crc(path, _HEADER.size)
-            if crc != h["crc32"]:
-                raise IndexFileError(f"{path}: checksum mismatch: the file is corrupt")
-        offsets = np.cumsum([_HEADER.size, count * code_size, count * id_size,
-                             count * label_size, h["paths_len"]])
-        index = cls(h["bits"], method=method, tables=tables, threads=threads)
-
-        def section(i, dtype, shape):
-            if int(np.prod(shape)) == 0:
-                return np.zeros(shape, dtype)
-            if mmap:
-                return np.memmap(path, dtype=dtype, mode="r", offset=int(offsets[i]),
-                                 shape=shape)
-            with open(path, "rb") as f:
-                f.seek(int(offsets[i]))
-                return np.frombuffer(f.read(int(np.prod(shape)) * np.dtype(dtype).itemsize),
-                                     dtype).reshape(shape).copy()
-
-        index._codes = section(0, np.uint8, (count, code_size))
-        index._ids = section(1, "<i8", (count,)) if id_size else None
-        if h["labels_kind"] == _LABELS_SINGLE:
-            index._labels = section(2, "<i8", (count,))
-        elif h["labels_kind"] == _LABELS_MULTI:
-            index._labels = section(2, np.uint8, (count, h["labels_dim"]))
-        with open(path, "rb") as f:
-            f.seek(int(offsets[3]))
-            paths_raw = f.read(h["paths_len"])
-            meta_raw = f.read(h["meta_len"])
-        index.metadata = _json_block(path, meta_raw, dict, "metadata", {})
-        paths = _json_block(path, paths_raw, list, "paths", None)
-        if paths is not None and len(paths) != count:
-            raise IndexFileError(f"{path}: the paths block holds {len(paths)} paths for "
-                                 f"{count} codes")
-        index._paths = paths
+        fields = index_file.read(path, mmap=mmap, verify=verify)
+        index = cls(fields["bits"], method=method, tables=tables, threads=threads)
+        index._codes, index._ids = fields["codes"], fields["ids"]
+        index._labels, index._paths = fields["labels"], fields["paths"]
+        index.metadata = fields["metadata"]
         return index
 
     def get_config(self) -> dict:
@@ -420,25 +318,3 @@ class HammingIndex:
 def _duplicates(ids) -> list:
     values, counts = np.unique(ids, return_counts=True)
     return values[counts > 1].tolist()
-
-
-def _file_crc(path, offset) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        f.seek(offset)
-        while chunk := f.read(_CRC_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-def _json_block(path, raw: bytes, kind, name, empty):
-    if not raw:
-        return empty
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        value = None
-    if not isinstance(value, kind):
-        raise IndexFileError(f"{path}: the {name} block is not a JSON "
-                             f"{'object' if kind is dict else 'list'}")
-    return value

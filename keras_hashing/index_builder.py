@@ -29,9 +29,10 @@ import time
 import numpy as np
 
 from keras_hashing import codes as codes_lib
-from keras_hashing.errors import IndexFileError
-from keras_hashing.fileio import read_json, write_json
+from keras_hashing.errors import IndexFileError, OutputError
+from keras_hashing.fileio import check_output_path, read_json, write_json
 from keras_hashing.index import HammingIndex
+from keras_hashing.index_file import is_index_file
 
 STATE = "state.json"
 FILES = {"codes": "codes.bin", "labels": "labels.bin", "paths": "paths.jsonl"}
@@ -60,9 +61,19 @@ class IndexBuilder:
                       "rows": 0, "bytes": {k: 0 for k in FILES}, "labels_shape": None,
                       "skipped": []}
         self.resumed = False
+        # Only an index file may be replaced, and never the file being read.
+        check_output_path(self.out, kind=is_index_file)
         if os.path.exists(os.path.join(self.work, STATE)):
             self._resume()
-        os.makedirs(self.work, exist_ok=True)
+        elif os.path.lexists(self.work) and (not os.path.isdir(self.work) or
+                                             os.listdir(self.work)):
+            raise IndexFileError(f"{self.work} exists and is not an interrupted build; move "
+                                 "it away or choose another --out")
+        try:
+            os.makedirs(self.work, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{self.work}: cannot create the build folder "
+                              f"({e.strerror})") from None
         self._files = {}
 
     @property
@@ -75,6 +86,9 @@ class IndexBuilder:
 
     def _resume(self):
         state = read_json(self._path(STATE))
+        if not _valid_state(state):
+            raise IndexFileError(f"{self._path(STATE)} is not a build state; delete "
+                                 f"{self.work} to start over")
         if state.get("fingerprint") != self.fingerprint or state.get("bits") != self.bits:
             raise IndexFileError(
                 f"{self.work} holds an interrupted build of other inputs (another run, "
@@ -164,3 +178,16 @@ class IndexBuilder:
     @property
     def skipped(self) -> list:
         return list(self.state["skipped"])
+
+
+def _valid_state(state) -> bool:
+    """Whether a state file has the fields and types a resume relies on."""
+    if not isinstance(state, dict):
+        return False
+    sizes = state.get("bytes")
+    return (isinstance(sizes, dict)
+            and all(isinstance(sizes.get(k), int) and sizes[k] >= 0 for k in FILES)
+            and isinstance(state.get("consumed"), int) and state["consumed"] >= 0
+            and isinstance(state.get("rows"), int) and state["rows"] >= 0
+            and isinstance(state.get("skipped"), list)
+            and (state.get("labels_shape") is None or isinstance(state["labels_shape"], list)))

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from keras_hashing.fileio import atomic_path
+from keras_hashing.fileio import atomic_path, check_output_dir
 
 WRONG_COLOR = "#d62728"
 RIGHT_COLOR = "#2ca02c"
@@ -152,13 +152,13 @@ def plot_retrieval_grid(query_images, neighbour_images, path, query_labels=None,
 
 
 def plot_run(run, splits, out_dir, num_queries=8, k=10) -> dict:
-    """Every picture of one run (``training.Run``) on its dataset; returns name -> path."""
+    """Every picture of one run (``runs.Run``) on its dataset; returns name -> path."""
     from keras_hashing import evaluation
     from keras_hashing.codes import pack_bits
     from keras_hashing.index import HammingIndex
 
     model = run.model
-    os.makedirs(out_dir, exist_ok=True)
+    check_output_dir(out_dir)
     label = f"{model.method_name} {model.bits} bits"
     qb = model.encode(splits.query.x)
     db_bits = model.encode_bits(splits.database.x)

@@ -14,8 +14,8 @@ Results equal a full sort by (distance, position): exact distances, ties by posi
 
 Example:
     >>> import numpy as np
-    >>> db = Database(np.array([[0b1111], [0b0001], [0b0000]], np.uint8), bits=4)
-    >>> d, pos = top_k(db, np.array([[0b0000]], np.uint8), k=2)
+    >>> db = Database(np.array([[0b11110000], [0b00010000], [0]], np.uint8), bits=4)
+    >>> d, pos = top_k(db, np.array([[0]], np.uint8), k=2)
     >>> d.tolist(), pos.tolist()
     ([[0, 1]], [[2, 1]])
 """
@@ -26,6 +26,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .codes import word_columns
+from .errors import HashingError
+
+MAX_THREADS = 256
 
 # Database codes per block and queries per block. Measured on the 2-core box (1M codes,
 # 1000 queries, k = 100, tools/bench_search.py's data; seconds, 1 / 2 threads, 64 bits):
@@ -64,7 +69,10 @@ def default_threads() -> int:
     """KH_SEARCH_THREADS, else the CPUs this process may use."""
     env = os.environ.get("KH_SEARCH_THREADS")
     if env:
-        return max(1, int(env))
+        if not env.strip().isdigit() or not 1 <= int(env) <= MAX_THREADS:
+            raise HashingError(f"KH_SEARCH_THREADS must be an integer in 1..{MAX_THREADS}, "
+                               f"got {env!r}")
+        return int(env)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -88,7 +96,7 @@ class Database:
         self.bits = int(bits)
         self.n = self.codes.shape[0]
         self.nwords = max(1, -(-self.codes.shape[1] // 8))
-        self.words = word_columns(self.codes) if in_memory else None
+        self.words = word_columns(self.codes, self.bits) if in_memory else None
         # Distances above 255 need 16 bits (more than 255 bits, i.e. 4+ words).
         self.dist_dtype = np.uint8 if self.bits <= 255 else np.uint16
 
@@ -96,16 +104,7 @@ class Database:
         """(W, stop - start) uint64 words of codes start:stop."""
         if self.words is not None:
             return self.words[:, start:stop]
-        return word_columns(np.asarray(self.codes[start:stop]))
-
-
-def word_columns(codes: np.ndarray) -> np.ndarray:
-    """(W, N) uint64: word w of every code, contiguous (zero-padded to whole words)."""
-    n, nbytes = codes.shape
-    nwords = max(1, -(-nbytes // 8))
-    buf = np.zeros((n, nwords * 8), np.uint8)
-    buf[:, :nbytes] = codes
-    return np.ascontiguousarray(buf.view(np.uint64).T)
+        return word_columns(np.asarray(self.codes[start:stop]), self.bits)
 
 
 def _block_distances(qwords, db, start, stop, out, tmp, counts):

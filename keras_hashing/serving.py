@@ -20,14 +20,15 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import json
+import math
 import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import numpy as np
 
@@ -66,6 +67,19 @@ class MalformedResponseError(ServingError):
     """The server answered something that is not TF Serving's JSON."""
 
 
+def _number(name, value, low, high, low_open=True) -> float:
+    """``value`` as a float in (low, high] (or [low, high]), else a HashingError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and (number > low if low_open else number >= low)
+            and number <= high):
+        raise HashingError(f"{name} must be a number in {'(' if low_open else '['}{low}, "
+                           f"{high}], got {value!r}")
+    return number
+
+
 class TFServingClient:
     """Client of one model on a TF Serving REST endpoint.
 
@@ -73,7 +87,7 @@ class TFServingClient:
         url: base URL, e.g. ``http://localhost:8501``.
         model_name: the served model's name.
         version: a fixed version, or None for the latest.
-        timeout: seconds for each HTTP request (connect + read).
+        timeout: seconds for each HTTP exchange, whole (connect, headers and body).
         retries: extra attempts on 5xx / connection refused / truncated answers.
         backoff: first retry delay in seconds; doubles on each retry.
     """
@@ -85,9 +99,9 @@ class TFServingClient:
         self.url = url.rstrip("/")
         self.model_name = model_name
         self.version = version
-        self.timeout = float(timeout)
-        self.retries = int(retries)
-        self.backoff = float(backoff)
+        self.timeout = _number("timeout", timeout, 0, 86400)
+        self.retries = int(_number("retries", retries, 0, 100, low_open=False))
+        self.backoff = _number("backoff", backoff, 0, 60, low_open=False)
         self._bits = None
 
     # -- REST verbs -----------------------------------------------------------------------
@@ -190,65 +204,74 @@ class TFServingClient:
         raise AssertionError("unreachable")
 
     def _once(self, method, path, data) -> dict:
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        """One HTTP exchange, bounded as a whole by ``timeout``: a watchdog shuts the
+        socket at the deadline, so neither slow headers nor a trickled body can hold
+        the client (a socket timeout alone restarts with every byte)."""
         where = f"{method} {self.url}{path}"
-        deadline = time.monotonic() + self.timeout
+        parsed = urllib.parse.urlparse(self.url)
+        connection = (http.client.HTTPSConnection if parsed.scheme == "https"
+                      else http.client.HTTPConnection)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = _read_before(resp, deadline, where, self.timeout)
-        except urllib.error.HTTPError as e:
-            raise self._http_error(e, where) from None
+            conn = connection(parsed.hostname, parsed.port, timeout=self.timeout)
+        except ValueError as e:  # a bad port
+            raise HashingError(f"serving URL {self.url!r}: {e}") from None
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.request(method, parsed.path.rstrip("/") + path, body=data,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            raw = resp.read()
+            status, reason = resp.status, resp.reason
         except http.client.IncompleteRead as e:
-            raise _Truncated(str(e)) from None
-        except (socket.timeout, TimeoutError):
-            raise ServingTimeoutError(f"{where}: no answer within {self.timeout:g} s") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                raise ServingTimeoutError(f"{where}: no answer within {self.timeout:g} s") \
-                    from None
-            raise ServingUnavailableError(f"{where}: cannot connect ({e.reason}); is TF "
+            if expired.is_set():
+                raise self._timeout(where) from None
+            raise _Truncated(f"{len(e.partial)} bytes, then the connection closed") from None
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set() or isinstance(e, (socket.timeout, TimeoutError)):
+                raise self._timeout(where) from None
+            if isinstance(e, http.client.HTTPException) and \
+                    not isinstance(e, http.client.RemoteDisconnected):
+                raise MalformedResponseError(f"{where}: not an HTTP answer ({e})") from None
+            reason = getattr(e, "strerror", None) or e
+            raise ServingUnavailableError(f"{where}: cannot connect ({reason}); is TF "
                                           "Serving running there?") from None
-        except (ConnectionError, http.client.HTTPException) as e:
-            raise ServingUnavailableError(f"{where}: connection failed ({e})") from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if expired.is_set():
+            raise self._timeout(where)
+        if status >= 400:
+            raise self._http_error(status, reason, raw, where)
         return _parse_json(raw, where)
 
-    def _http_error(self, e, where) -> ServingError:
-        try:
-            body = e.read()
-        except (OSError, http.client.HTTPException):
-            body = b""
+    def _timeout(self, where) -> ServingTimeoutError:
+        return ServingTimeoutError(f"{where}: no complete answer within {self.timeout:g} s")
+
+    @staticmethod
+    def _http_error(status, reason, body, where) -> ServingError:
         try:
             message = json.loads(body).get("error", "")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             message = body[:200].decode("utf-8", "replace")
-        message = f"{where}: HTTP {e.code}: {message or e.reason}"
-        if e.code >= 500:  # TF Serving answers 5xx while loading or overloaded: retry
-            return ServingUnavailableError(message, status=e.code)
-        cls = {400: BadRequestError, 404: ModelNotFoundError}.get(e.code, ServingError)
-        return cls(message, status=e.code)
+        message = f"{where}: HTTP {status}: {message or reason}"
+        # 5xx: loading or overloaded; 429: too many requests. Both pass: retry.
+        if status >= 500 or status == 429:
+            return ServingUnavailableError(message, status=status)
+        cls = {400: BadRequestError, 404: ModelNotFoundError}.get(status, ServingError)
+        return cls(message, status=status)
 
 
 class _Truncated(Exception):
     pass
-
-
-def _read_before(resp, deadline, where, timeout) -> bytes:
-    """Read the body in chunks, giving up at ``deadline``: the socket timeout alone
-    restarts with every byte, so a server that trickles could hold us forever."""
-    chunks = []
-    while True:
-        if time.monotonic() > deadline:
-            raise ServingTimeoutError(f"{where}: no complete answer within {timeout:g} s")
-        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    length = resp.headers.get("Content-Length")
-    if length is not None and length.isdigit() and len(raw) < int(length):
-        raise _Truncated(f"{len(raw)} of {length} bytes")
-    return raw
 
 
 def _parse_json(raw, where) -> dict:
@@ -256,6 +279,8 @@ def _parse_json(raw, where) -> dict:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MalformedResponseError(f"{where}: answer is not JSON: {raw[:100]!r}") from None
+    except RecursionError:
+        raise MalformedResponseError(f"{where}: answer nests JSON too deeply") from None
     if not isinstance(obj, dict):
         raise MalformedResponseError(f"{where}: answer is not a JSON object")
     if "error" in obj:

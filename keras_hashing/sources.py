@@ -303,11 +303,51 @@ def warn(message: str) -> None:
 
 
 # -- tf.data ------------------------------------------------------------------------------
-def decode_image(contents, image_size, channels):
-    """Encoded bytes -> uint8 (H, W, C) resized (bilinear, antialiased when shrinking)."""
+# Decompression bombs: a few MB of PNG can declare 60,000 x 60,000 pixels (10 GB decoded).
+# Files declaring more than PIL's own error threshold are refused before decoding.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+
+def declared_pixels(contents):
+    """Width x height that a PNG, JPEG, GIF or BMP header declares (0 for other formats),
+    read from the header without decoding (tensor ops, for tf.data)."""
     import tensorflow as tf
 
-    img = tf.io.decode_image(contents, channels=int(channels), expand_animations=False)
+    def number(offset, length, big_endian):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, length), tf.uint8),
+                      tf.int64)
+        raw = tf.ensure_shape(raw, [length])
+        weights = [256 ** i for i in range(length)]
+        return tf.reduce_sum(raw * tf.constant(weights[::-1] if big_endian else weights,
+                                               tf.int64))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
+        return shape[0] * shape[1]
+
+    head = tf.strings.substr(contents, 0, 8)
+    return tf.case([
+        (tf.equal(head, b"\x89PNG\r\n\x1a\n"),
+         lambda: number(16, 4, True) * number(20, 4, True)),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"), jpeg),
+        (tf.equal(tf.strings.substr(head, 0, 3), b"GIF"),
+         lambda: number(6, 2, False) * number(8, 2, False)),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
+         lambda: number(18, 4, False) * tf.abs(number(22, 4, False) - tf.cast(
+             number(22, 4, False) >= 2**31, tf.int64) * 2**32)),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
+
+def decode_image(contents, image_size, channels):
+    """Encoded bytes -> uint8 (H, W, C) resized (bilinear, antialiased when shrinking).
+    A file declaring more than MAX_IMAGE_PIXELS fails (as an unreadable one does)."""
+    import tensorflow as tf
+
+    small_enough = tf.debugging.assert_less_equal(
+        declared_pixels(contents), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message="image declares too many pixels")
+    with tf.control_dependencies([small_enough]):
+        img = tf.io.decode_image(contents, channels=int(channels), expand_animations=False)
     img = tf.image.resize(img, [int(image_size[0]), int(image_size[1])], antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
 
@@ -358,9 +398,10 @@ def handle_bad_images(ds, on_bad_image):
 
 def bad_image(path) -> DataError:
     """The error for one image file that cannot be read or decoded."""
-    return DataError(f"{path}: cannot read image (missing, unreadable, truncated or not an "
-                     "image); fix or remove it, or pass --on-bad-image skip (config "
-                     "on_bad_image: skip) to leave such images out")
+    return DataError(f"{path}: cannot read image (missing, unreadable, truncated, not an "
+                     f"image, or over {MAX_IMAGE_PIXELS // 10**6} megapixels); fix or remove it, "
+                     "or pass --on-bad-image skip (config on_bad_image: skip) to leave such "
+                     "images out")
 
 
 def bad_image_error(exc):

@@ -204,10 +204,12 @@ def index_from_model(run_path, model, split, out, source: dict, batch_size=256, 
     and is saved in the index metadata with the run and the model's image shape.
     Returns (index, skipped paths, resumed from).
     """
-    model_file = os.path.join(run_path, "model.keras")
-    encoder = {"run": os.path.abspath(run_path), "model_bytes": os.path.getsize(model_file),
-               "model_mtime": os.path.getmtime(model_file)}
+    from keras_hashing.runs import model_digest
+
+    digest = model_digest(run_path)
+    encoder = {"run": os.path.abspath(run_path), "model_sha256": digest}
     metadata = {"run": os.path.abspath(run_path), "method": model.method_name,
+                "model_sha256": digest,
                 "image_size": list(model.image_shape[:2]), "channels": model.image_shape[2],
                 **source}
     return build_index(split, out, model.bits, model_batches(model, split, batch_size, verbose),

@@ -1,11 +1,4 @@
-"""Fit a run, evaluate it, and read it back.
-
-A run directory holds everything needed to use a trained model again:
-
-    RUN/model.keras     the model (architecture + weights), loadable with keras.saving
-    RUN/config.yaml     the resolved configuration
-    RUN/metrics.json    query/database metrics, validation history, timings
-    RUN/logs/           TensorBoard event files
+"""Fit a run and evaluate it; the run directory itself is ``keras_hashing.runs``.
 
 Example:
     >>> from keras_hashing.config import resolve_config
@@ -17,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -26,37 +18,12 @@ import time
 import keras
 import numpy as np
 
-from keras_hashing import __version__, config as config_lib
-from keras_hashing import custom_loop, evaluation
-from keras_hashing.codes import code_bytes
+from keras_hashing import __version__, custom_loop, evaluation
 from keras_hashing.data import DatasetSplits, load_dataset, make_tf_dataset
 from keras_hashing.errors import ConfigError, RunDirError
-from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
 from keras_hashing.methods import get_method
-
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-BACKUP_DIR = "backup"
-
-
-@dataclasses.dataclass
-class Run:
-    path: str
-    model: keras.Model
-    config: dict
-    metrics: dict
-
-
-def default_run_dir(cfg: dict, base="runs") -> str:
-    """runs/<method>_<dataset>_<bits>b, with _2, _3, ... if that run already exists."""
-    dataset = "".join(c if c.isalnum() else "_" for c in cfg["dataset"]).strip("_")
-    stem = os.path.join(base, f"{cfg['method'].replace('-', '_')}_{dataset}_{cfg['bits']}b")
-    path, n = stem, 1
-    while os.path.exists(os.path.join(path, MODEL_FILE)):
-        n += 1
-        path = f"{stem}_{n}"
-    return path
+from keras_hashing.runs import (BACKUP_DIR, LOGS_DIR, Run, RunWriter, check_writable,
+                                default_run_dir, load_run)
 
 
 def load_splits(cfg: dict) -> DatasetSplits:
@@ -199,6 +166,7 @@ def make_strategy(cfg: dict):
 
     kind = cfg["strategy"]
     if kind == "multiworker":
+        check_tf_config()
         # The cluster comes from TF_CONFIG (without it: one local worker). Keras' fit
         # does not run under this strategy; training.fit uses custom_loop instead.
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -217,6 +185,30 @@ def make_strategy(cfg: dict):
     return tf.distribute.get_strategy()
 
 
+def check_tf_config() -> None:
+    """Raise ConfigError unless TF_CONFIG (if set) describes a cluster and this task."""
+    import json
+
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return
+    try:
+        tf_config = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not (isinstance(cluster, dict) and all(
+            isinstance(v, list) and all(isinstance(a, str) for a in v)
+            for v in cluster.values())):
+        raise ConfigError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...]}')
+    if not (isinstance(task, dict) and task.get("type") in cluster and
+            isinstance(task.get("index"), int) and not isinstance(task["index"], bool) and
+            0 <= task["index"] < len(cluster[task["type"]])):
+        raise ConfigError('TF_CONFIG needs "task": {"type": "worker", "index": I} naming one '
+                          "of its cluster's tasks")
+
+
 def jit_compile_default():
     """XLA off on CPU (tools/bench_train.py on the 2-core box: SSDH 1,021 images/s without,
     615 with; the plain classifier 978 vs 892), Keras' "auto" where a GPU is visible."""
@@ -225,50 +217,41 @@ def jit_compile_default():
     return "auto" if tf.config.list_logical_devices("GPU") else False
 
 
-def fit(cfg: dict, out=None, verbose="auto", splits=None) -> Run:
-    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory."""
+def fit(cfg: dict, out=None, verbose="auto", splits=None, restart=False,
+        force=False) -> Run:
+    """Train the method of ``cfg`` (a resolved config), evaluate it, write the run directory.
+
+    The run directory is written as a transaction (``keras_hashing.runs``): rerunning the
+    same call after a kill resumes it. ``restart`` starts an interrupted or finished run
+    in ``out`` over; ``force`` writes into a folder that is not a run.
+    """
     strategy = make_strategy(cfg)
     out = out or default_run_dir(cfg)
-    if os.path.exists(os.path.join(out, MODEL_FILE)):
-        raise RunDirError(f"{out} already holds a finished run; choose another --out or delete "
-                          "it (nothing is overwritten)")
+    # Under multiworker only the chief writes `out`; the others log to a scratch folder.
+    chief = custom_loop.is_chief(strategy)
+    if chief:
+        check_writable(out, cfg, restart, force)  # before minutes of data loading
     keras.utils.set_random_seed(cfg["seed"])
     splits = splits or load_splits(cfg)
     with strategy.scope():
         model = build_model(cfg, splits)
-    # Under multiworker only the chief writes `out`; the others log to a scratch folder.
-    chief = custom_loop.is_chief(strategy)
     if chief:
-        # Only once data and model are good: bad input must not leave an empty run dir.
-        created = _first_missing_ancestor(out)  # what makedirs creates (runs/ too)
-        os.makedirs(out, exist_ok=True)
-        try:
-            return _with_data_errors(_train_and_save, cfg, out, out, strategy, model, splits,
-                                     verbose)
-        except BaseException:
-            # A run that fails before its first epoch is saved (a bad image in a streamed
-            # collection) leaves nothing behind; one with a backup stays resumable.
-            if created and not os.path.exists(os.path.join(out, BACKUP_DIR)):
-                shutil.rmtree(created, ignore_errors=True)
-            raise
+        with RunWriter(out, cfg, restart=restart, force=force) as writer:
+            try:
+                return _with_data_errors(_train_and_save, cfg, writer, out, strategy, model,
+                                         splits, verbose)
+            except BaseException:
+                # A run that fails before its first epoch is saved (a bad image in a
+                # streamed collection) leaves nothing behind; one with a backup stays
+                # resumable.
+                writer.discard()
+                raise
     work = tempfile.mkdtemp(prefix="keras-hashing-worker-")
     try:
-        return _with_data_errors(_train_and_save, cfg, out, work, strategy, model, splits,
-                                 verbose)
+        return _with_data_errors(_train_and_save, cfg, None, work, strategy, model, splits,
+                                 verbose, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _first_missing_ancestor(path):
-    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
-    path = os.path.abspath(path)
-    missing = None
-    while not os.path.exists(path):
-        missing, parent = path, os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
 
 
 def _with_data_errors(fn, *args):
@@ -286,11 +269,13 @@ def _with_data_errors(fn, *args):
         raise error from None
 
 
-def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
-    """fit's training, evaluation and (on the chief, where work == out) the run files."""
+def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=None) -> Run:
+    """fit's training, evaluation and (on the chief, which has a RunWriter) the run files;
+    ``work`` is where logs go (the run, or a worker's scratch folder)."""
     from keras_hashing.callbacks import RetrievalValidation, TrainingBackup
 
-    chief = work == out
+    chief = writer is not None
+    out = writer.path if chief else out
     steps = cfg["steps_per_epoch"] or -(-len(splits.train) // cfg["batch_size"])
     with strategy.scope():
         model.compile(optimizer=make_optimizer(cfg, steps, model.backbone.trainable_variables),
@@ -310,13 +295,18 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
             raise RunDirError(f"the workers would resume from epochs {low} to {high}: give "
                               f"every worker the chief's run directory (a shared {out}) or "
                               "delete its backup folder to start over")
-    callbacks = _callbacks(cfg, model, splits, os.path.join(work, "logs"), validation, backup)
+    callbacks = _callbacks(cfg, model, splits, os.path.join(work, LOGS_DIR), validation, backup)
     if initial_epoch and verbose:
         print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
     if not initial_epoch:  # a resumed run has its state (BDNN's B table) in the backup
         model.before_fit(splits, seed=cfg["seed"])
-    if model.gradient_training:
+    if backup.training_done:
+        # Killed after training ended (during evaluation or the save): the backup holds
+        # the final state, early stopping included; only the best epoch is to restore.
+        validation.set_model(model)
+        validation.on_train_end()
+    elif model.gradient_training:
         _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
@@ -343,13 +333,13 @@ def _train_and_save(cfg, out, work, strategy, model, splits, verbose) -> Run:
                                     else type(strategy).__name__),
                            "replicas": int(strategy.num_replicas_in_sync)}
     if chief:
-        save_run(out, model, cfg, metrics)
+        writer.finish(model, metrics)
     return Run(out, model, cfg, metrics)
 
 
 def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
     """fit's callbacks, in the order they must run."""
-    from keras_hashing.callbacks import BackboneWarmup, HashingTensorBoard
+    from keras_hashing.callbacks import BackboneWarmup, HashingTensorBoard, StopOnNonFinite
 
     # Order matters: validation adds val_map to the logs the others read; the backup
     # must come after validation so it saves the updated selection state.
@@ -361,8 +351,9 @@ def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
     if cfg["patience"]:
         callbacks.append(keras.callbacks.EarlyStopping("val_map", patience=cfg["patience"],
                                                        mode="max"))
-    # The method's own callbacks (BDNN's B step) run first, so the backup saves their state.
-    return model.training_callbacks(splits) + callbacks
+    # The method's own callbacks (BDNN's B step) run first, so the backup saves their
+    # state; the divergence check before all, so no epoch end backs up NaN weights.
+    return [StopOnNonFinite()] + model.training_callbacks(splits) + callbacks
 
 
 def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose):
@@ -452,41 +443,3 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                         "map_1000_euclidean": euclid["map_1000"],
                         "p_r2_euclidean": euclid["p_r2"], "euclidean_k": k})
     return metrics
-
-
-def save_run(path, model, cfg, metrics) -> None:
-    os.makedirs(path, exist_ok=True)
-    with atomic_path(os.path.join(path, MODEL_FILE), suffix=".keras") as tmp:
-        model.save(tmp)
-    write_text(os.path.join(path, CONFIG_FILE), config_lib.dump(cfg))
-    write_json(os.path.join(path, METRICS_FILE), metrics)
-
-
-def load_run(path, need_metrics=False) -> Run:
-    """Read a run directory; a missing or unreadable file raises RunDirError naming it."""
-    if not os.path.isdir(path):
-        raise RunDirError(f"run directory {path} does not exist; train one with "
-                          "`keras-hashing fit --out DIR`")
-    model_path = os.path.join(path, MODEL_FILE)
-    if not os.path.isfile(model_path):
-        raise RunDirError(f"{path} has no {MODEL_FILE}; is it a finished keras-hashing run?")
-    cfg = config_lib.load_yaml(os.path.join(path, CONFIG_FILE))
-    try:
-        get_method(cfg.get("method", "ssdh"))  # registers the class before loading
-        model = keras.saving.load_model(model_path)
-    except Exception as e:  # Keras raises many types for a bad file
-        raise RunDirError(f"{model_path}: cannot load the model ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    metrics_path = os.path.join(path, METRICS_FILE)
-    metrics = read_json(metrics_path) if (need_metrics or os.path.exists(metrics_path)) else {}
-    return Run(path, model, cfg, metrics)
-
-
-def check_code_length(model, bits: int, what: str) -> None:
-    """Raise CodeLengthError when a model's codes do not match ``bits`` of ``what``."""
-    from keras_hashing.errors import CodeLengthError
-
-    if model.bits != bits:
-        raise CodeLengthError(f"the model makes {model.bits}-bit codes ({code_bytes(model.bits)}"
-                              f" bytes) but {what} holds {bits}-bit codes; use the run that "
-                              "built it")

@@ -48,7 +48,8 @@ def test_bad_inputs():
 def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
     from keras_hashing.config import resolve_config
     from keras_hashing.export import SavedModelEncoder, export_run
-    from keras_hashing.training import fit, load_run
+    from keras_hashing.runs import load_run
+    from keras_hashing.training import fit
 
     run = fit(resolve_config(overrides={"method": method, "bits": 16}), out=str(tmp_path / "r"),
               verbose=0)
@@ -80,7 +81,8 @@ def test_itq_on_a_trained_runs_features(trained_run, digits, tmp_path):
 
     from keras_hashing.config import resolve_config
     from keras_hashing.export import SavedModelEncoder, export_run
-    from keras_hashing.training import fit, load_run
+    from keras_hashing.runs import load_run
+    from keras_hashing.training import fit
 
     source = tmp_path / "source"
     shutil.copytree(trained_run.path, source)

@@ -119,3 +119,24 @@ def test_help_lists_examples_and_imports_no_tensorflow():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "keras-hashing fit --method ssdh" in proc.stdout
     assert proc.stdout.strip().endswith("TF False")
+
+
+def test_stderr_holds_only_the_projects_own_lines(trained_run, tmp_path):
+    """TensorFlow's start-up logs (oneDNN, CUDA stub, cuInit) stay out of stderr unless
+    --verbose; run as a user runs it, in a fresh process without the test's settings."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    base = [sys.executable, "-m", "keras_hashing.cli"]
+    ok = subprocess.run([*base, "evaluate", "--run", trained_run.path, "--quiet"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+    bad = subprocess.run([*base, "evaluate", "--run", str(tmp_path / "nope")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == [bad.stderr.strip()] and \
+        bad.stderr.startswith("keras-hashing: error:"), bad.stderr
+    loud = subprocess.run([*base, "evaluate", "--run", str(tmp_path / "nope"), "--verbose"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert loud.returncode == 2 and "keras-hashing: error:" in loud.stderr

@@ -117,7 +117,7 @@ def test_two_workers_on_loopback_train_the_single_device_model(tmp_path):
          "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600,
         cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert single.returncode == 0, single.stderr[-3000:]
-    from keras_hashing.training import load_run
+    from keras_hashing.runs import load_run
 
     a = load_run(str(tmp_path / "run")).model
     b = load_run(str(tmp_path / "single")).model

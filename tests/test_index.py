@@ -138,9 +138,9 @@ def test_add_appends_and_checks_code_length():
 
 def _field(name):
     """(offset, struct format) of a header field of the index file."""
-    from keras_hashing import index as mod
+    from keras_hashing import index_file as mod
 
-    fmt = mod._HEADER.format.lstrip("<")
+    fmt = mod.HEADER.format.lstrip("<")
     sizes = [struct.calcsize("<" + c) for c in ("8s", *fmt[2:])]
     i = mod.HEADER_FIELDS.index(name)
     return sum(sizes[:i]), "<" + ("8s" if i == 0 else fmt[i + 1])
@@ -200,12 +200,10 @@ def test_save_killed_midway_leaves_previous_file(tmp_path):
     # A child process writes a big index and is killed with SIGKILL mid-write.
     script = f"""
 import os, signal, numpy as np
-import keras_hashing.fileio as fio
 from keras_hashing.index import HammingIndex
-real = fio.atomic_open.__wrapped__ if hasattr(fio.atomic_open, '__wrapped__') else None
 index = HammingIndex(64)
 index.add(np.zeros((200000, 8), np.uint8))
-import keras_hashing.index as mod
+import keras_hashing.index_file as mod
 orig = mod.atomic_open
 import contextlib
 @contextlib.contextmanager
@@ -419,3 +417,72 @@ def test_mih_knn_over_repeated_codes_probes_the_distinct_ones():
         np.testing.assert_array_equal(dist, exp_d)
         np.testing.assert_array_equal(pos, exp_i)
         assert (tables.fallbacks > 0) == scanned
+
+
+def test_every_header_byte_is_covered_by_a_checksum(tmp_path):
+    from keras_hashing import index_file
+
+    path = tmp_path / "a.khi"
+    index = _index_with_labels(multi=False)
+    index.save(path)
+    raw = path.read_bytes()
+    for offset in range(index_file.HEADER.size):
+        for bit in (0, 7):
+            path.write_bytes(raw[:offset] + bytes([raw[offset] ^ (1 << bit)])
+                             + raw[offset + 1:])
+            for mmap in (False, True):  # the header is checked even without verify
+                with pytest.raises(IndexFileError, match="a.khi"):
+                    HammingIndex.load(path, mmap=mmap)
+
+
+def test_version_2_files_are_still_read(tmp_path):
+    from keras_hashing import index_file
+
+    path = tmp_path / "a.khi"
+    index = _index_with_labels(multi=False)
+    index.save(path)
+    raw = path.read_bytes()
+    head = index_file.HEADER.unpack(raw[:index_file.HEADER.size])
+    v2 = index_file._V2_HEADER.pack(head[0], 2, *head[2:-1]) + raw[index_file.HEADER.size:]
+    path.write_bytes(v2)
+    loaded = HammingIndex.load(path)
+    np.testing.assert_array_equal(loaded.codes, index.codes)
+    np.testing.assert_array_equal(loaded.labels, index.labels)
+
+
+@pytest.mark.parametrize("method", ["flat", "mih"])
+def test_padding_bits_never_count(tmp_path, method):
+    """12-bit codes take 2 bytes; the 4 bits past the 12th are not part of the code,
+    whether they come from add, a query, or a file written elsewhere."""
+    from keras_hashing import index_file
+
+    zeros = np.zeros((5, 2), np.uint8)
+    dirty = np.array([[0, 15]] * 5, np.uint8)  # padding bits set
+    for codes, query in ((zeros, [[0, 15]]), (dirty, [[0, 0]]), (dirty, [[255, 255]])):
+        index = HammingIndex(12, method=method)
+        index.add(codes)
+        dist, ids = index.search(np.array(query, np.uint8), k=3)
+        expected = 12 if query == [[255, 255]] else 0
+        assert dist.tolist() == [[expected] * 3] and ids.tolist() == [[0, 1, 2]]
+        lims, dist, _ = index.range_search(np.array(query, np.uint8), 0)
+        assert lims.tolist() == [0, 0 if expected else 5]
+    path = tmp_path / "dirty.khi"
+    index_file.write(path, 12, dirty, None, None, None, {})  # another writer's file
+    for mmap in (False, True):
+        loaded = HammingIndex.load(path, mmap=mmap, method=method)
+        assert loaded.search(np.zeros((1, 2), np.uint8), k=2)[0].tolist() == [[0, 0]]
+
+
+@pytest.mark.parametrize("method", ["flat", "mih"])
+def test_radius_above_the_code_length_returns_everything(method):
+    index = HammingIndex(16, method=method)
+    index.add(pack_bits(np.random.default_rng(0).integers(0, 2, (50, 16))))
+    lims, dist, ids = index.range_search(np.zeros((2, 2), np.uint8), 10**12)
+    assert lims.tolist() == [0, 50, 100] and sorted(ids[:50].tolist()) == list(range(50))
+
+
+def test_loading_a_fifo_is_refused_not_blocked(tmp_path):
+    fifo = tmp_path / "pipe.khi"
+    os.mkfifo(fifo)
+    with pytest.raises(IndexFileError, match="not a regular file"):
+        HammingIndex.load(fifo)

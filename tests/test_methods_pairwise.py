@@ -4,7 +4,8 @@ import pytest
 
 from keras_hashing.config import resolve_config
 from keras_hashing.methods import canonical_name, get_method
-from keras_hashing.training import fit, load_run
+from keras_hashing.runs import load_run
+from keras_hashing.training import fit
 
 SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
         "sdsh": ["params.rotation_steps=40", "params.rotation_queries=200",

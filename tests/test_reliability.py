@@ -55,6 +55,69 @@ def test_fit_killed_mid_run_resumes_at_last_finished_epoch(tmp_path):
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
+KILL_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "fit_killed_at.py")
+KILL_FIT_ARGS = ["--epochs", "2", "--bits", "16", "--set", "val_database_size=300",
+                 "--set", "tensorboard_samples=50"]
+# one kill in each phase for CI: before the first epoch, an epoch's backup, the final
+# evaluation, the model save, after the run is marked finished; --runslow kills at all
+KILL_SAMPLE = ("replace run.json", "replace backup/state.json", "evaluate",
+               "replace model.keras", "unlink backup/state.json")
+
+
+def _kill_fit(n, out):
+    proc = subprocess.run([sys.executable, KILL_SCRIPT, str(n), str(out), *KILL_FIT_ARGS],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return proc
+
+
+@pytest.fixture(scope="module")
+def fit_writes(tmp_path_factory):
+    """The numbered writes of one uninterrupted fit (inside its run directory)."""
+    proc = _kill_fit(0, tmp_path_factory.mktemp("count") / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = json.loads(proc.stdout.strip().splitlines()[-1])
+    return [(i + 1, e) for i, e in enumerate(events) if ".." not in e]
+
+
+def _kill_points(writes, everywhere):
+    if everywhere:
+        return writes
+    first = {}
+    for n, event in writes:
+        first.setdefault(event, n)
+    return [(first[e], e) for e in KILL_SAMPLE]
+
+
+@pytest.mark.parametrize("everywhere", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["sample", "every-write"])
+def test_fit_killed_at_every_write_resumes_or_is_finished(everywhere, fit_writes, tmp_path,
+                                                          capsys):
+    from keras_hashing import runs
+
+    points = _kill_points(fit_writes, everywhere)
+    assert len(points) >= 5
+    for n, event in points:
+        out = tmp_path / f"kill{n}"
+        killed = _kill_fit(n, out)
+        assert killed.returncode == 137, (event, killed.stderr[-2000:])
+        kind = runs.status(out)
+        assert kind in ("empty", "training", "finished"), (event, kind, os.listdir(out))
+        if kind == "finished":  # killed after the marker: the run is whole already
+            run = runs.load_run(str(out))
+            assert run.metrics["epochs_run"] == 2, event
+            continue
+        if kind == "training":
+            with pytest.raises(HashingError, match="not finished"):
+                runs.load_run(str(out))
+        code = cli.main(["fit", "--out", str(out), "--quiet", *KILL_FIT_ARGS])
+        assert code == 0, (event, capsys.readouterr().err)
+        run = runs.load_run(str(out))
+        assert run.metrics["epochs_run"] == 2, event
+        assert sorted(os.listdir(out)) == ["config.yaml", "logs", "metrics.json",
+                                           "model.keras", "run.json"], event
+
+
 # -- every writer is atomic: kill it at random points -------------------------------------
 
 WRITER = r"""
@@ -236,6 +299,17 @@ def bad_inputs(trained_run, tmp_path_factory):
     badcfg.mkdir()
     (badcfg / "model.keras").write_bytes(b"x")
     (badcfg / "config.yaml").write_text("method: [unclosed\n")
+    np.save(d / "empty.npy", np.zeros((0, 8, 8, 1), np.uint8))
+    np.save(d / "zerod.npy", np.array(3.0))
+    os.mkfifo(d / "fifo")
+    HammingIndex(24).save(d / "empty.khi")
+    for name, digest in (("other1", "0" * 64), ("other2", "1" * 64)):
+        other = HammingIndex(24)
+        other.add(pack_bits(np.zeros((2, 24))))
+        other.metadata = {"model_sha256": digest, "method": "ssdh", "run": "/elsewhere"}
+        other.save(d / f"{name}.khi")
+    (d / "x.khi.partial").mkdir()
+    (d / "x.khi.partial" / "state.json").write_text("[]")
     fm = d / "fm"
     fm.mkdir()
     for prefix, n in (("train", 20), ("t10k", 10)):
@@ -311,6 +385,58 @@ BAD_INPUT_CASES = [
      "--version 1", "already exists"),
     ("export with a bad name", "export --run {run} --base {d}/sm --name ../x",
      "plain folder name"),
+    # outputs: never a folder, never an input, never a file of another kind
+    ("fit --out a file", "fit --out {d}/notes.txt", "is a file"),
+    ("fit --out a folder that is not a run", "fit --out {d}/fm", "not a run"),
+    ("encode over the run's model", "encode --run {run} --out {run}/model.keras",
+     "also an input"),
+    ("encode --out a folder", "encode --run {run} --out {d}", "is a folder"),
+    ("index build over the run's model", "index build --run {run} --out {run}/model.keras",
+     "not a file this command writes"),
+    ("index build --out a folder", "index build --run {run} --out {d}", "is a folder"),
+    ("index build over a malformed partial build", "index build --run {run} --out "
+     "{d}/x.khi", "not a build state"),
+    ("index merge over its own shard", "index merge --out {d}/good.khi {d}/good.khi",
+     "also an input"),
+    ("index merge of two models' shards", "index merge --out {d}/m.khi {d}/other1.khi "
+     "{d}/other2.khi", "different models"),
+    ("plot --out a file", "plot --run {run} --out {d}/notes.txt", "not a folder"),
+    ("export --base a file", "export --run {run} --base {d}/notes.txt",
+     "cannot create the folder"),
+    ("search --show a folder", "search --index {d}/good.khi --run {run} --images "
+     "{d}/ok.npy --show {d}", "is a folder"),
+    # empty things
+    ("search an empty index", "search --index {d}/empty.khi --run {run} --images "
+     "{d}/ok.npy", "is empty"),
+    ("an empty image array", "search --index {d}/good.khi --run {run} --images "
+     "{d}/empty.npy", "holds no images"),
+    ("a 0-d image array", "search --index {d}/good.khi --run {run} --images {d}/zerod.npy",
+     "holds no images"),
+    # an index of another model, a FIFO, a folder
+    ("index built by another run", "search --index {d}/other1.khi --run {run} --images "
+     "{d}/ok.npy", "built by another model"),
+    ("index info on a FIFO", "index info {d}/fifo", "not a regular file"),
+    ("index info on a folder", "index info {d}", "not a regular file"),
+    # numbers and environment
+    ("learning rate NaN", "fit --learning-rate nan", "must be a finite number"),
+    ("timeout NaN", "search --index {d}/good.khi --serving-url http://127.0.0.1:9 --model m "
+     "--images {d}/ok.npy --timeout nan", "--timeout must be"),
+    ("timeout zero", "search --index {d}/good.khi --serving-url http://127.0.0.1:9 --model m "
+     "--images {d}/ok.npy --timeout 0", "--timeout must be"),
+    ("timeout negative", "index build --serving-url http://127.0.0.1:9 --model m --images "
+     "folder:{d}/onecls --out {d}/s.khi --timeout -1", "--timeout must be"),
+    ("concurrency zero", "index build --serving-url http://127.0.0.1:9 --model m --images "
+     "folder:{d}/onecls --out {d}/s.khi --concurrency 0", "--concurrency must be"),
+    ("port out of range", "search --index {d}/good.khi --serving-url "
+     "http://127.0.0.1:99999 --model m --images {d}/ok.npy", "Port out of range"),
+    ("bad KH_SEARCH_THREADS", "search --index {d}/good.khi --run {run} --images {d}/ok.npy",
+     "KH_SEARCH_THREADS must be", {"KH_SEARCH_THREADS": "abc"}),
+    ("KH_SEARCH_THREADS zero", "search --index {d}/good.khi --run {run} --images {d}/ok.npy",
+     "KH_SEARCH_THREADS must be", {"KH_SEARCH_THREADS": "0"}),
+    ("TF_CONFIG not JSON", "fit --strategy multiworker", "TF_CONFIG is not valid JSON",
+     {"TF_CONFIG": "{bad"}),
+    ("TF_CONFIG without its task", "fit --strategy multiworker", "TF_CONFIG needs \"task\"",
+     {"TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}}'}),
 ]
 
 
@@ -320,6 +446,8 @@ def test_bad_input_one_line_exit_2(case, bad_inputs, capsys, monkeypatch, tmp_pa
     monkeypatch.chdir(tmp_path)  # default run directories would land here
     if case[0] == "export over an existing version":
         os.makedirs(d / "sm" / "m" / "1", exist_ok=True)
+    for key, value in (case[3] if len(case) > 3 else {}).items():
+        monkeypatch.setenv(key, value)
     argv = case[1].format(d=d, run=run).split()
     code = cli.main(argv)
     err = capsys.readouterr().err.strip()
@@ -340,6 +468,15 @@ def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "HTTP 404: Servable not found for request: Latest(absent)" in err
+
+
+def test_bad_outputs_left_the_inputs_whole(bad_inputs):
+    """After the whole table ran: the run still loads, the shards are unchanged."""
+    from keras_hashing import runs
+
+    d, run = bad_inputs
+    assert runs.load_run(run).model.bits == 24
+    assert len(HammingIndex.load(d / "good.khi")) == 4
 
 
 def test_there_are_at_least_30_bad_input_cases():

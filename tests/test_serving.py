@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_hashing import cli
+from keras_hashing.errors import HashingError
 from keras_hashing.export import SavedModelEncoder, export_run
 from keras_hashing.index import HammingIndex
 from keras_hashing.serving import (BadRequestError, MalformedResponseError, ModelNotFoundError,
@@ -178,3 +179,35 @@ def test_trickling_server_cannot_hold_the_client_past_its_timeout(served):
     with pytest.raises(ServingTimeoutError):
         client(server, timeout=0.5, retries=0).status()
     assert time.monotonic() - start < 1.5
+
+
+def test_trickled_headers_cannot_hold_the_client_past_its_timeout(served):
+    """The deadline covers the whole exchange, headers included."""
+    server, _, _ = served
+    server.faults["trickle_headers"] = 0.02  # ~200 header bytes -> 4 s
+    start = time.monotonic()
+    with pytest.raises(ServingTimeoutError):
+        client(server, timeout=0.5, retries=0).status()
+    assert time.monotonic() - start < 1.5
+    server.faults.clear()
+
+
+def test_deeply_nested_json_is_a_malformed_answer(served):
+    server, _, _ = served
+    server.faults["nested"] = 1
+    with pytest.raises(MalformedResponseError, match="nests JSON too deeply"):
+        client(server, retries=0).status()
+
+
+def test_429_is_retried_like_503(served):
+    server, _, _ = served
+    server.faults["too_many"] = 2
+    assert client(server, retries=2, backoff=0.01).status()["model_version_status"]
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": float("nan")}, {"timeout": 0},
+                                    {"timeout": -1}, {"timeout": float("inf")},
+                                    {"retries": -1}, {"backoff": "x"}])
+def test_client_settings_are_checked(kwargs):
+    with pytest.raises(HashingError, match="must be a number"):
+        TFServingClient("http://127.0.0.1:9", "m", **kwargs)

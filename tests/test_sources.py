@@ -512,3 +512,58 @@ def test_tfds_offline_download_names_the_url_and_the_way_out(monkeypatch):
     message = str(caught.value)
     assert "https://storage.example.org/mnist/train.gz" in message
     assert "tfds build mnist" in message and "--data-dir" in message
+
+
+BOMB_CHECK = r"""
+import os, resource, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+from keras_hashing.data import load_images
+from keras_hashing.errors import DataError
+load_images([sys.argv[2]], (8, 8), 1)  # TensorFlow warmed up on a normal image
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_images([sys.argv[1]], (8, 8), 1)
+    print("decoded")
+except DataError as e:
+    print("refused", "megapixels" in str(e))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
+    """400 megapixels in a 0.4 MB PNG: refused from its header, without the 400 MB."""
+    import struct
+    import subprocess
+    import sys
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    side = 20000
+    packer = zlib.compressobj(1)
+    rows = b"".join(packer.compress(b"\0" * (side + 1)) for _ in range(side)) + packer.flush()
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ok.png")
+    proc = subprocess.run([sys.executable, "-c", BOMB_CHECK, str(bomb), str(tmp_path / "ok.png")],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = proc.stdout.split("\n")
+    assert proc.returncode == 0 and lines[0] == "refused True", proc.stdout + proc.stderr[-2000:]
+    assert int(lines[1]) < 100, f"peak memory grew by {lines[1]} MiB"
+
+
+def test_declared_pixels_reads_every_supported_header(tmp_path):
+    import tensorflow as tf
+
+    from keras_hashing.sources import declared_pixels
+
+    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
+        path = tmp_path / f"x.{fmt.lower()}"
+        Image.fromarray(np.zeros((30, 70, 3), np.uint8)).save(path, fmt)
+        assert int(declared_pixels(tf.io.read_file(str(path)))) == 2100, fmt
+    assert int(declared_pixels(tf.constant(b"not an image"))) == 0

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from keras_hashing.errors import RunDirError
-from keras_hashing.training import MODEL_FILE, default_run_dir, load_run
+from keras_hashing.runs import MODEL_FILE, default_run_dir, load_run
 
 
 def test_default_run_dir_never_overwrites_a_finished_run(tmp_path):
@@ -17,7 +17,7 @@ def test_default_run_dir_never_overwrites_a_finished_run(tmp_path):
 
 def test_run_files_are_complete(trained_run):
     assert sorted(os.listdir(trained_run.path)) == ["config.yaml", "logs", "metrics.json",
-                                                    "model.keras"]
+                                                    "model.keras", "run.json"]
     assert os.listdir(os.path.join(trained_run.path, "logs"))  # TensorBoard events
     m = trained_run.metrics
     assert {"map_all", "map_1000", "p_r2", "p_at_k"} <= set(m["query"])

@@ -16,9 +16,10 @@ that page and TF Serving's ``http_rest_api_handler.cc`` / ``json_tensor.cc`` beh
   malformed request or one that does not fit the signature.
 
 Fault injection for client tests: ``server.faults`` = {"unavailable": n (answer 503 n
-times), "error500": n (answer 500 n times), "delay": seconds, "trickle": seconds per
-body byte, "malformed": n (answer non-JSON n times), "truncate": n (close the connection
-half-way through the body n times)}.
+times), "error500": n (answer 500 n times), "too_many": n (answer 429 n times), "delay":
+seconds, "trickle_headers": seconds per header byte, "trickle": seconds per body byte,
+"nested": n (JSON nested 100,000 deep n times), "malformed": n (answer non-JSON n
+times), "truncate": n (close the connection half-way through the body n times)}.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.server.faults
         if faults.get("delay"):
             time.sleep(faults["delay"])
+        if faults.get("trickle_headers"):  # the status line and headers byte by byte
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 4
+            for b in head:
+                self.wfile.write(bytes([b]))
+                self.wfile.flush()
+                time.sleep(faults["trickle_headers"])
+            return True
+        if faults.get("nested", 0) > 0:  # valid JSON nested past any parser's stack
+            faults["nested"] -= 1
+            self._send(200, raw=b"[" * 100000 + b"]" * 100000)
+            return True
+        if faults.get("too_many", 0) > 0:
+            faults["too_many"] -= 1
+            self._send(429, {"error": "Too many requests"})
+            return True
         if faults.get("trickle"):  # headers at once, then one byte every `trickle` s
             body = json.dumps({"model_version_status": []}).encode()
             self.send_response(200)

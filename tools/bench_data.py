@@ -128,7 +128,7 @@ def compare_index_build(work, root, rounds=5):
     """index build (the streaming path, its own batch size) vs model.predict over the same
     pipeline, alternated round by round; the ratio is the median of the rounds'."""
     from keras_hashing import data, streaming
-    from keras_hashing.training import load_run
+    from keras_hashing.runs import load_run
 
     model = load_run(os.path.join(work, f"run_{min_size(work)}")).model
     split = data.load_images_split(f"folder:{root}", model.image_shape)

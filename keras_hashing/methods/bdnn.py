@@ -25,12 +25,8 @@ authors' "pretrain W with B fixed". Defaults lambda1..lambda5 = 1e-5, 5e-2, 1e-2
 1e-2 and the hidden sizes by code length (8 -> [90, 20], 16 -> [90, 30], 24 -> [100, 40],
 32 -> [120, 50]) are the authors'.
 
-SH-BDNN needs long training: each epoch brings one W/B alternation here (about 430
-steps an epoch on protocol ``fmnist``; the authors alternate up to 20 times). At 32
-bits on ``fmnist`` query mAP@all was 0.774 after 8 epochs and 0.912 after 30;
-validation mAP crossed 0.85 at epoch 10 and levelled off at 0.921 from epoch 27
-(``python tools/reproduce.py --cells sh-bdnn:32:fmnist --epochs 30``; 41 minutes on 2
-CPU cores).
+SH-BDNN needs long training (one W/B alternation per epoch here; the authors alternate
+up to 20 times): docs/METHOD_NOTES.md.
 
 Departures, and why:
 * Minibatch Adam instead of L-BFGS over the full set (400 iterations per W step): the

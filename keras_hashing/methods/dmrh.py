@@ -26,30 +26,7 @@ is 3x3 and its fusion uniform (the class defaults stay 1x1 and learned, so older
 models load unchanged): on lenet's 4x4 map a 1x1 head sees one position at a time,
 where DPSH's dense layer sees the whole map.
 
-Measured (protocol fmnist, 32 bits, N = 2, 30 epochs, query mAP@all; ``python
-tools/reproduce.py --cells dmrh-n2:32:fmnist --epochs 30``, 50 to 65 minutes on 2 CPU
-cores): 1x1 head and learned fusion 0.792 (best validation epoch 16 of 30, then 0.73 to
-0.77); 3x3 head, learned fusion 0.844; 3x3 head, uniform fusion 0.861 (validation 0.865
-at epoch 30), the Fashion-MNIST recipe. The same recipe with N = 1: 0.858, N = 3:
-0.865 (``--cells dmrh-n1:32:fmnist dmrh-n3:32:fmnist``). DPSH: 0.854. On digits a 3x3
-head collapsed at the recipe's learning rate 0.002 (query mAP 0.10 to 0.23, seeds 0 to
-2; 0.844 at 0.001, against 0.871 with 1x1), so the digits recipe keeps 1x1 and learned
-fusion.
-
-Why uniform fusion: learned weights collapse onto one region, softmax 0.03 / 0.85 /
-0.03 / 0.10 after 30 epochs with the 3x3 head (0.04 / 0.69 / 0.09 / 0.18 with 1x1).
-The loss then trains that weighted code while the other regions' codes stay weak alone
-(mAP@all 0.45, 0.41, 0.70 against 0.85 for the heavy one), and the plain-mean query code
-scores 0.844 where the weighted code scores 0.855 on the same model (evaluation records
-the unused one under ``ablations``). Equal weights train the query code itself: slower
-for the first 4 epochs (validation 0.651 against 0.723), ahead from epoch 19.
-
-Not the cause, measured: the quantisation weight. eta = 0.02 per example is about 110
-times DPSH's eta / N_train, and holds abs(u) below 1, but dividing it by N_train as DPSH
-does lowered mAP on protocol fmnist-reduced (32 bits, 60 epochs, 1x1 head: 0.692 against
-0.717 with eta = 0.02; ``keras-hashing fit --method dmrh --dataset fashion_mnist
---protocol fmnist-reduced --bits 32 --epochs 60 --set params.head_kernel=1 --set
-params.eta=4e-6``).
+Measurements behind these choices: docs/METHOD_NOTES.md.
 """
 
 from __future__ import annotations

@@ -16,14 +16,9 @@ over pairs, and the quantisation term weighs eta / N per example, where N = ``nu
 Pairs: the official PyTorch code compares each batch with a memory bank U of every
 training example's latest output. That is here as ``memory_bank: true``
 (``methods/bank.py``; tested to match one device under tf.distribute), but it is off by
-default: trained from scratch it collapses. On digits (48 bits, small CNN, 20 epochs,
-``keras-hashing fit --method dpsh --set params.memory_bank=true``) the outputs shrink
-to about 0.1 and query mAP@1000 is 0.25 (21 constant bits), against 0.92 with in-batch
-pairs (0.30 with the bank and no weight decay). In-batch, each example is also paired
-with itself and with m - 1 others that move with it, which pushes the outputs apart;
-against a bank of N stale rows, the tiny outputs of a randomly initialised network give
-a tiny gradient. The authors start from ImageNet weights, whose outputs are large from
-step one.
+default: trained from scratch it collapses (the outputs shrink to about 0.1 and a
+fifth of the bits stay constant; measured in docs/METHOD_NOTES.md). The authors start
+from ImageNet weights, whose outputs are large from step one.
 
 Departures, and why: in-batch pairs by default (above); Adam with a cosine schedule (the
 shipped recipes) instead of the authors' SGD at 0.05 for 150 epochs, which these 2-core
@@ -31,10 +26,7 @@ machines cannot afford; weight decay 5e-4 in the Fashion-MNIST recipe, not the a
 1e-5, which measured lower there (query mAP@all 0.737 against 0.750; protocol fmnist,
 32 bits, 8 epochs, ``python tools/reproduce.py --cells dpsh:32:fmnist --epochs 8``).
 
-Training length matters more than any of these: on protocol fmnist at 32 bits, query
-mAP@all was 0.750 after 8 epochs and 0.854 after 30 (validation mAP 0.778 at epoch 8,
-0.830 at 18, 0.860 at 29; ``python tools/reproduce.py --cells dpsh:32:fmnist --epochs
-30``, 37 minutes on 2 CPU cores), so the Fashion-MNIST recipe trains 30 epochs.
+Measurements behind these choices: docs/METHOD_NOTES.md.
 """
 
 from __future__ import annotations
