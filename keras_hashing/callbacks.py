@@ -252,9 +252,11 @@ class HashingTensorBoard(keras.callbacks.Callback):
     * histograms ``code/activations`` (all of h) and ``bits/ones_rate`` (per bit).
 
     At the end of training it writes the Embedding Projector files (Keras 3's
-    ``embeddings_freq`` does not work) under ``log_dir/projector``: a checkpoint of the
+    ``embeddings_freq`` does not work) beside those summaries: a checkpoint of the
     continuous codes, ``metadata.tsv`` (labels) and ``sprite.png`` (thumbnails), tied
-    together by ``projector_config.pbtxt``.
+    together by ``projector_config.pbtxt``. TensorBoard's projector only looks in run
+    folders, the ones holding event files, so ``tensorboard --logdir RUN/logs`` shows
+    them as the run "hashing".
 
     Args:
         log_dir: the run's TensorBoard folder (``RUN/logs``).
@@ -271,7 +273,7 @@ class HashingTensorBoard(keras.callbacks.Callback):
         self.class_names = class_names
         self.log_dir = log_dir
         self.hashing_dir = os.path.join(log_dir, "hashing")
-        self.projector_dir = os.path.join(log_dir, "projector")
+        self.projector_dir = self.hashing_dir  # a folder with events: a TensorBoard run
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):

@@ -26,6 +26,34 @@ WRONG_COLOR = "#d62728"
 RIGHT_COLOR = "#2ca02c"
 
 
+# One colour and marker per method, the same in every figure; closed-form baselines
+# dashed. (matplotlib's 10-colour cycle gave two methods one colour in figures with 12.)
+METHOD_STYLES = {
+    "ssdh": ("#1f77b4", "o"), "dsh": ("#ff7f0e", "s"), "dpsh": ("#2ca02c", "^"),
+    "sdsh": ("#d62728", "D"), "sh-bdnn": ("#9467bd", "v"), "uh-bdnn": ("#8c564b", "<"),
+    "dmrh": ("#e377c2", ">"), "dmrh-n1": ("#f7b6d2", "p"), "dmrh-n2": ("#e377c2", ">"),
+    "dmrh-n3": ("#7f3f6f", "h"), "classifier-code": ("#17becf", "*"),
+    "itq": ("#7f7f7f", "x"), "lsh": ("#bcbd22", "+"), "pcah": ("#393b79", "1"),
+}
+BASELINES = ("itq", "lsh", "pcah")
+_SPARE = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#dbdb8d")
+
+
+def method_style(label: str) -> dict:
+    """matplotlib keyword arguments of the curve of ``label`` (a method name, or a
+    method name followed by anything, e.g. "ssdh 48b")."""
+    method = str(label).split()[0] if str(label).split() else str(label)
+    color, marker = METHOD_STYLES.get(method, (None, "."))
+    if color is None:  # an unknown label: a stable spare colour from its name
+        color = _SPARE[sum(map(ord, method)) % len(_SPARE)]
+    return {"color": color, "marker": marker, "markersize": 4,
+            "linestyle": "--" if method in BASELINES else "-", "label": label}
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+
+
 def _pyplot():
     import matplotlib
 
@@ -48,10 +76,10 @@ def plot_pr_curves(curves: dict, path, title="Precision-recall (Hamming radius s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (precision, recall) in curves.items():
-        ax.plot(recall, precision, marker=".", label=label)
+        ax.plot(recall, precision, **method_style(label))
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -60,12 +88,12 @@ def plot_precision_at_k(curves: dict, path, title="Precision@k") -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, (ks, precision) in curves.items():
-        ax.plot(ks, precision, marker=".", label=label)
+        ax.plot(ks, precision, **method_style(label))
     ax.set(xlabel="k (number of retrieved items)", ylabel="precision@k", ylim=(0, 1.02),
            title=title)
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -75,11 +103,11 @@ def plot_map_vs_bits(rows, path, metric="map_all") -> str:
     fig, ax = plt.subplots(figsize=(5, 4))
     for method in sorted({r["method"] for r in rows}):
         pts = sorted((r["bits"], r[metric]) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **method_style(method))
     ax.set(xlabel="bits", ylabel=metric.replace("_", "@"), ylim=(0, 1.02),
            title=f"{metric} vs code length")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return _save(fig, path)
 
 

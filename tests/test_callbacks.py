@@ -47,7 +47,7 @@ def test_bit_statistics_and_histograms(trained_run):
 def test_projector_files_are_readable(trained_run):
     import tensorflow as tf
 
-    d = os.path.join(trained_run.path, "logs", "projector")
+    d = os.path.join(trained_run.path, "logs", "hashing")
     config = open(os.path.join(d, "projector_config.pbtxt")).read()
     assert 'tensor_name: "embedding/.ATTRIBUTES/VARIABLE_VALUE"' in config
     assert "sprite.png" in config and "metadata.tsv" in config
@@ -60,3 +60,31 @@ def test_projector_files_are_readable(trained_run):
 
     side = int(np.ceil(np.sqrt(len(labels))))
     assert Image.open(os.path.join(d, "sprite.png")).size == (side * 8, side * 8)
+
+
+def test_tensorboard_shows_the_projector_from_the_logdir_users_give(trained_run):
+    """Through TensorBoard's own projector plugin, pointed at RUN/logs as README says."""
+    import werkzeug.test
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.projector import projector_plugin
+
+    logdir = os.path.join(trained_run.path, "logs")
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(logdir)
+    mux.Reload()
+    plugin = projector_plugin.ProjectorPlugin(base_plugin.TBContext(
+        logdir=logdir, multiplexer=mux,
+        data_provider=data_provider.MultiplexerDataProvider(mux, logdir)))
+    apps = plugin.get_plugin_apps()
+    runs = werkzeug.test.Client(apps["/runs"]).get("/runs").get_json()
+    assert runs == ["hashing"]
+    config = werkzeug.test.Client(apps["/info"]).get("/info?run=hashing").get_json()
+    embedding = config["embeddings"][0]
+    labels = open(os.path.join(logdir, "hashing", "metadata.tsv")).read().splitlines()
+    assert embedding["tensorShape"] == [len(labels), 24]
+    tensor = werkzeug.test.Client(apps["/tensor"]).get(
+        f"/tensor?run=hashing&name={embedding['tensorName']}")
+    assert tensor.status_code == 200
+    values = np.frombuffer(tensor.get_data(), np.float32)
+    assert values.size == embedding["tensorShape"][0] * 24 and np.all(np.isfinite(values))

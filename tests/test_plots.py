@@ -102,3 +102,25 @@ def test_search_through_serving_imports_no_tensorflow(trained_run, tmp_path):
     finally:
         server.kill()
     assert '"ids": [0, 1]' in out and out.strip().endswith("RC 0 TF False"), out
+
+
+def test_every_method_has_its_own_colour_and_marker_and_the_legend_covers_no_curve(
+        monkeypatch, tmp_path):
+    from keras_hashing.methods import method_names
+
+    labels = method_names() + ["dmrh-n1", "dmrh-n3", "classifier-code"]
+    labels.remove("dmrh")  # drawn as dmrh-n2 in the results, with the same style
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [{"method": m, "bits": b, "map_all": 0.5 + 0.01 * i}
+            for i, m in enumerate(labels) for b in (12, 24, 32, 48)]
+    plots.plot_map_vs_bits(rows, tmp_path / "m.png")
+    ax = figures[0].axes[0]
+    styles = {(line.get_color(), line.get_marker()) for line in ax.get_lines()}
+    colours = {line.get_color() for line in ax.get_lines()}
+    assert len(ax.get_lines()) == len(labels) == len(styles) == len(colours)
+    dashed = {line.get_label() for line in ax.get_lines() if line.get_linestyle() == "--"}
+    assert dashed == {"itq", "lsh", "pcah"}
+    figures[0].canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes, not over the curves
