@@ -76,8 +76,7 @@ class HammingIndex:
         self._changed()
 
     def _changed(self):
-        self._scan_db = None  # search structures are rebuilt on the next query
-        self._mih = None
+        self._search = None  # the searcher is rebuilt on the next query
 
     def __len__(self) -> int:
         return int(self._codes.shape[0])
@@ -231,18 +230,18 @@ class HammingIndex:
         return out
 
     # -- search -----------------------------------------------------------------------
-    def _database(self):
-        if self._scan_db is None:
-            self._scan_db = scan.Database(self._codes, self.bits,
-                                          in_memory=not isinstance(self._codes, np.memmap))
-        return self._scan_db
+    def searcher(self):
+        """The search structure over the current codes: ``scan.FlatScan`` or
+        ``mih.MultiIndex``, both with ``top_k(queries, k)`` and
+        ``within_radius(queries, radius)`` returning positions."""
+        if self._search is None:
+            if self.method == "mih":
+                from .mih import MultiIndex
 
-    def _multi_index(self):
-        if self._mih is None:
-            from .mih import MultiIndex
-
-            self._mih = MultiIndex(self._codes, self.bits, tables=self.tables)
-        return self._mih
+                self._search = MultiIndex(self._codes, self.bits, tables=self.tables)
+            else:
+                self._search = scan.FlatScan(self._codes, self.bits, threads=self.threads)
+        return self._search
 
     def search(self, queries, k: int):
         """The k nearest codes of each query: (distances int32 (Q, k'), ids int64 (Q, k')).
@@ -254,10 +253,7 @@ class HammingIndex:
             raise HashingError(f"k must be a positive integer, got {k!r}")
         if len(self) == 0:
             return (np.zeros((len(queries), 0), np.int32), np.zeros((len(queries), 0), np.int64))
-        if self.method == "mih":
-            dist, pos = self._multi_index().top_k(queries, k)
-        else:
-            dist, pos = scan.top_k(self._database(), queries, k, threads=self.threads)
+        dist, pos = self.searcher().top_k(queries, k)
         return dist, self._ids_of(pos)
 
     def range_search(self, queries, radius: int):
@@ -273,11 +269,7 @@ class HammingIndex:
             return np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.int32), np.zeros(
                 0, np.int64)
         radius = min(int(radius), self.bits)  # no code is farther than its length
-        if self.method == "mih":
-            lims, dist, pos = self._multi_index().within_radius(queries, int(radius))
-        else:
-            lims, dist, pos = scan.within_radius(self._database(), queries, int(radius),
-                                                 threads=self.threads)
+        lims, dist, pos = self.searcher().within_radius(queries, radius)
         return lims, dist, self._ids_of(pos)
 
     # -- persistence (the file format is keras_hashing.index_file) ---------------------

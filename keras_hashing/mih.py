@@ -151,9 +151,13 @@ class MultiIndex:
         tables: m; None = ``default_tables(bits, N)``.
         distinct: also build tables over the distinct codes when at most
             ``DISTINCT_SHARE`` x N are distinct (k-NN then probes those).
+        groups: for tables over distinct codes: (counts, starts, positions), entry e
+            standing for ``positions[starts[e]:starts[e] + counts[e]]`` of ``scan_db``.
+        scan_db: the full database those positions index (what a fallback scans).
     """
 
-    def __init__(self, codes, bits: int, tables=None, distinct=True):
+    def __init__(self, codes, bits: int, tables=None, distinct=True, groups=None,
+                 scan_db=None):
         codes = np.asarray(codes, np.uint8)
         self.bits = int(bits)
         self.n = codes.shape[0]
@@ -167,11 +171,11 @@ class MultiIndex:
         self.db = scan.Database(codes, self.bits)
         self.words = self.db.words
         self.fallbacks = 0  # queries handed to the linear scan by top_k (for benchmarks)
-        # Set on the tables of distinct codes that serve k-NN (see ``distinct``): each
-        # entry's multiplicity and positions, and the full database the scan falls back to.
-        self.groups = None
-        self.scan_db = self.db
-        self.total = self.n
+        # On tables of distinct codes (see ``distinct``): each entry's multiplicity and
+        # positions, and the full database the scan falls back to.
+        self.groups = groups
+        self.scan_db = self.db if scan_db is None else scan_db
+        self.total = self.scan_db.n
         # Per word of the code: (table, mask of its substring's bits in that word), to
         # read a candidate's substring distances off the XOR of the full codes.
         self.word_masks = [[] for _ in range(self.db.nwords)]
@@ -199,13 +203,10 @@ class MultiIndex:
         first, counts, offsets, positions = distinct_codes(self.db)
         if first.size > DISTINCT_SHARE * self.n:
             return None
-        inner = MultiIndex(np.asarray(self.db.codes)[first], self.bits,
-                           tables=tables or default_tables(self.bits, first.size),
-                           distinct=False)
-        # entry e of the inner tables stands for positions[starts[e]:starts[e] + counts[e]]
-        inner.groups = (counts, offsets[:-1], positions)
-        inner.scan_db, inner.total = self.db, self.n
-        return inner
+        return MultiIndex(np.asarray(self.db.codes)[first], self.bits,
+                          tables=tables or default_tables(self.bits, first.size),
+                          distinct=False, groups=(counts, offsets[:-1], positions),
+                          scan_db=self.db)
 
     @property
     def nbytes(self) -> int:
@@ -353,11 +354,9 @@ class MultiIndex:
     def _probe_top_k(self, queries, k: int):
         """``top_k`` by probing the tables (heavy queries still go to the scan).
 
-        Probes go ring by ring, table by table. A code reached again through a later step is
-        dropped by its substring distances (kept only at the first step that can reach it),
-        so nothing is sorted until the end; a histogram of found distances per query says
-        when its k results are certain. Over distinct codes (``groups`` set), an entry
-        counts as many codes as it stands for and becomes its first k positions at the end.
+        Probes go ring by ring, table by table (``_probe_rings``); then one sort picks
+        each query's k (``_k_smallest``). Over distinct codes (``groups`` set), an entry
+        counts as many codes as it stands for and becomes its first k positions.
         """
         queries = np.asarray(queries, np.uint8)
         nq = queries.shape[0]
@@ -366,6 +365,23 @@ class MultiIndex:
         out_p = np.zeros((nq, k), np.int64)
         if k == 0 or nq == 0:
             return out_d, out_p
+        found, hist, scanned = self._probe_rings(queries, k)
+        if found[0].size:
+            answered = np.flatnonzero(~scanned)
+            out_d[answered], out_p[answered] = self._k_smallest(found, hist, scanned, k)
+        if scanned.any():
+            rows = np.flatnonzero(scanned)
+            out_d[rows], out_p[rows] = scan.top_k(self.scan_db, queries[rows], k)
+        return out_d, out_p
+
+    def _probe_rings(self, queries, k: int):
+        """Probe until every query holds k results it is sure of, or goes to the scan.
+
+        Returns the (rows, positions, distances) found, each counted once (a code reached
+        again through a later step is dropped by its substring distances), the per-query
+        histogram of found distances, and the mask of queries left to the scan.
+        """
+        nq = queries.shape[0]
         qvalues = substring_values(queries, self.bits, self.bounds)
         qw = scan.word_columns(queries)
         pending = np.arange(nq, dtype=np.int64)
@@ -385,7 +401,6 @@ class MultiIndex:
         for rho in range(0, max_rho + 1):
             if self._ring_too_large(rho):  # probing would cost more than scanning
                 send_to_scan(pending)
-                pending = pending[:0]
                 break
             for j in range(self.tables):
                 lo, hi, owners = self._ranges(qvalues, pending, rho, j)
@@ -408,44 +423,43 @@ class MultiIndex:
                     found_dist.append(dist)
                     # over distinct codes, an entry counts as many codes as it stands for
                     weights = None if self.groups is None else self.groups[0][pos]
-                    found = np.bincount(rows * hist.shape[1] + dist, weights=weights,
-                                        minlength=hist.size)
-                    hist += found.reshape(hist.shape).astype(np.int64, copy=False)
-                last = rho == max_rho and j == self.tables - 1  # everything has been found
+                    counts = np.bincount(rows * hist.shape[1] + dist, weights=weights,
+                                         minlength=hist.size)
+                    hist += counts.reshape(hist.shape).astype(np.int64, copy=False)
+                if rho == max_rho and j == self.tables - 1:  # everything has been found
+                    return _joined(found_rows, found_pos, found_dist), hist, scanned
                 certain = min(self.tables * rho + j, self.bits)
-                if last:
-                    pending = pending[:0]
-                else:
-                    sure = hist[pending, :certain + 1].sum(axis=1)
-                    pending = pending[sure < k]
+                pending = pending[hist[pending, :certain + 1].sum(axis=1) < k]
                 if pending.size == 0:
-                    break
-            if pending.size == 0:
-                break
-        # One sort for every query answered here: its k smallest (distance, position). All
-        # codes within its certain radius were found, and its k-th result lies inside it.
-        if found_rows:
-            rows, pos, dist = (np.concatenate(found_rows), np.concatenate(found_pos),
-                               np.concatenate(found_dist))
-            # only entries within each query's k-th found distance can be among its k
-            kth = np.argmax(np.cumsum(hist, axis=1) >= k, axis=1)
-            keep = ~scanned[rows] & (dist <= kth[rows])
-            rows, pos, dist = rows[keep], pos[keep], dist[keep]
-            if self.groups is not None:  # entries -> positions; only k of each can count
-                counts, starts, positions = self.groups
-                idx, owner = _expand_ranges(starts[pos], starts[pos] + np.minimum(counts[pos], k),
-                                            np.arange(pos.size))
-                rows, pos, dist = rows[owner], positions[idx].astype(np.int64), dist[owner]
-            order = np.lexsort((pos, dist, rows))
-            rows, pos, dist = rows[order], pos[order], dist[order]
-            take = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left")) < k
-            answered = np.flatnonzero(~scanned)
-            out_d[answered] = dist[take].reshape(answered.size, k)
-            out_p[answered] = pos[take].reshape(answered.size, k)
-        if scanned.any():
-            rows = np.flatnonzero(scanned)
-            out_d[rows], out_p[rows] = scan.top_k(self.scan_db, queries[rows], k)
-        return out_d, out_p
+                    return _joined(found_rows, found_pos, found_dist), hist, scanned
+        return _joined(found_rows, found_pos, found_dist), hist, scanned
+
+    def _k_smallest(self, found, hist, scanned, k: int):
+        """The k smallest (distance, position) of every query not left to the scan: all
+        codes within its certain radius were found, and its k-th result lies inside it."""
+        rows, pos, dist = found
+        # only entries within each query's k-th found distance can be among its k
+        kth = np.argmax(np.cumsum(hist, axis=1) >= k, axis=1)
+        keep = ~scanned[rows] & (dist <= kth[rows])
+        rows, pos, dist = rows[keep], pos[keep], dist[keep]
+        if self.groups is not None:  # entries -> positions; only k of each can count
+            counts, starts, positions = self.groups
+            idx, owner = _expand_ranges(starts[pos], starts[pos] + np.minimum(counts[pos], k),
+                                        np.arange(pos.size))
+            rows, pos, dist = rows[owner], positions[idx].astype(np.int64), dist[owner]
+        order = np.lexsort((pos, dist, rows))
+        rows, pos, dist = rows[order], pos[order], dist[order]
+        take = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left")) < k
+        answered = int((~scanned).sum())
+        return dist[take].reshape(answered, k), pos[take].reshape(answered, k)
+
+
+def _joined(rows, pos, dist):
+    """Concatenated (rows, positions, distances) of every probe step (empty if none)."""
+    if not rows:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    return np.concatenate(rows), np.concatenate(pos), np.concatenate(dist)
 
 
 def _as_lists(nq, rows, pos, dist):

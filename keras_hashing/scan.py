@@ -107,6 +107,28 @@ class Database:
         return word_columns(np.asarray(self.codes[start:stop]), self.bits)
 
 
+class FlatScan:
+    """The exhaustive searcher: every code is compared, blocked and threaded. It answers
+    the same ``top_k`` / ``within_radius`` as ``mih.MultiIndex`` (positions, ties by
+    position), so ``HammingIndex`` holds either.
+
+    Example:
+        >>> flat = FlatScan(np.array([[0b11110000], [0]], np.uint8), bits=4)
+        >>> [a.tolist() for a in flat.top_k(np.array([[0]], np.uint8), k=1)]
+        [[[0]], [[1]]]
+    """
+
+    def __init__(self, codes, bits: int, threads=None):
+        self.db = Database(codes, bits, in_memory=not isinstance(codes, np.memmap))
+        self.threads = threads
+
+    def top_k(self, queries, k: int):
+        return top_k(self.db, queries, k, threads=self.threads)
+
+    def within_radius(self, queries, radius: int):
+        return within_radius(self.db, queries, radius, threads=self.threads)
+
+
 def _block_distances(qwords, db, start, stop, out, tmp, counts):
     """Fill out[:, :stop-start] with the distances of the query block to codes start:stop.
 
