@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_hashing.codes import check_bits, pack_bits
+from keras_hashing.codes import check_bits, pack_bits, sign_pm1
 from keras_hashing.errors import ConfigError, DataError
 
 
@@ -93,7 +93,7 @@ class ITQ(_LinearHash):
         rotation, _ = np.linalg.qr(rng.normal(size=(self.bits, self.bits)))
         self.quantization_loss_ = []
         for _ in range(self.iterations):
-            b = np.where(v @ rotation >= 0, 1.0, -1.0)
+            b = sign_pm1(v @ rotation)
             self.quantization_loss_.append(float(np.sum((b - v @ rotation) ** 2)))
             u, _, vt = np.linalg.svd(v.T @ b)  # orthogonal Procrustes
             rotation = u @ vt

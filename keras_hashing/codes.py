@@ -68,6 +68,12 @@ def bits_to_pm1(bits) -> np.ndarray:
     return np.asarray(bits, dtype=np.float32) * 2.0 - 1.0
 
 
+def sign_pm1(values) -> np.ndarray:
+    """sign of real values as -1/+1 float32, sign(0) = +1 (numpy; ``losses.sign_pm1`` is
+    the tensor twin)."""
+    return bits_to_pm1(sign_to_bits(values))
+
+
 def as_packed(codes, bits: int) -> np.ndarray:
     """Validate packed codes of ``bits`` bits and return them as a C-contiguous uint8 array.
 

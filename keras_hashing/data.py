@@ -44,6 +44,16 @@ import numpy as np
 from keras_hashing import sources
 from keras_hashing.errors import DataError
 
+# Pixels are uint8 0..255 everywhere until a model (or a pixel-space baseline) scales
+# them to [0, 1] by this, the one place the factor is written.
+PIXEL_SCALE = 1.0 / 255.0
+
+
+def flat_pixels(images) -> np.ndarray:
+    """Images (N, H, W, C) as flat float32 rows in [0, 1] (pixel-space methods)."""
+    images = np.asarray(images)
+    return images.reshape(len(images), -1).astype(np.float32) * np.float32(PIXEL_SCALE)
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS

@@ -52,8 +52,10 @@ def relevance(query_labels, database_labels) -> np.ndarray:
 
 
 def retrieval_metrics(query_codes, database_codes, query_labels, database_labels, bits,
-                      map_at=(None, 1000), radius=2, precision_ks=(), relevance_fn=None):
-    """Every metric in one pass over query chunks.
+                      map_at=(None, 1000), radius=2, precision_ks=(), relevance_fn=None,
+                      pr_curve=False):
+    """Every metric in one pass over query chunks: each chunk's Hamming distances are
+    computed once and serve them all.
 
     Args:
         query_codes, database_codes: packed uint8 codes (``codes.pack_bits`` rows).
@@ -64,6 +66,8 @@ def retrieval_metrics(query_codes, database_codes, query_labels, database_labels
         precision_ks: the k of each precision@k.
         relevance_fn: optional ``fn(query_slice, all) -> bool (q, N)`` replacing label
             relevance (e.g. Euclidean-neighbour ground truth); it receives query indices.
+        pr_curve: also the precision-recall curve over radii 0..K (``pr_curve``:
+            {"precision": [...], "recall": [...]}, as ``precision_recall_curve``).
 
     Returns:
         dict with ``map_all`` / ``map_<k>``, ``p_r<radius>``, ``p_at_k`` (list),
@@ -85,11 +89,14 @@ def retrieval_metrics(query_codes, database_codes, query_labels, database_labels
     ap_sums = np.zeros(len(ks))
     pk_sums = np.zeros(len(pks))
     pr_sum = 0.0
+    curve = (np.zeros(bits + 1), np.zeros(bits + 1)) if pr_curve else None
     chunk = max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, nq, chunk):
         rows = np.arange(start, min(nq, start + chunk))
         dist = codes_lib.hamming_distances(q[rows], d, bits)
         rel = np.asarray(relevance_fn(rows), dtype=bool)
+        if curve is not None:
+            _add_pr_curve(dist, rel, bits + 1, *curve)
         # uint16 keys make numpy's stable sort a radix sort: O(N) per row.
         order = np.argsort(dist.astype(np.uint16), axis=1, kind="stable")
         rel_sorted = np.take_along_axis(rel, order, axis=1)
@@ -117,7 +124,26 @@ def retrieval_metrics(query_codes, database_codes, query_labels, database_labels
     if pks:
         out["p_at_k"] = [float(s / nq) for s in pk_sums]
         out["precision_ks"] = [int(k) for k in precision_ks]
+    if curve is not None:
+        out["pr_curve"] = {"precision": (curve[0] / nq).tolist(),
+                           "recall": (curve[1] / nq).tolist()}
     return out
+
+
+def _add_pr_curve(dist, rel, bins, p_sum, r_sum) -> None:
+    """Add a chunk's per-radius precision and recall sums into ``p_sum`` / ``r_sum``."""
+    rows = dist.shape[0]
+    offsets = dist + (np.arange(rows) * bins)[:, None]
+    count = np.bincount(offsets.ravel(), minlength=rows * bins).reshape(-1, bins)
+    rel_count = np.bincount(offsets.ravel(), weights=rel.ravel().astype(np.float64),
+                            minlength=rows * bins).reshape(-1, bins)
+    retrieved = np.cumsum(count, axis=1)
+    relevant_retrieved = np.cumsum(rel_count, axis=1)
+    total_relevant = rel.sum(axis=1, keepdims=True)
+    p_sum += np.divide(relevant_retrieved, retrieved, out=np.zeros_like(relevant_retrieved),
+                       where=retrieved > 0).sum(axis=0)
+    r_sum += np.divide(relevant_retrieved, total_relevant, out=np.zeros_like(relevant_retrieved),
+                       where=total_relevant > 0).sum(axis=0)
 
 
 def euclidean_neighbours(query_features, database_features, k=1000,
@@ -191,31 +217,9 @@ def precision_recall_curve(query_codes, database_codes, query_labels, database_l
     Returns:
         (radii, precision, recall), each of length K + 1.
     """
-    q = codes_lib.as_packed(query_codes, bits)
-    d = codes_lib.as_packed(database_codes, bits)
-    ql, dl = np.asarray(query_labels), np.asarray(database_labels)
-    nq, n = q.shape[0], d.shape[0]
-    bins = bits + 1
-    p_sum = np.zeros(bins)
-    r_sum = np.zeros(bins)
-    chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, nq, chunk):
-        rows = np.arange(start, min(nq, start + chunk))
-        dist = codes_lib.hamming_distances(q[rows], d, bits)
-        rel = relevance(ql[rows], dl)
-        offsets = dist + (np.arange(len(rows)) * bins)[:, None]
-        count = np.bincount(offsets.ravel(), minlength=len(rows) * bins).reshape(-1, bins)
-        rel_count = np.bincount(offsets.ravel(), weights=rel.ravel().astype(np.float64),
-                                minlength=len(rows) * bins).reshape(-1, bins)
-        retrieved = np.cumsum(count, axis=1)
-        relevant_retrieved = np.cumsum(rel_count, axis=1)
-        total_relevant = rel.sum(axis=1, keepdims=True)
-        p_sum += np.divide(relevant_retrieved, retrieved, out=np.zeros_like(relevant_retrieved),
-                           where=retrieved > 0).sum(axis=0)
-        r_sum += np.divide(relevant_retrieved, total_relevant,
-                           out=np.zeros_like(relevant_retrieved),
-                           where=total_relevant > 0).sum(axis=0)
-    return np.arange(bins), p_sum / nq, r_sum / nq
+    curve = retrieval_metrics(query_codes, database_codes, query_labels, database_labels,
+                              bits, map_at=(), radius=None, pr_curve=True)["pr_curve"]
+    return np.arange(bits + 1), np.array(curve["precision"]), np.array(curve["recall"])
 
 
 def code_statistics(bits) -> dict:

@@ -38,10 +38,9 @@ from keras_hashing import __version__
 from keras_hashing.codes import code_bytes
 from keras_hashing.errors import HashingError
 from keras_hashing.fileio import check_output_dir, write_json
+from keras_hashing.serving import BYTES_SIGNATURE, SERVING_SIGNATURE
 from keras_hashing.sources import decode_image
 
-SERVING_SIGNATURE = "serving_default"
-BYTES_SIGNATURE = "encode_bytes"
 METADATA_FILE = "metadata.json"
 
 

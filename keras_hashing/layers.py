@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_hashing.losses import sign_pm1
+
 PACKAGE = "keras_hashing"
 
 
@@ -68,7 +70,7 @@ class SignQuantize(keras.layers.Layer):
         self.clip_gradient = bool(clip_gradient)
 
     def call(self, inputs):
-        hard = ops.where(inputs >= 0, ops.ones_like(inputs), -ops.ones_like(inputs))
+        hard = sign_pm1(inputs)
         soft = ops.clip(inputs, -1.0, 1.0) if self.clip_gradient else inputs
         # soft + stop_gradient(hard - soft) equals hard forward, d/dx soft backward.
         return soft + ops.stop_gradient(hard - soft)

@@ -159,13 +159,19 @@ def dpsh_likelihood_loss(codes, similarity, bank=None):
     return ops.mean(ops.softplus(theta) - similarity * theta)
 
 
+def sign_pm1(x):
+    """-1/+1 sign of a tensor, sign(0) = +1, without a gradient of its own (the one
+    place the +-1 convention is written for tensors; ``codes.sign_pm1`` for numpy)."""
+    return ops.where(x >= 0, ops.ones_like(x), -ops.ones_like(x))
+
+
 def quantization_loss(codes):
     """Squared distance from the outputs to their signs (DPSH / DMRH quantisation term).
 
     Formula:
         Q = mean_i ||b_i - u_i||^2,   b = sign(u) (sign(0) = +1), no gradient through b
     """
-    b = ops.stop_gradient(ops.where(codes >= 0, 1.0, -1.0))
+    b = ops.stop_gradient(sign_pm1(codes))
     return ops.mean(ops.sum(ops.square(b - codes), axis=-1))
 
 

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from keras_hashing import __version__, custom_loop, evaluation
-from keras_hashing.data import DatasetSplits, load_dataset, make_tf_dataset
+from keras_hashing.data import DatasetSplits, flat_pixels, load_dataset, make_tf_dataset
 from keras_hashing.errors import ConfigError, RunDirError
 from keras_hashing.methods import get_method
 from keras_hashing.runs import (BACKUP_DIR, LOGS_DIR, Run, RunWriter, check_writable,
@@ -412,11 +412,9 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     query_codes, db_codes = pack_bits(np.asarray(query_out["bits"], np.uint8)), pack_bits(db_bits)
     metrics = evaluation.retrieval_metrics(
         query_codes, db_codes, query_y, db_y, model.bits,
-        map_at=(None, 1000), radius=2, precision_ks=precision_ks)
-    _, precision, recall = evaluation.precision_recall_curve(
-        query_codes, db_codes, query_y, db_y, model.bits)
-    metrics["pr_curve"] = {"precision": [round(float(p), 5) for p in precision],
-                           "recall": [round(float(r), 5) for r in recall]}
+        map_at=(None, 1000), radius=2, precision_ks=precision_ks, pr_curve=True)
+    metrics["pr_curve"] = {key: [round(float(v), 5) for v in values]
+                           for key, values in metrics["pr_curve"].items()}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
     metrics["class_spread"] = evaluation.class_distance_spread(query_codes, query_y, model.bits)
     ablations = model.query_ablations()
@@ -433,9 +431,7 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
         # Euclidean neighbours of the pixels (the UH-BDNN / ITQ protocol).
         k = max(1, min(EUCLIDEAN_K, round(EUCLIDEAN_FRACTION * len(db_codes))))
         neighbours = evaluation.euclidean_neighbours(
-            splits.query.x.reshape(len(splits.query.x), -1).astype(np.float32) / 255.0,
-            splits.database.x.reshape(len(splits.database.x), -1).astype(np.float32) / 255.0,
-            k=k)
+            flat_pixels(splits.query.x), flat_pixels(splits.database.x), k=k)
         euclid = evaluation.retrieval_metrics(
             query_codes, db_codes, None, None, model.bits, map_at=(None, 1000), radius=2,
             relevance_fn=evaluation.neighbour_relevance(neighbours, len(db_codes)))

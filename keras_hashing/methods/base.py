@@ -31,6 +31,7 @@ from keras import ops
 
 from keras_hashing import codes as codes_lib
 from keras_hashing.backbones import build_backbone
+from keras_hashing.data import PIXEL_SCALE
 from keras_hashing.errors import ConfigError
 
 
@@ -147,7 +148,7 @@ class HashingModel(keras.Model):
         self.params = {**self.default_params, **(params or {})}
         if self.supervised and not self.num_classes:
             raise ConfigError(f"{self.method_name} is supervised: num_classes is required")
-        self.rescale = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+        self.rescale = keras.layers.Rescaling(PIXEL_SCALE, name="rescale")
         self.backbone = build_backbone(backbone, self.image_shape,
                                        weight_decay=self.weight_decay,
                                        feature_map=self.spatial_features,
@@ -187,7 +188,7 @@ class HashingModel(keras.Model):
         Default: +-1 (sign codes). SSDH overrides it with 0/1. Used for the
         quantisation error |h - b| in TensorBoard.
         """
-        return np.where(np.asarray(bits) > 0, 1.0, -1.0)
+        return codes_lib.bits_to_pm1(bits)
 
     # -- forward -----------------------------------------------------------------------
     def call(self, images, training=False):

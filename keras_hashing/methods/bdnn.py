@@ -61,6 +61,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_hashing import baselines, losses
+from keras_hashing.codes import sign_pm1
+from keras_hashing.data import PIXEL_SCALE, flat_pixels
 from keras_hashing.layers import PACKAGE
 from keras_hashing.methods.base import HashingModel
 
@@ -96,7 +98,7 @@ def dcc_b_step(h, x, decoder_kernel, decoder_bias, lambda2, b, sweeps=10):
     for _ in range(sweeps):
         for k in range(b.shape[1]):
             others = np.delete(np.arange(b.shape[1]), k)
-            b[:, k] = np.where(q[:, k] - b[:, others] @ g[others, k] >= 0, 1.0, -1.0)
+            b[:, k] = sign_pm1(q[:, k] - b[:, others] @ g[others, k])
     return b
 
 
@@ -133,7 +135,7 @@ class BDNN(HashingModel):
         if isinstance(targets, dict):
             b = ops.cast(ops.take(self.b_table, targets["index"], axis=0), h.dtype)
             return b, targets["label"]
-        return ops.stop_gradient(ops.where(h >= 0, 1.0, -1.0)), targets
+        return ops.stop_gradient(losses.sign_pm1(h)), targets
 
     def full_batch_factor(self, h):
         """N / m: turns an in-batch pair or column-sum term into an estimate of the paper's
@@ -157,7 +159,7 @@ class BDNN(HashingModel):
         """B = ITQ codes of the training pixels (the authors' initialisation)."""
         x = self.pixels(splits.train.x)
         itq = baselines.ITQ(self.bits, seed=seed).fit(x)
-        self.set_b_table(np.where(itq.embed(x) >= 0, 1, -1))
+        self.set_b_table(sign_pm1(itq.embed(x)))
 
     def set_b_table(self, b):
         b = np.asarray(b)
@@ -174,8 +176,7 @@ class BDNN(HashingModel):
 
     def pixels(self, images) -> np.ndarray:
         """Images as flat float32 vectors in [0, 1] (ITQ's input, UH-BDNN's X)."""
-        images = np.asarray(images)
-        return images.reshape(len(images), -1).astype(np.float32) / 255.0
+        return flat_pixels(images)
 
 
 class BStep(keras.callbacks.Callback):
@@ -229,7 +230,7 @@ class SHBDNN(BDNN):
 
     def b_step(self, images):
         old = np.asarray(self.b_table.numpy())
-        new = np.where(self.embed(images) >= 0, 1, -1)
+        new = sign_pm1(self.embed(images))
         self.set_b_table(new)
         return float(np.mean(old != new))
 
@@ -278,7 +279,7 @@ class UHBDNN(BDNN):
 
     def call(self, images, training=False):
         outputs = super().call(images, training=training)
-        flat = ops.reshape(ops.cast(images, "float32") / 255.0,
+        flat = ops.reshape(ops.cast(images, "float32") * PIXEL_SCALE,
                            (-1, int(np.prod(self.image_shape))))
         return {**outputs, "pixels": flat}
 
