@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="served model name (with --serving-url)")
     s.add_argument("--model-version", type=int, help="served version (default latest)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="wait this long for the served model to become available (a server "
+                        "that is still starting or loading)")
     s.add_argument("--show", metavar="PNG", help="also draw queries and neighbours to a PNG "
                    "(needs an index made by `index build`, which records its dataset)")
     s.add_argument("--images", nargs="+", required=True,
@@ -214,6 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exhaustive scan (default) or multi-index hashing; both exact")
     s.add_argument("--mmap", action="store_true",
                    help="memory-map the index instead of reading it (huge indexes)")
+    sv = sub.add_parser("serve", parents=[common],
+                        help="search service: an index behind HTTP, with a page to try it",
+                        epilog="examples: keras-hashing serve --index photos.khi --run "
+                               "runs/p48\n  keras-hashing serve --index photos.khi "
+                               "--serving-url http://localhost:8501 --model p48 --host "
+                               "0.0.0.0 --token SECRET",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("--index", required=True, help="the index file (replaced on disk: "
+                    "swapped in without dropping requests)")
+    encoder = sv.add_mutually_exclusive_group()
+    encoder.add_argument("--run", help="encode query images with this run's model")
+    encoder.add_argument("--serving-url", help="encode query images with TF Serving")
+    sv.add_argument("--model", help="served model name (with --serving-url)")
+    sv.add_argument("--model-version", type=int, help="served version (default latest)")
+    sv.add_argument("--timeout", type=float, default=10.0, help="seconds per TF Serving call")
+    sv.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                    help="wait this long for the served model at start-up")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="interface to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--token", help="bearer token required on every route but /healthz "
+                    "(default: $KERAS_HASHING_TOKEN; none: open)")
+    sv.add_argument("--index-method", choices=("flat", "mih"), default="flat")
     return p
 
 
@@ -243,6 +269,8 @@ def _add_split_args(p, serving=False) -> None:
         p.add_argument("--concurrency", type=int, default=4,
                        help="requests in flight to TF Serving (default 4)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+        p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                       help="wait this long for the served model to become available")
 
 
 def main(argv=None) -> int:
@@ -311,23 +339,10 @@ def _image_size(values):
 
 def _run_and_splits(args):
     _quiet_tensorflow()
-    from keras_hashing import training
-    from keras_hashing.runs import load_run
+    from keras_hashing.runs import load_run_with_splits
 
-    run = load_run(args.run)
-    cfg = dict(run.config)
-    if getattr(args, "dataset", None):
-        cfg["dataset"] = args.dataset
-        cfg["protocol"] = None
-    if getattr(args, "data_dir", None):
-        cfg["data_dir"] = args.data_dir
-    splits = training.load_splits(cfg)
-    if splits.input_shape != run.model.image_shape:
-        from keras_hashing.errors import DataError
-
-        raise DataError(f"dataset {cfg['dataset']} has images of shape {splits.input_shape} "
-                        f"but the model expects {run.model.image_shape}")
-    return run, splits
+    return load_run_with_splits(args.run, getattr(args, "dataset", None),
+                                getattr(args, "data_dir", None))
 
 
 def cmd_evaluate(args) -> int:
@@ -343,82 +358,32 @@ def _split_to_encode(args):
     """(run or None, split, where it came from) for encode and index build."""
     if args.batch_size is not None and args.batch_size < 1:
         raise HashingError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.images:
-        from keras_hashing.data import load_images_split
+    if args.run:
+        _quiet_tensorflow()
+    from keras_hashing.streaming import encoding_input
 
-        run = None
-        if args.run:
-            _quiet_tensorflow()
-            from keras_hashing.runs import load_run
-
-            run = load_run(args.run)
-            shape = run.model.image_shape
-        else:
-            shape = (1, 1, 3)  # TF Serving decodes and resizes each file itself
-        split = load_images_split(args.images, shape, args.data_dir, args.on_bad_image)
-        return run, split, {"images": args.images, "data_dir": args.data_dir}
-    if not args.run:
-        raise HashingError("give --run RUN (or --images with --serving-url)")
-    run, splits = _run_and_splits(args)
-    cfg = run.config
-    # what `search --show` needs to load the split's images again (the image size and
-    # channels are the model's, which the index metadata records beside these)
-    source = {"dataset": splits.name, "protocol": splits.protocol, "split": args.split,
-              "seed": cfg.get("seed"), "data_dir": args.data_dir or cfg.get("data_dir")}
-    return run, getattr(splits, args.split), source
+    return encoding_input(args.run, args.images, getattr(args, "dataset", None), args.split,
+                          args.data_dir, args.on_bad_image)
 
 
 def cmd_encode(args) -> int:
-    import numpy as np
+    from keras_hashing import streaming
 
-    from keras_hashing.fileio import atomic_open
-    from keras_hashing.streaming import encode_split
-
-    _check_npz_output(args)
+    streaming.check_codes_output(args.out, args.run, args.images)
     run, split, _ = _split_to_encode(args)
-    codes, kept = encode_split(run.model, split, args.batch_size or 256, verbose=_verbose(args))
-    arrays = {"codes": codes, "bits": np.int64(run.model.bits)}
-    if split.y is not None:
-        arrays["labels"] = split.y[kept]
-    if getattr(split, "paths", None) is not None:
-        arrays["paths"] = split.paths[kept].astype(str)
-    with atomic_open(args.out, "wb") as f:
-        np.savez(f, **arrays)
+    codes, kept = streaming.encode_split(run.model, split, args.batch_size or 256,
+                                         verbose=_verbose(args))
+    streaming.save_codes(args.out, codes, run.model.bits, split, kept)
     emit(json.dumps({"out": args.out, "count": int(codes.shape[0]), "bits": run.model.bits,
                      "skipped": int((~kept).sum())}))
     return 0
-
-
-def _check_npz_output(args) -> None:
-    """encode's --out may replace an .npz of arrays, never a run's files or an input."""
-    import zipfile
-
-    from keras_hashing.fileio import check_output_path
-    from keras_hashing.runs import MODEL_FILE
-
-    def is_npz(path):
-        try:
-            with zipfile.ZipFile(path) as z:
-                return all(name.endswith(".npy") for name in z.namelist())
-        except (OSError, zipfile.BadZipFile):
-            return False
-
-    inputs = [os.path.join(args.run, MODEL_FILE)] if args.run else []
-    if args.images and ":" in args.images:
-        inputs.append(args.images.split(":", 1)[1])
-    check_output_path(args.out, inputs=inputs, kind=is_npz)
 
 
 def cmd_index(args) -> int:
     from keras_hashing.index import HammingIndex
 
     if args.index_command == "merge":
-        from keras_hashing.fileio import check_output_path
-        from keras_hashing.index_file import is_index_file
-
-        check_output_path(args.out, inputs=args.shards, kind=is_index_file)
-        merged = HammingIndex.merge([HammingIndex.load(path) for path in args.shards])
-        merged.save(args.out)
+        merged = HammingIndex.merge_files(args.shards, args.out)
         emit(json.dumps({"out": args.out, "count": len(merged), "bits": merged.bits,
                          "shards": len(args.shards)}))
         return 0
@@ -441,6 +406,7 @@ def cmd_index(args) -> int:
 
         client = TFServingClient(args.serving_url, args.model, version=args.model_version,
                                  timeout=args.timeout)
+        client.wait_until_available(args.wait)
         index, skipped, resumed_from = streaming.index_from_serving(
             client, split, args.out, source, min(args.batch_size or 32, 64), args.concurrency,
             _verbose(args))
@@ -468,20 +434,13 @@ def _verbose(args):
 
 def cmd_plot(args) -> int:
     from keras_hashing import plots
-    from keras_hashing.fileio import read_json
+    from keras_hashing.runs import metric_rows
 
     run, splits = _run_and_splits(args)
     out = args.out or os.path.join(args.run, "plots")
     paths = plots.plot_run(run, splits, out)
     if args.runs:
-        rows = []
-        for r in [args.run, *args.runs]:
-            m = read_json(os.path.join(r, "metrics.json"))
-            try:
-                rows.append({"method": m["method"], "bits": m["bits"],
-                             "map_all": m["query"]["map_all"]})
-            except (KeyError, TypeError):
-                raise HashingError(f"{r}/metrics.json lacks method, bits or query map_all")
+        rows = metric_rows([args.run, *args.runs])
         paths["map_vs_bits"] = plots.plot_map_vs_bits(rows, os.path.join(out, "map_vs_bits.png"))
     emit(json.dumps(paths, indent=2))
     return 0
@@ -503,48 +462,6 @@ def cmd_config(args) -> int:
     return 0
 
 
-def _show_grid(index, result, query_images, query_names, path) -> None:
-    """Draw queries and their neighbours, with database images found from index.metadata."""
-    import numpy as np
-
-    from keras_hashing import data, plots
-
-    meta = index.metadata
-    if index.paths is not None:  # built from image files: draw them from their paths
-        size, channels = meta.get("image_size") or [64, 64], meta.get("channels") or 3
-        positions = index.positions_of(result.ids.ravel())
-        neighbours = data.load_images([index.paths[p] for p in positions], size, channels)
-        if query_images is None:
-            query_images = data.load_images(query_names, size, channels)
-        labels = index.labels
-        labels = labels[positions].reshape(result.ids.shape) if (
-            labels is not None and labels.ndim == 1) else None
-        plots.plot_retrieval_grid(query_images, neighbours.reshape(*result.ids.shape,
-                                                                   *neighbours.shape[1:]),
-                                  path, None, labels, None, result.distances)
-        return
-    if not meta.get("dataset") or not meta.get("split"):
-        raise HashingError("--show needs an index made by `keras-hashing index build`, which "
-                           "records the dataset its codes came from")
-    splits = data.load_dataset(meta["dataset"], protocol=meta.get("protocol"),
-                               data_dir=meta.get("data_dir"), seed=meta.get("seed") or 0,
-                               image_size=meta.get("image_size"), channels=meta.get("channels"))
-    db = getattr(splits, meta["split"])
-    if len(db) != len(index) or not np.array_equal(index.ids, np.arange(len(index))):
-        raise HashingError("--show: the index no longer matches its dataset split (items were "
-                           "added or removed); rebuild it with `index build`")
-    if query_images is None:
-        shape = splits.input_shape
-        query_images = data.load_images(query_names, shape[:2], shape[2])
-    labels = db.y if db.y.ndim == 1 else None
-    # unique sorted rows: a streamed split reads them in file order, each once
-    rows, where = np.unique(result.ids.ravel(), return_inverse=True)
-    neighbours = db.subset(rows).x[where].reshape(*result.ids.shape, *splits.input_shape)
-    plots.plot_retrieval_grid(query_images, neighbours, path, None,
-                              None if labels is None else labels[result.ids],
-                              splits.class_names, result.distances)
-
-
 def cmd_export(args) -> int:
     _quiet_tensorflow()
     from keras_hashing.export import export_run
@@ -554,37 +471,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _read_query_images(paths, shape=None):
-    """(pixels or None, encoded bytes or None, names) from image files or one .npy array."""
-    import numpy as np
-
-    if len(paths) == 1 and paths[0].endswith(".npy"):
-        try:
-            images = np.load(paths[0], allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise HashingError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
-        if images.size == 0 or images.ndim == 0 or (images.ndim < 3 and
-                                                    images.dtype.kind in "biuf"):
-            raise HashingError(f"{paths[0]}: holds no images (an array of shape "
-                               f"{images.shape}; give (N, H, W, C) pixels)")
-        if images.ndim == 3 and shape is not None and len(shape) == 3:
-            images = images[None]
-        return images, None, [f"{paths[0]}[{i}]" for i in range(len(images))]
-    if shape is not None:
-        from keras_hashing.data import load_images
-
-        return load_images(paths, shape[:2], shape[2]), None, list(paths)
-    blobs = []
-    for p in paths:
-        try:
-            with open(p, "rb") as f:
-                blobs.append(f.read())
-        except OSError as e:
-            raise HashingError(f"{p}: cannot read image ({e.strerror})") from None
-    return None, blobs, list(paths)
-
-
 def cmd_search(args) -> int:
+    from keras_hashing.data import read_query_images
     from keras_hashing.index import HammingIndex
     from keras_hashing.serving import RetrievalClient, TFServingClient
 
@@ -610,7 +498,8 @@ def cmd_search(args) -> int:
             raise HashingError("--serving-url needs --model NAME (the served model's name)")
         encoder = TFServingClient(args.serving_url, args.model, version=args.model_version,
                                   timeout=args.timeout)
-        images, blobs, names = _read_query_images(args.images)
+        encoder.wait_until_available(args.wait)
+        images, blobs, names = read_query_images(args.images)
     else:
         _quiet_tensorflow()
         from keras_hashing.data import check_images
@@ -619,11 +508,18 @@ def cmd_search(args) -> int:
         run = load_run(args.run)
         check_index_matches_run(run, index, f"index {args.index}")
         encoder = run.model
-        images, blobs, names = _read_query_images(args.images, run.model.image_shape)
+        images, blobs, names = read_query_images(args.images, run.model.image_shape)
         images = check_images(images, run.model.image_shape)
     result = RetrievalClient(encoder, index).query(images=images, image_bytes=blobs, k=args.k)
     if args.show:
-        _show_grid(index, result, images, names, args.show)
+        from keras_hashing import plots
+        from keras_hashing.data import images_of_index, load_images
+
+        neighbours, labels, class_names = images_of_index(index, result.ids)
+        if images is None:  # encoded by TF Serving: decode the queries for the picture
+            images = load_images(names, neighbours.shape[-3:-1], neighbours.shape[-1])
+        plots.plot_retrieval_grid(images, neighbours, args.show, None, labels, class_names,
+                                  result.distances)
     for i, name in enumerate(names):
         row = {"query": name, "ids": result.ids[i].tolist(),
                "distances": result.distances[i].tolist()}
@@ -633,7 +529,43 @@ def cmd_search(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "encode": cmd_encode,
+def cmd_serve(args) -> int:
+    from keras_hashing import service
+
+    if not 0 < args.port < 65536:
+        raise HashingError(f"--port must be in 1..65535, got {args.port}")
+    token = args.token or os.environ.get(service.TOKEN_ENV) or None
+    if args.serving_url:
+        from keras_hashing.serving import TFServingClient
+
+        if not args.model:
+            raise HashingError("--serving-url needs --model NAME (the served model's name)")
+        _check_timeout(args.timeout)
+        client = TFServingClient(args.serving_url, args.model, version=args.model_version,
+                                 timeout=args.timeout)
+        client.wait_until_available(args.wait)
+        encoder = service.ServingEncoder(client)
+    elif args.run:
+        _quiet_tensorflow()
+        from keras_hashing.runs import check_index_matches_run, load_run
+
+        run = load_run(args.run)
+        check_index_matches_run(run, service.IndexHolder(args.index).current,
+                                f"index {args.index}")
+        encoder = service.ModelEncoder(run.model)
+    else:
+        encoder = None  # codes and database ids only
+    app = service.create_app(args.index, encoder, token=token, method=args.index_method)
+    import uvicorn
+
+    print(f"keras-hashing: serving {args.index} on http://{args.host}:{args.port}/"
+          + ("" if token else " (no token: anyone who can reach it may search)"),
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "fit": cmd_fit, "evaluate": cmd_evaluate, "encode": cmd_encode,
             "index": cmd_index, "search": cmd_search, "export": cmd_export, "plot": cmd_plot,
             "config": cmd_config}
 

@@ -687,3 +687,87 @@ def load_images_split(spec, image_shape, data_dir=None, on_bad_image="fail") -> 
     collection = sources.read_source(spec, data_dir, on_bad_image)
     return FileSplit(collection.paths, collection.labels, tuple(image_shape[:2]),
                      int(image_shape[2]), on_bad_image)
+
+
+# -- from a run's config, an index's metadata, or query files ---------------------------
+def load_splits(cfg: dict) -> "DatasetSplits":
+    """The splits a resolved config trains and evaluates on."""
+    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
+                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
+                        channels=cfg["channels"], download=cfg.get("download", True),
+                        on_bad_image=cfg.get("on_bad_image", "fail"))
+
+
+def resolved_image_size(cfg: dict):
+    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
+    from keras_hashing.backbones import application_name
+    from keras_hashing.sources import source_kind
+
+    if cfg["image_size"] or not application_name(cfg["backbone"]):
+        return cfg["image_size"]
+    return [224, 224] if source_kind(cfg["dataset"]) else None
+
+
+def images_of_index(index, ids):
+    """The images of index items, loaded again from what the index records (its paths,
+    or the dataset split ``index build`` encoded): (images ids.shape + (H, W, C), labels
+    (ids.shape) or None, class names or None)."""
+    meta = index.metadata
+    ids = np.asarray(ids)
+    positions = index.positions_of(ids.ravel())
+    if index.paths is not None:  # built from image files: read them from their paths
+        size, channels = meta.get("image_size") or [64, 64], meta.get("channels") or 3
+        images = load_images([index.paths[p] for p in positions], size, channels)
+        labels = index.labels
+        labels = labels[positions].reshape(ids.shape) if (
+            labels is not None and labels.ndim == 1) else None
+        return images.reshape(*ids.shape, *images.shape[1:]), labels, None
+    if not meta.get("dataset") or not meta.get("split"):
+        raise DataError("the index records no dataset or image paths to draw its items "
+                        "from; build it with `keras-hashing index build`")
+    splits = load_dataset(meta["dataset"], protocol=meta.get("protocol"),
+                          data_dir=meta.get("data_dir"), seed=meta.get("seed") or 0,
+                          image_size=meta.get("image_size"), channels=meta.get("channels"))
+    split = getattr(splits, meta["split"], None)
+    if split is None or len(split) != len(index) or not np.array_equal(
+            index.ids, np.arange(len(index))):
+        raise DataError("the index no longer matches its dataset split (items were added or "
+                        "removed); rebuild it with `keras-hashing index build`")
+    # unique sorted rows: a streamed split reads them in file order, each once
+    rows, where = np.unique(positions, return_inverse=True)
+    images = split.subset(rows).x[where].reshape(*ids.shape, *splits.input_shape)
+    labels = split.y[positions].reshape(ids.shape) if split.y.ndim == 1 else None
+    return images, labels, splits.class_names
+
+
+def read_query_images(paths, shape=None):
+    """Query images from image files or one .npy array: (pixels or None, encoded bytes or
+    None, names). With the model's ``shape`` (H, W, C) files are decoded here; without
+    it (a served model decodes them) their bytes are returned.
+
+    Example:
+        >>> read_query_images(["shoe.png"], (28, 28, 1))[2]    # doctest: +SKIP
+        ['shoe.png']
+    """
+    if len(paths) == 1 and str(paths[0]).endswith(".npy"):
+        try:
+            images = np.load(paths[0], allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
+        if images.size == 0 or images.ndim == 0 or (images.ndim < 3 and
+                                                    images.dtype.kind in "biuf"):
+            raise DataError(f"{paths[0]}: holds no images (an array of shape "
+                            f"{images.shape}; give (N, H, W, C) pixels)")
+        if images.ndim == 3 and shape is not None and len(shape) == 3:
+            images = images[None]
+        return images, None, [f"{paths[0]}[{i}]" for i in range(len(images))]
+    if shape is not None:
+        return load_images(paths, shape[:2], shape[2]), None, list(paths)
+    blobs = []
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                blobs.append(f.read())
+        except OSError as e:
+            raise DataError(f"{p}: cannot read image ({e.strerror})") from None
+    return None, blobs, list(paths)

@@ -229,6 +229,17 @@ class HammingIndex:
         out.metadata = {**shards[0].metadata, "merged_from": [len(s) for s in shards]}
         return out
 
+    @classmethod
+    def merge_files(cls, paths, out) -> "HammingIndex":
+        """Merge the index files ``paths`` into the file ``out`` (which may replace an
+        index file, never one of the inputs or a file of another kind)."""
+        from .fileio import check_output_path
+
+        check_output_path(out, inputs=paths, kind=index_file.is_index_file)
+        merged = cls.merge([cls.load(path) for path in paths])
+        merged.save(out)
+        return merged
+
     # -- search -----------------------------------------------------------------------
     def searcher(self):
         """The search structure over the current codes: ``scan.FlatScan`` or

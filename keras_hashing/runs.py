@@ -402,3 +402,36 @@ def check_index_matches_run(run: Run, index, what: str) -> None:
                           f"{meta.get('run', 'an unknown run')}), not by {run.path}; its "
                           "codes are not comparable: search it with the run that built it, "
                           f"or rebuild it with `keras-hashing index build --run {run.path}`")
+
+
+def load_run_with_splits(path, dataset=None, data_dir=None):
+    """(Run, splits of its dataset), or of ``dataset`` instead; the images must have the
+    shape the model takes."""
+    from keras_hashing.data import load_splits
+    from keras_hashing.errors import DataError
+
+    run = load_run(path)
+    cfg = dict(run.config)
+    if dataset:
+        cfg["dataset"], cfg["protocol"] = dataset, None
+    if data_dir:
+        cfg["data_dir"] = data_dir
+    splits = load_splits(cfg)
+    if splits.input_shape != run.model.image_shape:
+        raise DataError(f"dataset {cfg['dataset']} has images of shape {splits.input_shape} "
+                        f"but the model expects {run.model.image_shape}")
+    return run, splits
+
+
+def metric_rows(paths, metric="map_all") -> list:
+    """One {"method", "bits", metric} row per finished run (for mAP against bits)."""
+    rows = []
+    for path in paths:
+        metrics = read_json(os.path.join(path, METRICS_FILE))
+        try:
+            rows.append({"method": metrics["method"], "bits": int(metrics["bits"]),
+                         metric: float(metrics["query"][metric])})
+        except (KeyError, TypeError, ValueError):
+            raise RunDirError(f"{path}/{METRICS_FILE} lacks method, bits or query "
+                              f"{metric}") from None
+    return rows

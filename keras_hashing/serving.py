@@ -92,13 +92,17 @@ class TFServingClient:
         backoff: first retry delay in seconds; doubles on each retry.
     """
 
-    def __init__(self, url, model_name, version=None, timeout=10.0, retries=3, backoff=0.2):
+    def __init__(self, url, model_name, version=None, timeout=10.0, retries=3, backoff=0.2,
+                 label=None):
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise HashingError(f"serving URL {url!r} must look like http://HOST:8501")
         self.url = url.rstrip("/")
+        if version is not None and label is not None:
+            raise HashingError("give a model version or a version label, not both")
         self.model_name = model_name
         self.version = version
+        self.label = label
         self.timeout = _number("timeout", timeout, 0, 86400)
         self.retries = int(_number("retries", retries, 0, 100, low_open=False))
         self.backoff = _number("backoff", backoff, 0, 60, low_open=False)
@@ -108,11 +112,47 @@ class TFServingClient:
     @property
     def model_path(self) -> str:
         path = f"/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
+        if self.label is not None:
+            return path + f"/labels/{urllib.parse.quote(str(self.label), safe='')}"
         return path + (f"/versions/{int(self.version)}" if self.version is not None else "")
 
     def status(self) -> dict:
         """The model's version status (``model_version_status``)."""
         return self._request("GET", self.model_path)
+
+    def available_versions(self) -> list:
+        """Versions whose state is AVAILABLE (TF Serving answers LOADING while it loads)."""
+        try:
+            states = self.status()["model_version_status"]
+            return sorted(int(s["version"]) for s in states if s.get("state") == "AVAILABLE")
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponseError(f"{self.url}{self.model_path}: status answer has no "
+                                         "model_version_status list") from None
+
+    def wait_until_available(self, timeout=60.0, poll=0.5) -> list:
+        """Poll the status endpoint until a version is AVAILABLE; returns the versions.
+
+        A server started together with this client (docker compose, Kubernetes) refuses
+        connections at first, then answers 404 "Servable not found" to predict and
+        metadata while the model loads, when its status says LOADING: both are waited
+        out, up to ``timeout`` seconds, then ServingUnavailableError says what was seen
+        last. A status of 404 means the server does not know the model name: that is
+        raised at once (ModelNotFoundError).
+        """
+        deadline = time.monotonic() + _number("wait", timeout, 0, 86400, low_open=False)
+        last = "no answer"
+        while True:
+            try:
+                versions = self.available_versions()
+                if versions:
+                    return versions
+                last = "no version AVAILABLE yet"
+            except (ServingUnavailableError, ServingTimeoutError) as e:
+                last = str(e)
+            if time.monotonic() + poll > deadline:
+                raise ServingUnavailableError(f"{self.model_name} at {self.url} is not "
+                                              f"available after {timeout:g} s ({last})")
+            time.sleep(poll)
 
     def metadata(self) -> dict:
         """The model's signatures as TF Serving describes them."""

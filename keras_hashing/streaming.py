@@ -233,3 +233,69 @@ def _fingerprint(encoder, bits, split, source) -> dict:
     paths = getattr(split, "paths", None)
     return {"encoder": encoder, "bits": bits, "count": len(split), "source": source,
             "first": str(paths[0]) if paths is not None and len(split) else None}
+
+
+def encoding_input(run_path=None, images=None, dataset=None, split="database", data_dir=None,
+                   on_bad_image="fail"):
+    """What ``encode`` and ``index build`` encode: (run or None, split, source).
+
+    ``images`` (a collection spec, folder:PATH ...) is encoded by the run's model, or by
+    TF Serving when there is no run; otherwise the run's dataset (or ``dataset``) split.
+    ``source`` is what the index metadata records so ``search --show`` can load the
+    images again (the image size and channels are the model's, recorded beside it).
+    """
+    from keras_hashing.errors import HashingError
+    from keras_hashing.runs import load_run, load_run_with_splits
+
+    if images:
+        from keras_hashing.data import load_images_split
+
+        run = load_run(run_path) if run_path else None
+        # without a run, TF Serving decodes and resizes each file itself
+        shape = run.model.image_shape if run else (1, 1, 3)
+        return run, load_images_split(images, shape, data_dir, on_bad_image), {
+            "images": images, "data_dir": data_dir}
+    if not run_path:
+        raise HashingError("give --run RUN (or --images with --serving-url)")
+    run, splits = load_run_with_splits(run_path, dataset, data_dir)
+    cfg = run.config
+    source = {"dataset": splits.name, "protocol": splits.protocol, "split": split,
+              "seed": cfg.get("seed"), "data_dir": data_dir or cfg.get("data_dir")}
+    return run, getattr(splits, split), source
+
+
+def check_codes_output(path, run_path=None, images=None) -> None:
+    """``encode --out`` may replace an .npz of arrays, never a run's files or an input."""
+    import zipfile
+
+    from keras_hashing.fileio import check_output_path
+    from keras_hashing.runs import MODEL_FILE
+
+    def is_npz(candidate):
+        try:
+            with zipfile.ZipFile(candidate) as z:
+                return all(name.endswith(".npy") for name in z.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return False
+
+    inputs = [os.path.join(run_path, MODEL_FILE)] if run_path else []
+    if images and ":" in images:
+        inputs.append(images.split(":", 1)[1])
+    check_output_path(path, inputs=inputs, kind=is_npz)
+
+
+def save_codes(path, codes, bits, split, kept) -> None:
+    """Packed codes (with the labels and paths of the images kept) to an .npz, atomically.
+
+    Example:
+        >>> codes = np.load("q.npz")["codes"]       # doctest: +SKIP
+    """
+    from keras_hashing.fileio import atomic_open
+
+    arrays = {"codes": codes, "bits": np.int64(bits)}
+    if split.y is not None:
+        arrays["labels"] = split.y[kept]
+    if getattr(split, "paths", None) is not None:
+        arrays["paths"] = split.paths[kept].astype(str)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)

@@ -19,28 +19,11 @@ import keras
 import numpy as np
 
 from keras_hashing import __version__, custom_loop, evaluation
-from keras_hashing.data import DatasetSplits, flat_pixels, load_dataset, make_tf_dataset
+from keras_hashing.data import DatasetSplits, flat_pixels, load_splits, make_tf_dataset
 from keras_hashing.errors import ConfigError, RunDirError
 from keras_hashing.methods import get_method
 from keras_hashing.runs import (BACKUP_DIR, LOGS_DIR, Run, RunWriter, check_writable,
-                                default_run_dir, load_run)
-
-
-def load_splits(cfg: dict) -> DatasetSplits:
-    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
-                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
-                        channels=cfg["channels"], download=cfg.get("download", True),
-                        on_bad_image=cfg.get("on_bad_image", "fail"))
-
-
-def resolved_image_size(cfg: dict):
-    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
-    from keras_hashing.backbones import application_name
-    from keras_hashing.sources import source_kind
-
-    if cfg["image_size"] or not application_name(cfg["backbone"]):
-        return cfg["image_size"]
-    return [224, 224] if source_kind(cfg["dataset"]) else None
+                                default_run_dir)
 
 
 def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
@@ -79,17 +62,8 @@ def use_mixed_precision(cfg: dict) -> bool:
 
 def _build_model(cfg: dict, splits: DatasetSplits):
     cls = get_method(cfg["method"])
-    params = dict(cfg["params"])
-    if "num_train" in cls.default_params and params.get("num_train") is None:
-        params["num_train"] = len(splits.train)  # DPSH's normalisation by N_train
-    backbone, backbone_kwargs, source = cfg["backbone"], cfg["backbone_kwargs"], None
-    if cfg["features_from"]:
-        source = feature_source(cfg, splits)
-        backbone, backbone_kwargs = source.backbone_spec, source.backbone_kwargs
-    elif not cls.gradient_training and backbone != "flatten":
-        raise ConfigError(f"{cls.method_name} hashes raw pixels (backbone: flatten) or the "
-                          f"features of a trained run (--features-from RUN); backbone "
-                          f"{backbone!r} would be untrained")
+    params = cls.data_params(dict(cfg["params"]), splits)
+    backbone, backbone_kwargs, source = cls.backbone_for(cfg, splits)
     model = cls(bits=cfg["bits"], input_shape=splits.input_shape,
                 num_classes=splits.num_classes, multi_label=splits.multi_label,
                 backbone=backbone, backbone_kwargs=backbone_kwargs,
@@ -99,22 +73,6 @@ def _build_model(cfg: dict, splits: DatasetSplits):
         # this run then holds them, and loading it never needs the source run again.
         model.backbone.set_weights(source.backbone.get_weights())
     return model
-
-
-def feature_source(cfg: dict, splits: DatasetSplits):
-    """The trained model whose backbone a baseline hashes the features of (checked)."""
-    cls = get_method(cfg["method"])
-    if cls.gradient_training:
-        raise ConfigError(f"features_from is for the closed-form baselines (lsh, pcah, itq); "
-                          f"{cls.method_name} trains its own backbone")
-    source = load_run(cfg["features_from"]).model
-    if source.spatial_features:
-        raise ConfigError(f"{cfg['features_from']}: a {source.method_name} backbone returns "
-                          "a feature map, not a feature vector; use another run")
-    if tuple(source.image_shape) != tuple(splits.input_shape):
-        raise ConfigError(f"{cfg['features_from']} was trained on {source.image_shape} images;"
-                          f" this dataset has {tuple(splits.input_shape)}")
-    return source
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
@@ -313,11 +271,21 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
         validation.set_model(model)
         validation.on_epoch_end(0)
     seconds_here = time.time() - start
+    metrics = _run_metrics(cfg, model, splits, strategy, validation, after_fit,
+                           initial_epoch, seconds_here, backup.seconds_before)
+    if chief:
+        writer.finish(model, metrics)
+    return Run(out, model, cfg, metrics)
+
+
+def _run_metrics(cfg, model, splits, strategy, validation, after_fit, initial_epoch,
+                 seconds_here, seconds_before) -> dict:
+    """metrics.json: the query evaluation, the validation history, timings, strategy."""
     # A resumed run counts the epochs trained before the resume too; None where the
     # backup predates recording its time.
-    train_seconds = (seconds_here + backup.seconds_before
-                     if backup.seconds_before is not None else None)
-    metrics = {
+    train_seconds = None if seconds_before is None else seconds_here + seconds_before
+    multi_worker = custom_loop.multi_worker(strategy)
+    return {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
         **splits.summary(),
         "query": evaluate_model(model, splits),
@@ -328,13 +296,10 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
         **({"after_fit": after_fit} if after_fit else {}),
         "train_seconds": None if train_seconds is None else round(train_seconds, 2),
         "train_seconds_this_process": round(seconds_here, 2),
+        "strategy": {"kind": ("MultiWorkerMirroredStrategy" if multi_worker  # an alias
+                              else type(strategy).__name__),
+                     "replicas": int(strategy.num_replicas_in_sync)},
     }
-    metrics["strategy"] = {"kind": ("MultiWorkerMirroredStrategy" if multi_worker  # an alias
-                                    else type(strategy).__name__),
-                           "replicas": int(strategy.num_replicas_in_sync)}
-    if chief:
-        writer.finish(model, metrics)
-    return Run(out, model, cfg, metrics)
 
 
 def _callbacks(cfg, model, splits, logs, validation, backup) -> list:

@@ -25,6 +25,7 @@ times), "truncate": n (close the connection half-way through the body n times)}.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -68,12 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
         faults = self.server.faults
         if faults.get("delay"):
             time.sleep(faults["delay"])
-        if faults.get("trickle_headers"):  # the status line and headers byte by byte
+        pause = faults.get("trickle_headers")
+        if pause:  # the status line and headers byte by byte
             head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 4
-            for b in head:
-                self.wfile.write(bytes([b]))
-                self.wfile.flush()
-                time.sleep(faults["trickle_headers"])
+            with contextlib.suppress(OSError):  # the client gives up first
+                for b in head:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(pause)
             return True
         if faults.get("nested", 0) > 0:  # valid JSON nested past any parser's stack
             faults["nested"] -= 1

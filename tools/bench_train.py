@@ -47,7 +47,8 @@ def worker(args) -> None:
     from keras_hashing.backbones import build_backbone
     from keras_hashing.config import resolve_config
     from keras_hashing.data import make_tf_dataset
-    from keras_hashing.training import build_model, load_splits
+    from keras_hashing.data import load_splits
+    from keras_hashing.training import build_model
 
     if args.strategy == "multiworker":  # no TF_CONFIG: one local worker
         strategy = tf.distribute.MultiWorkerMirroredStrategy()

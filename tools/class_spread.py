@@ -23,7 +23,7 @@ from keras_hashing import evaluation  # noqa: E402
 
 def spread_of_run(run_dir, items):
     from keras_hashing.runs import load_run
-    from keras_hashing.training import load_splits
+    from keras_hashing.data import load_splits
 
     run = load_run(run_dir)
     splits = load_splits(run.config)

@@ -159,6 +159,26 @@ class HashingModel(keras.Model):
         # Build every weight now so a fresh model and a loaded one have the same variables.
         self(np.zeros((1, *self.image_shape), np.float32))
 
+    # -- hooks of the trainer (training.build_model) -----------------------------------
+    @classmethod
+    def data_params(cls, params: dict, splits) -> dict:
+        """``params`` with those that depend on the training data filled in where the
+        config leaves them unset: ``num_train``, the training set's size (DPSH's
+        normalisation of eta, BDNN's B table), for methods that have it."""
+        if "num_train" in cls.default_params and params.get("num_train") is None:
+            params = {**params, "num_train": len(splits.train)}
+        return params
+
+    @classmethod
+    def backbone_for(cls, cfg: dict, splits):
+        """(backbone spec, backbone kwargs, a trained model to copy the backbone's weights
+        from or None). Deep methods train their own backbone (the closed-form baselines
+        may hash a trained run's features instead)."""
+        if cfg.get("features_from"):
+            raise ConfigError(f"features_from is for the closed-form baselines (lsh, pcah, "
+                              f"itq); {cls.method_name} trains its own backbone")
+        return cfg["backbone"], cfg["backbone_kwargs"], None
+
     # -- to fill in --------------------------------------------------------------------
     def build_head(self):
         raise NotImplementedError

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_hashing import baselines
+from keras_hashing.errors import ConfigError
 from keras_hashing.layers import PACKAGE
 from keras_hashing.methods.base import HashingModel
 
@@ -31,6 +32,27 @@ class LinearHashing(HashingModel):
     def __init__(self, *args, backbone="flatten", **kwargs):
         super().__init__(*args, backbone=backbone, **kwargs)
         self.backbone.trainable = False  # pixels, or a trained run's frozen features
+
+    @classmethod
+    def backbone_for(cls, cfg, splits):
+        """Raw pixels (``flatten``), or the backbone of the trained run ``features_from``
+        (its spec and weights; checked to take these images and give a vector)."""
+        if not cfg.get("features_from"):
+            if cfg["backbone"] != "flatten":
+                raise ConfigError(f"{cls.method_name} hashes raw pixels (backbone: flatten) "
+                                  "or the features of a trained run (--features-from RUN); "
+                                  f"backbone {cfg['backbone']!r} would be untrained")
+            return "flatten", cfg["backbone_kwargs"], None
+        from keras_hashing.runs import load_run
+
+        source = load_run(cfg["features_from"]).model
+        if source.spatial_features:
+            raise ConfigError(f"{cfg['features_from']}: a {source.method_name} backbone "
+                              "returns a feature map, not a feature vector; use another run")
+        if tuple(source.image_shape) != tuple(splits.input_shape):
+            raise ConfigError(f"{cfg['features_from']} was trained on {source.image_shape} "
+                              f"images; this dataset has {tuple(splits.input_shape)}")
+        return source.backbone_spec, source.backbone_kwargs, source
 
     def build_head(self):
         self.projection = keras.layers.Dense(self.bits, trainable=False, name="projection")

@@ -18,7 +18,8 @@ import keras  # noqa: E402
 from keras_hashing.config import resolve_config  # noqa: E402
 from keras_hashing.data import make_tf_dataset  # noqa: E402
 from keras_hashing.methods.base import gather_global_batch  # noqa: E402
-from keras_hashing.training import build_model, load_splits  # noqa: E402
+from keras_hashing.data import load_splits  # noqa: E402
+from keras_hashing.training import build_model  # noqa: E402
 
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process
 

@@ -1,0 +1,443 @@
+"""The search service: a Hamming index behind HTTP, beside the model that encodes queries.
+
+``keras-hashing serve --index FILE (--run RUN | --serving-url URL --model NAME)`` runs
+this FastAPI app with uvicorn:
+
+* ``POST /v1/search`` with ``{"codes": [[byte, ...], ...]}``, ``{"images": [{"b64":
+  "..."}]}`` or ``{"ids": [database id, ...]}``, and ``"k": 10`` or ``"radius": r``:
+  ``{"results": [{"ids", "distances", "paths", "labels"}, ...]}``, one per query,
+  exactly what ``HammingIndex.search`` / ``range_search`` give;
+* ``GET /v1/items/{id}/thumbnail`` (only from the paths the index records, inside the
+  collection's root), ``GET /v1/items?sample=n``, ``GET /v1/index``;
+* ``GET /healthz`` (ready once the index is loaded and the encoder answers),
+  ``GET /metrics`` (Prometheus), ``GET /openapi.json``, and ``GET /`` a page to try it.
+
+The index file is memory-mapped and replaced when the file is (``index build`` and
+``index merge`` rename a new file into place): requests in flight finish on the old one.
+Searches and encodes run in worker threads, so the event loop never waits on them;
+encodes through TF Serving are batched across concurrent requests. Client mistakes are
+JSON errors with a 4xx status, never a 500.
+
+Example:
+    >>> app = create_app("photos.khi", encoder=None)           # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8080)          # doctest: +SKIP
+"""
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import os
+import threading
+import time
+import warnings
+from importlib import resources
+
+import numpy as np
+
+from keras_hashing import codes as codes_lib
+from keras_hashing.errors import HashingError
+from keras_hashing.index import HammingIndex
+
+MAX_BODY_BYTES = 8 << 20
+MAX_QUERIES = 64
+MAX_K = 1000
+MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
+THUMBNAIL_PX = 128
+TOKEN_ENV = "KERAS_HASHING_TOKEN"
+
+
+class ClientError(Exception):
+    """A request the client must fix: answered with ``status`` and a JSON error."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+# -- the index, swapped when its file is replaced ------------------------------------------
+class IndexHolder:
+    """The current index of a file, memory-mapped; ``refresh`` loads the file again when
+    it was replaced (another inode, size or mtime). Readers take ``current`` once per
+    request, so a swap never changes the index under a search."""
+
+    def __init__(self, path, method="flat"):
+        self.path = os.fspath(path)
+        self.method = method
+        self.swaps = 0
+        self._stamp = None
+        self.current = None
+        self.refresh()
+
+    def _file_stamp(self):
+        st = os.stat(self.path)
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def refresh(self) -> bool:
+        """Load the file if it changed; True when a new index was swapped in. A file that
+        does not load (yet) keeps the old index."""
+        try:
+            stamp = self._file_stamp()
+        except OSError:
+            return False
+        if stamp == self._stamp:
+            return False
+        try:
+            index = HammingIndex.load(self.path, mmap=True, method=self.method)
+        except HashingError:
+            if self.current is None:
+                raise
+            return False
+        first = self.current is None
+        self.current, self._stamp = index, stamp
+        self.swaps += 0 if first else 1
+        return not first
+
+
+# -- encoders -------------------------------------------------------------------------------
+def image_size_of(blob: bytes):
+    """(width, height) from an image's header, without decoding it; ClientError when the
+    bytes are not an image or declare more than MAX_IMAGE_PIXELS."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        raise ClientError(f"an image declares more than {MAX_IMAGE_PIXELS:,} pixels",
+                          status=413) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ClientError("an image could not be decoded (PNG, JPEG, GIF or BMP)") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ClientError(f"an image declares {width} x {height} pixels; the limit is "
+                          f"{MAX_IMAGE_PIXELS:,}", status=413)
+    return width, height
+
+
+class ModelEncoder:
+    """Encodes image bytes with a run's model in this process (one at a time: the model
+    is not shared between threads)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.bits = model.bits
+        self._lock = threading.Lock()
+
+    def encode_bytes(self, blobs) -> np.ndarray:
+        import tensorflow as tf
+
+        from keras_hashing.sources import decode_image
+
+        height, width, channels = self.model.image_shape
+        with self._lock:
+            images = []
+            for blob in blobs:
+                try:
+                    images.append(decode_image(tf.constant(blob), (height, width),
+                                               channels).numpy())
+                except tf.errors.OpError:
+                    raise ClientError("an image could not be decoded") from None
+            return self.model.encode(np.stack(images))
+
+    def ready(self) -> bool:
+        return True
+
+
+class ServingEncoder:
+    """Encodes image bytes through TF Serving, batching the images of concurrent
+    requests into one predict call (up to ``max_batch`` images, waiting at most
+    ``max_delay`` seconds for company)."""
+
+    def __init__(self, client, max_batch=32, max_delay=0.005):
+        self.client = client
+        self.max_batch, self.max_delay = int(max_batch), float(max_delay)
+        self._queue = None
+        self._worker = None
+        self._available = False
+
+    @property
+    def bits(self):
+        return self.client.bits
+
+    def ready(self) -> bool:
+        if not self._available:
+            try:
+                self._available = bool(self.client.available_versions())
+            except HashingError:
+                return False
+        return self._available
+
+    async def encode_bytes_async(self, blobs) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._batches())
+        futures = [loop.create_future() for _ in blobs]
+        for blob, future in zip(blobs, futures):
+            self._queue.put_nowait((blob, future))
+        return np.stack([await f for f in futures])
+
+    async def _batches(self):
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.monotonic() + self.max_delay
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(await asyncio.wait_for(
+                        self._queue.get(), max(0.0, deadline - time.monotonic())))
+                except asyncio.TimeoutError:
+                    break
+            blobs = [blob for blob, _ in batch]
+            try:
+                codes = await asyncio.to_thread(self.client.encode_bytes, blobs, len(blobs))
+            except Exception as e:  # noqa: BLE001 - every waiter gets the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), code in zip(batch, codes):
+                if not future.done():
+                    future.set_result(code)
+
+
+# -- thumbnails -----------------------------------------------------------------------------
+def collection_root(index):
+    """The folder every path of the index must lie in (its ``--images`` source), or None
+    when the index records no image files."""
+    meta = index.metadata
+    spec = meta.get("images")
+    if index.paths is None or not spec:
+        return None
+    kind, _, where = str(spec).partition(":")
+    if meta.get("data_dir"):
+        return os.path.realpath(meta["data_dir"])
+    if kind == "folder":
+        return os.path.realpath(where)
+    return os.path.realpath(os.path.dirname(os.path.abspath(where)) if kind in ("list", "csv")
+                            and not os.path.isdir(where) else where)
+
+
+def thumbnail_png(index, item_id: int, cache: dict) -> bytes:
+    """A PNG thumbnail of database item ``item_id``: read from the path the index records
+    (refused unless it resolves inside the collection's root, symlinks followed), or from
+    the dataset split the index was built from."""
+    from PIL import Image
+
+    try:
+        position = int(index.positions_of([item_id])[0])
+    except HashingError:
+        raise ClientError(f"no item {item_id} in the index", status=404) from None
+    if index.paths is not None:
+        root = collection_root(index)
+        path = os.path.realpath(index.paths[position])
+        if root is None or os.path.commonpath([root, path]) != root:
+            raise ClientError(f"item {item_id}'s file lies outside the collection", status=404)
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            raise ClientError(f"item {item_id}'s file cannot be read", status=404) from None
+        image_size_of(blob)
+        try:
+            img = Image.open(io.BytesIO(blob))
+            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            img = img.convert("RGB")
+        except (OSError, ValueError):
+            raise ClientError(f"item {item_id}'s file is not a readable image",
+                              status=404) from None
+    else:
+        pixels = _dataset_pixels(index, position, cache)
+        img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        img = img.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _dataset_pixels(index, position, cache):
+    """The pixels of one item of a dataset-split index (the split is loaded once)."""
+    from keras_hashing.data import images_of_index
+
+    key = id(index)
+    if key not in cache:
+        try:
+            images, _, _ = images_of_index(index, index.ids)
+        except HashingError as e:
+            raise ClientError(f"no images for this index: {e}", status=404) from None
+        cache.clear()
+        cache[key] = images
+    return cache[key][position]
+
+
+# -- the app --------------------------------------------------------------------------------
+def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
+               poll_seconds=1.0, method="flat"):
+    """The FastAPI app serving ``index_path``; ``encoder`` (ModelEncoder, ServingEncoder
+    or None: codes and ids only) encodes query images; ``token`` guards every route but
+    /healthz."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                                   Histogram, generate_latest)
+    from starlette.concurrency import run_in_threadpool
+
+    from keras_hashing import __version__
+    from keras_hashing.service_api import SearchRequest, search  # noqa: F401
+
+    holder = IndexHolder(index_path, method=method)
+    registry = CollectorRegistry()
+    requests_total = Counter("keras_hashing_requests_total", "HTTP requests",
+                             ["route", "status"], registry=registry)
+    latency = Histogram("keras_hashing_request_seconds", "Request latency", ["route"],
+                        registry=registry,
+                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+    items = Gauge("keras_hashing_index_items", "Items in the index", registry=registry)
+    swaps = Gauge("keras_hashing_index_swaps", "Index files swapped in", registry=registry)
+    thumbnails: dict = {}
+
+    async def watch_index():
+        while True:
+            await asyncio.sleep(poll_seconds)
+            await run_in_threadpool(holder.refresh)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.get_running_loop().create_task(watch_index())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(title="keras-hashing search", version=__version__, lifespan=lifespan)
+    app.state.holder = holder
+
+    def error(message, status):
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        route = request.url.path if request.url.path in ROUTES else (
+            "/v1/items/{id}/thumbnail" if request.url.path.startswith("/v1/items/") else
+            "other")
+        start = time.perf_counter()
+        if token and request.url.path != "/healthz" and not _authorized(request, token):
+            response = error("missing or wrong bearer token", 401)
+        else:
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > max_body):
+                response = error(f"request body over {max_body} bytes", 413)
+            else:
+                try:
+                    response = await call_next(request)
+                except ClientError as e:
+                    response = error(str(e), e.status)
+        requests_total.labels(route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(f"{where + ': ' if where else ''}{first.get('msg', 'invalid request')}",
+                     400)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request, exc):
+        return error(str(exc), exc.status)
+
+    @app.post("/v1/search")
+    async def search_route(body: SearchRequest):
+        """Nearest database items of each query (codes, images or database ids)."""
+        index = holder.current
+        return await search(body, index, encoder)
+
+    @app.get("/v1/index")
+    async def index_info():
+        """The index being served: bits, items, method, metadata."""
+        index = holder.current
+        return {"bits": index.bits, "ntotal": len(index), "swaps": holder.swaps,
+                "has_labels": index.labels is not None, "has_paths": index.paths is not None,
+                "encodes_images": encoder is not None,
+                "metadata": {k: v for k, v in index.metadata.items() if k != "run"}}
+
+    @app.get("/v1/items")
+    async def sample_items(sample: int = 12, seed: int = 0):
+        """Ids of a few database items (the page shows them to click)."""
+        index = holder.current
+        if not 1 <= sample <= 100:
+            raise ClientError("sample must be in 1..100")
+        rng = np.random.default_rng(seed)
+        take = rng.choice(len(index), size=min(sample, len(index)), replace=False)
+        ids = index.ids[np.sort(take)]
+        labels = None if index.labels is None or index.labels.ndim != 1 else \
+            index.labels[np.sort(take)].tolist()
+        return {"ids": ids.tolist(), "labels": labels}
+
+    @app.get("/v1/items/{item_id}/thumbnail")
+    async def thumbnail(item_id: int):
+        """A PNG thumbnail of a database item, by id only."""
+        index = holder.current
+        png = await run_in_threadpool(thumbnail_png, index, item_id, thumbnails)
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=60"})
+
+    @app.get("/healthz")
+    async def healthz():
+        """200 once the index is loaded and the encoder answers, else 503."""
+        index = holder.current
+        ok = index is not None and (encoder is None or await run_in_threadpool(encoder.ready))
+        body = {"status": "ready" if ok else "not ready",
+                "items": 0 if index is None else len(index)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus metrics: requests and latency by route and status, index size."""
+        index = holder.current
+        items.set(len(index))
+        swaps.set(holder.swaps)
+        return PlainTextResponse(generate_latest(registry).decode(),
+                                 media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        """A page to try the index: drop an image, or click a database item."""
+        return (resources.files("keras_hashing") / "web" / "index.html").read_text("utf-8")
+
+    return app
+
+
+ROUTES = ("/v1/search", "/v1/index", "/v1/items", "/healthz", "/metrics", "/", "/openapi.json")
+
+
+def _authorized(request, token) -> bool:
+    import hmac
+
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else \
+        request.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), str(token).encode())
+
+
+def decode_b64(value: str) -> bytes:
+    """Base64 (standard or URL-safe) to bytes; ClientError when it is not base64."""
+    try:
+        return base64.b64decode(value.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError("images[].b64 is not base64") from None
+
+
+def check_codes(rows, bits: int) -> np.ndarray:
+    """JSON rows of packed bytes -> uint8 (Q, ceil(bits/8)); ClientError otherwise."""
+    nbytes = codes_lib.code_bytes(bits)
+    if any(len(row) != nbytes for row in rows):
+        raise ClientError(f"each code must be {nbytes} bytes ({bits}-bit codes, packed)")
+    arr = np.asarray(rows, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ClientError("code bytes must be integers 0..255")
+    return arr.astype(np.uint8).reshape(len(rows), nbytes)

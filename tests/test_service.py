@@ -1,0 +1,302 @@
+"""The search service (keras_hashing.service): its API in-process, the hot swap under
+load on a real server, and the page in a real headless browser."""
+
+import base64
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_hashing import cli, service
+from keras_hashing.index import HammingIndex
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def collection(trained_run, digits, tmp_path_factory):
+    """A folder of digit PNGs (3 classes x 12) and the index `index build` makes of it."""
+    root = tmp_path_factory.mktemp("service")
+    photos = root / "photos"
+    for cls in (0, 1, 2):
+        os.makedirs(photos / str(cls))
+        for i, x in enumerate(digits.train.x[digits.train.y == cls][:12]):
+            Image.fromarray(np.kron(x[..., 0], np.ones((4, 4), np.uint8))).save(
+                photos / str(cls) / f"{i}.png")
+    khi = root / "photos.khi"
+    assert cli.main(["index", "build", "--run", trained_run.path, "--images",
+                     f"folder:{photos}", "--out", str(khi), "--quiet"]) == 0
+    return photos, khi
+
+
+@pytest.fixture(scope="module")
+def client(trained_run, collection):
+    from fastapi.testclient import TestClient
+
+    app = service.create_app(collection[1], service.ModelEncoder(trained_run.model))
+    with TestClient(app) as c:
+        yield c
+
+
+def _b64(path):
+    return base64.b64encode(open(path, "rb").read()).decode()
+
+
+def test_search_by_codes_images_and_ids_is_what_the_index_gives(client, collection):
+    photos, khi = collection
+    index = HammingIndex.load(khi)
+    codes = index.codes[[3, 20]]
+    answer = client.post("/v1/search", json={"codes": codes.tolist(), "k": K}).json()
+    dist, ids = index.search(codes, K)
+    assert [r["ids"] for r in answer["results"]] == ids.tolist()
+    assert [r["distances"] for r in answer["results"]] == dist.tolist()
+    first = answer["results"][0]
+    assert first["paths"][0] == index.paths[int(ids[0, 0])]
+    assert first["labels"] == index.labels[index.positions_of(ids[0])].tolist()
+    # an image file of the collection finds itself at distance 0
+    path = index.paths[7]
+    by_image = client.post("/v1/search", json={"images": [{"b64": _b64(path)}], "k": K}).json()
+    assert by_image["results"][0]["distances"][0] == 0
+    assert path in [index.paths[i] for i in by_image["results"][0]["ids"]
+                    if by_image["results"][0]["distances"][0] == 0]
+    by_id = client.post("/v1/search", json={"ids": [11], "k": K}).json()["results"][0]
+    assert by_id["distances"][0] == 0 and 11 in by_id["ids"]
+    lims, rdist, rids = index.range_search(codes, 3)
+    by_radius = client.post("/v1/search", json={"codes": codes.tolist(), "radius": 3}).json()
+    assert by_radius["results"][1]["ids"] == rids[lims[1]:lims[2]].tolist()
+
+
+BAD_REQUESTS = [
+    ("code of the wrong length", {"codes": [[1, 2, 3, 4]], "k": 3}, 400, "bytes"),
+    ("code byte out of range", {"codes": [[300, 0, 0]], "k": 3}, 400, "0..255"),
+    ("no query", {"k": 3}, 400, "exactly one of"),
+    ("two kinds of query", {"codes": [[0, 0, 0]], "ids": [1]}, 400, "exactly one of"),
+    ("k zero", {"codes": [[0, 0, 0]], "k": 0}, 400, "k must be"),
+    ("k too large", {"codes": [[0, 0, 0]], "k": 5000}, 400, "k must be"),
+    ("k and radius", {"codes": [[0, 0, 0]], "k": 3, "radius": 2}, 400, "not both"),
+    ("negative radius", {"codes": [[0, 0, 0]], "radius": -1}, 400, "radius"),
+    ("unknown key", {"codes": [[0, 0, 0]], "colour": 1}, 400, "colour"),
+    ("k not a number", {"codes": [[0, 0, 0]], "k": "many"}, 400, "k"),
+    ("not base64", {"images": [{"b64": "***"}]}, 400, "base64"),
+    ("not an image", {"images": [{"b64": base64.b64encode(b"hello").decode()}]}, 400,
+     "could not be decoded"),
+    ("too many queries", {"ids": list(range(65))}, 400, "queries"),
+    ("unknown id", {"ids": [10**6]}, 404, "not in the index"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_client_mistakes_are_json_errors_never_500(client, case):
+    _, body, status, message = case
+    r = client.post("/v1/search", json=body)
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+def test_bodies_and_images_are_capped_before_decoding(client):
+    r = client.post("/v1/search", content=b"{" * 100, headers={"content-type":
+                                                              "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    huge = b"x" * (service.MAX_BODY_BYTES + 1)
+    r = client.post("/v1/search", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    # a PNG header declaring 20,000 x 20,000 pixels: refused from the header alone
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0,
+                                                             0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    r = client.post("/v1/search", json={"images": [{"b64": base64.b64encode(bomb).decode()}]})
+    assert r.status_code == 413 and "pixels" in r.json()["error"]
+
+
+def test_health_metrics_and_schema(client):
+    assert client.get("/healthz").json() == {"status": "ready", "items": 36}
+    client.post("/v1/search", json={"ids": [1], "k": 2})
+    text = client.get("/metrics").text
+    assert 'keras_hashing_requests_total{route="/v1/search",status="200"}' in text
+    assert "keras_hashing_request_seconds_bucket" in text
+    assert "keras_hashing_index_items 36.0" in text
+    schema = client.get("/openapi.json").json()
+    assert "/v1/search" in schema["paths"] and "SearchRequest" in str(schema["components"])
+
+
+def test_a_token_guards_every_route_but_healthz(trained_run, collection):
+    from fastapi.testclient import TestClient
+
+    app = service.create_app(collection[1], None, token="s3cret")
+    with TestClient(app) as c:
+        for path in ("/", "/v1/index", "/metrics", "/v1/items/0/thumbnail", "/openapi.json"):
+            assert c.get(path).status_code == 401, path
+        assert c.post("/v1/search", json={"ids": [0]}).status_code == 401
+        assert c.post("/v1/search", json={"ids": [0]},
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.post("/v1/search", json={"ids": [0]}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/v1/items/0/thumbnail?token=s3cret").status_code == 200
+        assert c.get("/healthz").status_code == 200
+        # without an encoder, images are refused and codes or ids still work
+        r = c.post("/v1/search", json={"images": [{"b64": "AAAA"}]},
+                   headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 400 and "encodes no images" in r.json()["error"]
+
+
+def test_thumbnails_come_only_from_the_collection(client, collection, tmp_path):
+    from fastapi.testclient import TestClient
+
+    r = client.get("/v1/items/4/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert max(Image.open(__import__("io").BytesIO(r.content)).size) <= service.THUMBNAIL_PX
+    assert client.get("/v1/items/999/thumbnail").status_code == 404
+    assert client.get("/v1/items/..%2F..%2Fetc%2Fpasswd/thumbnail").status_code in (400, 404)
+    # an index whose recorded paths leave the collection: by "..", absolutely, by a link
+    photos, khi = collection
+    outside = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside)
+    os.symlink(outside, photos / "0" / "link.png")
+    try:
+        index = HammingIndex.load(khi)
+        evil = HammingIndex(index.bits)
+        evil.add(index.codes[:3], paths=[str(photos / "0" / ".." / ".." / "secret.png"),
+                                         str(outside), str(photos / "0" / "link.png")])
+        evil.metadata = dict(index.metadata)
+        evil.save(tmp_path / "evil.khi")
+        with TestClient(service.create_app(tmp_path / "evil.khi")) as c:
+            for item in range(3):
+                r = c.get(f"/v1/items/{item}/thumbnail")
+                assert r.status_code == 404 and "outside the collection" in r.json()["error"]
+    finally:
+        os.unlink(photos / "0" / "link.png")
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """uvicorn on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_replacing_the_index_file_under_load_drops_no_request(collection, tmp_path):
+    import httpx
+
+    _, khi = collection
+    live = tmp_path / "live.khi"
+    shutil.copy(khi, live)
+    base = HammingIndex.load(khi)
+    app = service.create_app(live, None, poll_seconds=0.05)
+    failures, answers, stop = [], [0], threading.Event()
+
+    def load(seed):
+        rng = np.random.default_rng(seed)
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                codes = base.codes[rng.integers(0, len(base), 4)].tolist()
+                try:
+                    r = http.post(url + "/v1/search", json={"codes": codes, "k": 3})
+                    if r.status_code != 200 or len(r.json()["results"]) != 4:
+                        failures.append(r.status_code)
+                    answers[0] += 1
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+
+    with running_server(app) as url:
+        workers = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        for w in workers:
+            w.start()
+        for swap in range(1, 6):  # each save renames a new file over the old one
+            grown = HammingIndex.merge([base, _shifted(base, swap * 1000)])
+            grown.save(live)
+            time.sleep(0.3)
+        stop.set()
+        for w in workers:
+            w.join()
+        info = httpx.get(url + "/v1/index").json()
+    assert failures == [] and answers[0] > 20
+    assert info["ntotal"] == 2 * len(base) and info["swaps"] >= 1
+
+
+def _shifted(index, offset):
+    other = HammingIndex(index.bits)
+    other.add(index.codes, ids=index.ids + offset, labels=index.labels, paths=index.paths)
+    return other
+
+
+def _browser():
+    """A headless Chromium driven by selenium, or the reason there is none."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        return None, ("chromium and chromium-driver are not installed (apt-get install -y "
+                      "chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options), None
+
+
+def test_the_page_in_a_headless_browser(trained_run, collection, tmp_path):
+    """Upload an image, see k thumbnails; click a database image, see right and wrong
+    labels marked. The screenshot is kept (KH_ARTIFACTS, else the test's folder)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, reason = _browser()
+    if browser is None:
+        pytest.skip(reason)
+    photos, khi = collection
+    app = service.create_app(khi, service.ModelEncoder(trained_run.model))
+    try:
+        with running_server(app) as url:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 30)
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#sample img")) == 12)
+            browser.find_element(By.ID, "k").clear()
+            browser.find_element(By.ID, "k").send_keys(str(K))
+            browser.find_element(By.ID, "file").send_keys(str(photos / "1" / "3.png"))
+
+            def loaded(b):
+                imgs = b.find_elements(By.CSS_SELECTOR, "#results img")
+                return len(imgs) == K and all(
+                    b.execute_script("return arguments[0].naturalWidth", i) > 0 for i in imgs)
+            wait.until(loaded)
+            captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR,
+                                                              "#results figcaption")]
+            assert captions[0].startswith("d=0")
+            browser.find_elements(By.CSS_SELECTOR, "#sample img")[0].click()
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results figure.right,"
+                                                     " #results figure.wrong")) == K)
+            assert browser.find_element(By.ID, "error").text == ""
+            out = os.environ.get("KH_ARTIFACTS") or str(tmp_path)
+            os.makedirs(out, exist_ok=True)
+            assert browser.save_screenshot(os.path.join(out, "service_page.png"))
+    finally:
+        browser.quit()
