@@ -66,33 +66,30 @@ class IndexHolder:
         self.path = os.fspath(path)
         self.method = method
         self.swaps = 0
-        self._stamp = None
-        self.current = None
-        self.refresh()
+        self._stamp = self._file_stamp()
+        # the first load raises (IndexFileError) on a missing or bad file
+        self.current = HammingIndex.load(self.path, mmap=True, method=method)
 
     def _file_stamp(self):
-        st = os.stat(self.path)
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def refresh(self) -> bool:
         """Load the file if it changed; True when a new index was swapped in. A file that
         does not load (yet) keeps the old index."""
-        try:
-            stamp = self._file_stamp()
-        except OSError:
-            return False
-        if stamp == self._stamp:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
             return False
         try:
             index = HammingIndex.load(self.path, mmap=True, method=self.method)
         except HashingError:
-            if self.current is None:
-                raise
             return False
-        first = self.current is None
         self.current, self._stamp = index, stamp
-        self.swaps += 0 if first else 1
-        return not first
+        self.swaps += 1
+        return True
 
 
 # -- encoders -------------------------------------------------------------------------------
@@ -286,9 +283,10 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
     from starlette.concurrency import run_in_threadpool
 
     from keras_hashing import __version__
-    from keras_hashing.service_api import SearchRequest, search  # noqa: F401
+    from keras_hashing.service_api import SearchBatcher, SearchRequest, search  # noqa: F401
 
     holder = IndexHolder(index_path, method=method)
+    batcher = SearchBatcher()
     registry = CollectorRegistry()
     requests_total = Counter("keras_hashing_requests_total", "HTTP requests",
                              ["route", "status"], registry=registry)
@@ -354,7 +352,7 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
     async def search_route(body: SearchRequest):
         """Nearest database items of each query (codes, images or database ids)."""
         index = holder.current
-        return await search(body, index, encoder)
+        return await search(body, index, encoder, batcher)
 
     @app.get("/v1/index")
     async def index_info():

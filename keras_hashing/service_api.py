@@ -72,7 +72,70 @@ async def query_codes(body: SearchRequest, index, encoder) -> np.ndarray:
     return codes
 
 
-async def search(body: SearchRequest, index, encoder) -> dict:
+class SearchBatcher:
+    """Runs the k-NN searches of concurrent requests as one ``index.search`` call.
+
+    The exhaustive scan costs far less per query in a batch (1,000 queries over 1M codes
+    take about 1 ms each, one alone 2 to 3 ms). Searches run one batch at a time in a
+    worker thread; the requests that arrive meanwhile (up to ``max_queries`` codes, plus
+    any within ``max_delay`` seconds; 0: none is waited for, so a lone request pays
+    nothing) share the next scan, with the largest k among them. Each gets its own k
+    first results, which are exactly its top k since ties are broken by position.
+    """
+
+    def __init__(self, max_queries=256, max_delay=0.0):
+        self.max_queries, self.max_delay = int(max_queries), float(max_delay)
+        self._queue = None
+
+    async def top_k(self, index, codes, k):
+        loop = asyncio.get_running_loop()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            loop.create_task(self._run())
+        future = loop.create_future()
+        self._queue.put_nowait((index, codes, int(k), future))
+        return await future
+
+    async def _run(self):
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self.max_delay
+            while sum(len(b[1]) for b in batch) < self.max_queries:
+                if not self._queue.empty():  # arrived during the last scan
+                    batch.append(self._queue.get_nowait())
+                    continue
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            # one scan per index: a request that came in before a swap keeps its index
+            for index in {id(b[0]): b[0] for b in batch}.values():
+                group = [b for b in batch if b[0] is index]
+                await self._search(index, group)
+
+    @staticmethod
+    async def _search(index, group):
+        codes = np.concatenate([g[1] for g in group])
+        k = max(g[2] for g in group)
+        try:
+            dist, ids = await asyncio.to_thread(index.search, codes, k)
+        except Exception as e:  # noqa: BLE001 - each waiting request gets the failure
+            for *_, future in group:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        start = 0
+        for _, c, own_k, future in group:
+            if not future.done():
+                future.set_result((dist[start:start + len(c), :own_k],
+                                   ids[start:start + len(c), :own_k]))
+            start += len(c)
+
+
+async def search(body: SearchRequest, index, encoder, batcher=None) -> dict:
     """``{"results": [...]}``: what HammingIndex.search (or range_search) gives, with each
     neighbour's path and label where the index has them."""
     codes = await query_codes(body, index, encoder)
@@ -81,7 +144,11 @@ async def search(body: SearchRequest, index, encoder) -> dict:
         rows = [(ids[lims[i]:lims[i + 1]], dist[lims[i]:lims[i + 1]])
                 for i in range(len(codes))]
     else:
-        dist, ids = await asyncio.to_thread(index.search, codes, int(body.k or 10))
+        k = int(body.k or 10)
+        if batcher is None:
+            dist, ids = await asyncio.to_thread(index.search, codes, k)
+        else:
+            dist, ids = await batcher.top_k(index, codes, k)
         rows = list(zip(ids, dist))
     results = []
     for row_ids, row_dist in rows:

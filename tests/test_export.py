@@ -96,3 +96,44 @@ def test_encode_bytes_signature_decodes_png_like_pixels(exported, trained_run, d
     np.testing.assert_array_equal(enc.encode_bytes(blobs), expected)
     np.testing.assert_array_equal(enc.encode(digits.query.x[:16]), expected)
     assert enc.bits == 24 and enc.input_shape == (8, 8, 1)
+
+
+def serving_check_inputs(exported, digits, out_path, n=16):
+    """images, their PNG files and `keras-hashing encode`'s codes for them, in one .npz."""
+    import io
+
+    from PIL import Image
+
+    run = _run_of(exported)
+    codes_path = os.path.join(os.path.dirname(out_path), "encode.npz")
+    assert cli.main(["encode", "--run", run, "--split", "query", "--out", codes_path,
+                     "--quiet"]) == 0
+    images = digits.query.x[:n]
+    pngs = []
+    for x in images:
+        buf = io.BytesIO()
+        Image.fromarray(x[..., 0]).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    with np.load(codes_path) as f:
+        np.savez(out_path, images=images, codes=f["codes"][:n],
+                 png_bytes=np.frombuffer(b"".join(pngs), np.uint8),
+                 png_ends=np.cumsum([len(p) for p in pngs]))
+    return out_path
+
+
+def test_tf_serving_session_loader_runs_every_signature_by_tensor_name(exported, digits,
+                                                                       tmp_path, capsys):
+    """As TF Serving's C++ server loads it: a Graph and Session, signatures fed by the
+    tensor names of their SignatureDefs, in a process that imports only TensorFlow."""
+    _, path = exported
+    inputs = serving_check_inputs(exported, digits, str(tmp_path / "inputs.npz"))
+    capsys.readouterr()
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools",
+                          "serving_session_check.py")
+    proc = subprocess.run([sys.executable, script, path, inputs], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(report["signatures"]) == {"serving_default", "encode_bytes"}
+    assert all(s["codes_equal"] for s in report["signatures"].values())
+    assert report["modules"] == []  # keras_hashing was never imported

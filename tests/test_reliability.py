@@ -467,7 +467,7 @@ def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
                          "--model", "absent", "--images", str(d / "ok.npy")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "HTTP 404: Servable not found for request: Latest(absent)" in err
+    assert "HTTP 404: Could not find any versions of model absent" in err
 
 
 def test_bad_outputs_left_the_inputs_whole(bad_inputs):

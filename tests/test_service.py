@@ -300,3 +300,65 @@ def test_the_page_in_a_headless_browser(trained_run, collection, tmp_path):
             assert browser.save_screenshot(os.path.join(out, "service_page.png"))
     finally:
         browser.quit()
+
+
+def test_cli_serve_binds_loopback_and_takes_its_token_from_the_environment(collection):
+    import subprocess
+    import sys
+
+    import httpx
+
+    _, khi = collection
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "keras_hashing.cli", "serve", "--index",
+                             str(khi), "--port", str(port)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, service.TOKEN_ENV: "t0ken"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert httpx.get(url + "/v1/index").status_code == 401
+        info = httpx.get(url + "/v1/index", headers={"Authorization": "Bearer t0ken"}).json()
+        assert info["ntotal"] == 36 and info["encodes_images"] is False
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+    assert f"serving {khi} on http://127.0.0.1:{port}/" in err
+    assert "no token" not in err
+
+
+def test_cli_serve_refuses_bad_settings_in_one_line(collection, capsys):
+    _, khi = collection
+    assert cli.main(["serve", "--index", str(khi), "--port", "70000"]) == 2
+    assert "--port must be" in capsys.readouterr().err
+    assert cli.main(["serve", "--index", str(khi) + ".none"]) == 2
+    assert "cannot read index file" in capsys.readouterr().err
+    assert cli.main(["serve", "--index", str(khi), "--serving-url", "http://127.0.0.1:9"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+
+
+def test_batched_searches_give_each_request_its_own_exact_top_k(collection):
+    import asyncio
+
+    from keras_hashing.service_api import SearchBatcher
+
+    index = HammingIndex.load(collection[1])
+    rng = np.random.default_rng(2)
+    requests = [(index.codes[rng.integers(0, len(index), n)], k)
+                for n, k in ((1, 1), (3, 7), (2, 36), (5, 2), (1, 40))]
+
+    async def all_at_once():
+        batcher = SearchBatcher(max_delay=0.05)
+        return await asyncio.gather(*(batcher.top_k(index, c, k) for c, k in requests))
+
+    for (codes, k), (dist, ids) in zip(requests, asyncio.run(all_at_once())):
+        exp_dist, exp_ids = index.search(codes, k)
+        np.testing.assert_array_equal(ids, exp_ids)
+        np.testing.assert_array_equal(dist, exp_dist)

@@ -1,5 +1,7 @@
 import io
 import json
+import socket
+import threading
 import time
 
 import numpy as np
@@ -82,9 +84,11 @@ def test_retrieval_through_serving_equals_in_process_for_100_queries(served, tra
 
 def test_404_unknown_model_and_version(served):
     server, _, _ = served
-    with pytest.raises(ModelNotFoundError, match="Servable not found"):
+    with pytest.raises(ModelNotFoundError, match="Could not find any versions of model nope"):
         TFServingClient(server.url, "nope", timeout=5).status()
-    with pytest.raises(ModelNotFoundError) as e:
+    with pytest.raises(ModelNotFoundError, match="Servable not found for request: Latest"):
+        TFServingClient(server.url, "nope", timeout=5).metadata()
+    with pytest.raises(ModelNotFoundError, match="Could not find version 7") as e:
         client(server, version=7).status()
     assert e.value.status == 404
 
@@ -211,3 +215,110 @@ def test_429_is_retried_like_503(served):
 def test_client_settings_are_checked(kwargs):
     with pytest.raises(HashingError, match="must be a number"):
         TFServingClient("http://127.0.0.1:9", "m", **kwargs)
+
+
+# -- the stand-in follows TF Serving's rules, so it cannot hide a client bug ---------------
+
+def _raw(server, method, path, body=None):
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else (body if isinstance(body, bytes) else
+                                      json.dumps(body).encode())
+    req = urllib.request.Request(server.url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_stand_in_routes_as_the_tf_serving_handler(served):
+    server, _, _ = served
+    assert _raw(server, "GET", "/V1/MODELS/digits")[0] == 200  # case-insensitive
+    assert _raw(server, "GET", "/v1/models/digits/versions/1/METADATA")[0] == 200
+    for path in ("/v1/models/digits/versions/x", "/v1/nonsense", "/v1/models/digits/extra"):
+        status, body = _raw(server, "GET", path)
+        assert status == 400 and "Malformed request" in body, path
+    assert _raw(server, "GET", "/v1/models") == (400, '{"error": "Missing model name in '
+                                                      'request."}')
+    assert _raw(server, "GET", "/elsewhere")[0] == 404
+    assert _raw(server, "POST", "/v1/models/digits", {"instances": [1]})[0] == 400
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"instances": []}, "non-empty"),
+    ({"instances": [{"b64": "AAAA"}]}, "base64 data"),  # bytes for a float input
+    ({"instances": [{"pixels": [[0.0]]}]}, "does not have named input"),
+    ({"inputs": {"images": [[[[0.0]]]], "extra": 1}}, "Unknown named input"),
+    ({"instances": [[["a"]]]}, "is not of expected type"),
+    ({"signature_name": 3, "instances": [1]}, "must be a string"),
+    (b"", "The document is empty"),
+])
+def test_stand_in_rejects_what_tf_serving_rejects(served, body, message):
+    server, _, _ = served
+    status, answer = _raw(server, "POST", "/v1/models/digits:predict", body)
+    assert status == 400 and message in json.loads(answer)["error"], answer
+
+
+def test_stand_in_writes_floats_and_metadata_as_tf_serving(served):
+    from tf_serving_stub import _format_float
+
+    assert [_format_float(np.float32(v)) for v in (0.2, 1.0, 3e-5, 9000000.0, 0.1 + 1e-7)] == \
+        ["0.2", "1.0", "3e-05", "9e+06", "0.100000098"]  # %g, else %.9g
+    server, export_path, _ = served
+    status, raw = _raw(server, "GET", "/v1/models/digits/metadata")
+    meta = json.loads(raw)["metadata"]["signature_def"]
+    assert meta["@type"] == "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+    bits = meta["signature_def"]["serving_default"]["outputs"]["bits"]
+    assert bits["tensor_shape"]["dim"][-1]["size"] == "24"  # int64 as a string
+    assert bits["dtype"] == "DT_UINT8" or bits["dtype"].startswith("DT_")
+    assert meta["signature_def"]["encode_bytes"]["method_name"] == "tensorflow/serving/predict"
+
+
+def test_a_loading_model_is_waited_for(served):
+    from keras_hashing.serving import ServingUnavailableError
+
+    server, _, _ = served
+    server.loading.add("digits")
+    try:
+        c = client(server, retries=0)
+        assert c.status()["model_version_status"][0]["state"] == "LOADING"
+        with pytest.raises(ModelNotFoundError, match="Servable not found"):
+            c.metadata()  # what TF Serving answers while it loads
+        with pytest.raises(ServingUnavailableError, match="not available after 0.3 s"):
+            c.wait_until_available(0.3, poll=0.05)
+        threading.Timer(0.5, server.loading.discard, ["digits"]).start()
+        start = time.monotonic()
+        assert c.wait_until_available(10, poll=0.05) == [1]
+        assert 0.4 < time.monotonic() - start < 5
+    finally:
+        server.loading.discard("digits")
+
+
+def test_a_server_not_started_yet_is_waited_for():
+    from keras_hashing.serving import ServingUnavailableError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = TFServingClient(f"http://127.0.0.1:{port}", "m", timeout=1, retries=0)
+    start = time.monotonic()
+    with pytest.raises(ServingUnavailableError, match="not available after 0.5 s"):
+        c.wait_until_available(0.5, poll=0.1)
+    assert time.monotonic() - start < 3
+
+
+def test_version_labels(served, trained_run, digits):
+    server, _, _ = served
+    server.labels["digits"] = {"stable": 1}
+    try:
+        c = client(server, label="stable")
+        assert c.model_path.endswith("/labels/stable")
+        assert c.status()["model_version_status"][0]["version"] == "1"
+        np.testing.assert_array_equal(c.encode(digits.query.x[:3]),
+                                      trained_run.model.encode(digits.query.x[:3]))
+        with pytest.raises(BadRequestError, match="Unrecognized servable version label: beta"):
+            client(server, label="beta").status()
+    finally:
+        server.labels.clear()
