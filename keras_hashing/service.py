@@ -326,7 +326,10 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
             response = error("missing or wrong bearer token", 401)
         else:
             length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > max_body):
+            if request.method == "POST" and length is None:
+                # a chunked body could be any size: only declared lengths are read
+                response = error("a request body needs a Content-Length", 411)
+            elif length is not None and (not length.isdigit() or int(length) > max_body):
                 response = error(f"request body over {max_body} bytes", 413)
             else:
                 try:

@@ -362,3 +362,50 @@ def test_batched_searches_give_each_request_its_own_exact_top_k(collection):
         exp_dist, exp_ids = index.search(codes, k)
         np.testing.assert_array_equal(ids, exp_ids)
         np.testing.assert_array_equal(dist, exp_dist)
+
+
+def test_a_chunked_body_of_unknown_length_is_refused(client):
+    def chunks():
+        yield b'{"ids": [1]'
+        yield b', "k": 2}'
+    r = client.post("/v1/search", content=chunks(), headers={"content-type":
+                                                            "application/json"})
+    assert r.status_code == 411 and "Content-Length" in r.json()["error"]
+
+
+def test_images_encoded_through_tf_serving_in_shared_batches(trained_run, collection,
+                                                             tmp_path):
+    """--serving-url: concurrent requests' images go to TF Serving in fewer predict calls
+    than images, and the codes are the served model's."""
+    import httpx
+    from tf_serving_stub import TFServingStub
+
+    from keras_hashing.export import export_run
+    from keras_hashing.serving import TFServingClient
+
+    photos, khi = collection
+    export_run(trained_run.path, base=str(tmp_path), name="digits")
+    index = HammingIndex.load(khi)
+    paths = [index.paths[i] for i in range(12)]
+    with TFServingStub(str(tmp_path)) as tfs:
+        encoder = service.ServingEncoder(TFServingClient(tfs.url, "digits"), max_delay=0.05)
+        with running_server(service.create_app(khi, encoder)) as url:
+            assert httpx.get(url + "/healthz").json()["status"] == "ready"
+            before = tfs.requests
+            results = [None] * len(paths)
+
+            def ask(i):
+                results[i] = httpx.post(url + "/v1/search", timeout=30, json={
+                    "images": [{"b64": _b64(paths[i])}], "k": 3}).json()
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(paths))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            predicts = tfs.requests - before
+    for i, answer in enumerate(results):  # each file's nearest code is its own code
+        first = answer["results"][0]
+        assert first["distances"][0] == 0, answer
+        np.testing.assert_array_equal(index.codes[index.positions_of([first["ids"][0]])[0]],
+                                      index.codes[i])
+    assert predicts < len(paths)

@@ -3,10 +3,11 @@
 Usage: python serving_session_check.py EXPORT_DIR INPUTS.npz
 
 INPUTS.npz holds ``images`` (N, H, W, C) pixels, ``png_bytes`` and ``png_ends`` (the
-same images as PNG files, concatenated, and where each ends) and ``codes`` (what ``keras-hashing encode`` gave for them). TF Serving's C++
-server loads a SavedModel into a session (``LoadSavedModel`` with the "serve" tag) and
-feeds each signature by the tensor names its SignatureDef records; this does the same
-through ``tf.compat.v1.saved_model.loader.load`` into a Graph and Session, runs every
+same images as PNG files, concatenated, and where each ends) and ``codes`` (what
+``keras-hashing encode`` gave for them). TF Serving's C++ server loads a SavedModel
+into a session (``LoadSavedModel`` with the "serve" tag) and feeds each signature by
+the tensor names its SignatureDef records; this does the same through
+``tf.compat.v1.saved_model.loader.load`` into a Graph and Session, runs every
 signature, and exits 1 unless both give exactly ``codes``. Prints the TensorFlow
 version it ran on. Run by tests/test_export.py here and by tools/check_serving_compat.py
 in a virtual environment with the TensorFlow that TF Serving's newest release is built on.
