@@ -13,6 +13,7 @@ import sys
 
 from keras_hashing import __version__
 from keras_hashing.errors import HashingError
+from keras_hashing.startup import quiet_tensorflow
 
 EXAMPLES = """examples:
   keras-hashing fit --method ssdh                          # digits, 48 bits, < 1 minute
@@ -29,49 +30,11 @@ EXAMPLES = """examples:
 """
 
 
-_verbose_startup = False  # --verbose: let TensorFlow's own start-up lines through
-
-
 def _quiet_tensorflow():
-    """Import TensorFlow and probe its devices with stderr silenced, so a command's
-    stderr holds only keras-hashing's own lines. TensorFlow's C++ side (absl) prints
-    oneDNN, CUDA-stub and "failed call to cuInit" lines on a machine without a GPU,
-    whatever TF_CPP_MIN_LOG_LEVEL says; should the import fail, they are shown."""
-    if _verbose_startup or "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _stderr_held_back():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # the CUDA probe logs here
-    import logging
-
-    import absl.logging
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    quiet_tensorflow(verbose=_verbose_startup)
 
 
-@contextlib.contextmanager
-def _stderr_held_back():
-    """Send file descriptor 2 (C++ logs write there directly) to a temporary file;
-    replay it to stderr only if the block fails."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                held.seek(0)
-                sys.stderr.write(held.read().decode("utf-8", "replace"))
+_verbose_startup = False  # --verbose: let TensorFlow's own start-up lines through
 
 
 def build_parser() -> argparse.ArgumentParser:

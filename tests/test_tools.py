@@ -93,12 +93,12 @@ def test_bench_serve_runs_the_service_and_drops_no_request(tmp_path):
     out = tmp_path / "bench_serve.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "bench_serve.py"), "--codes", "3000",
-         "--requests", "48", "--out", str(out)],
+         "--requests", "64", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [row["clients"] for row in report["service"]] == [1, 8, 32]
-    assert all(row["failed"] == 0 and row["requests"] == 48 for row in report["service"])
+    assert all(row["failed"] == 0 and row["requests"] == 64 for row in report["service"])
     assert report["hot_swap"]["failed"] == 0 and report["hot_swap"]["swaps"] == 3
     assert report["direct"]["p50_ms"] > 0
