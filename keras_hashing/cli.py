@@ -38,8 +38,7 @@ _verbose_startup = False  # --verbose: let TensorFlow's own start-up lines throu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keras_hashing.methods import method_names
-
+    """The keras-hashing argument parser: one sub-parser per command."""
     p = argparse.ArgumentParser(prog="keras-hashing", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Deep supervised hashing for image retrieval.")
@@ -48,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's own start-up logs on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _fit_parser(sub, common)
+    _evaluate_parser(sub, common)
+    _encode_parser(sub, common)
+    _index_parser(sub, common)
+    _plot_parser(sub, common)
+    _config_parser(sub, common)
+    _export_parser(sub, common)
+    _search_parser(sub, common)
+    _serve_parser(sub, common)
+    return p
+
+
+def _fit_parser(sub, common) -> None:
+    from keras_hashing.methods import method_names
 
     f = sub.add_parser("fit", parents=[common],
                        help="train a hashing model and write a run directory",
@@ -94,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of raw pixels")
     f.add_argument("--quiet", action="store_true", help="no progress output")
 
+
+def _evaluate_parser(sub, common) -> None:
     e = sub.add_parser("evaluate", parents=[common],
                        help="retrieval metrics of a run on its query/database",
                        epilog="example: keras-hashing evaluate --run runs/digits48")
@@ -101,11 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _encode_parser(sub, common) -> None:
     c = sub.add_parser("encode", parents=[common], help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
                               "--out q.npz")
     _add_split_args(c)
 
+
+def _index_parser(sub, common) -> None:
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     ib = isub.add_parser("build", parents=[common],
@@ -126,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: keras-hashing index info d.khi")
     ii.add_argument("file")
 
+
+def _plot_parser(sub, common) -> None:
     pl = sub.add_parser("plot", parents=[common],
                         help="PR curve, precision@k, bit balance, retrieval grid",
                         epilog="examples: keras-hashing plot --run runs/d48\n"
@@ -137,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
     pl.add_argument("--data-dir")
 
+
+def _config_parser(sub, common) -> None:
     cf = sub.add_parser("config", help="show the configuration a fit would use")
     cfsub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     cs = cfsub.add_parser("show", parents=[common], help="print defaults < recipe < --set as YAML",
@@ -147,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--config")
     cs.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
+
+def _export_parser(sub, common) -> None:
     x = sub.add_parser("export", parents=[common],
                        help="SavedModel for TF Serving (saved_models/NAME/V/)",
                        epilog="example: keras-hashing export --run runs/d48 --base "
@@ -156,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--name", help="model name (default: the run folder's name)")
     x.add_argument("--version", type=int, help="default: the next integer")
 
+
+def _search_parser(sub, common) -> None:
     s = sub.add_parser("search", parents=[common], help="nearest database items of query images",
                        epilog="examples: keras-hashing search --index d.khi --run runs/d48 "
                               "--images a.png b.png -k 5\n  keras-hashing search --index d.khi "
@@ -180,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exhaustive scan (default) or multi-index hashing; both exact")
     s.add_argument("--mmap", action="store_true",
                    help="memory-map the index instead of reading it (huge indexes)")
+
+
+def _serve_parser(sub, common) -> None:
     sv = sub.add_parser("serve", parents=[common],
                         help="search service: an index behind HTTP, with a page to try it",
                         epilog="examples: keras-hashing serve --index photos.khi --run "
@@ -203,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--token", help="bearer token required on every route but /healthz "
                     "(default: $KERAS_HASHING_TOKEN; none: open)")
     sv.add_argument("--index-method", choices=("flat", "mih"), default="flat")
-    return p
 
 
 def _add_split_args(p, serving=False) -> None:

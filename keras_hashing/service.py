@@ -275,27 +275,12 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
     """The FastAPI app serving ``index_path``; ``encoder`` (ModelEncoder, ServingEncoder
     or None: codes and ids only) encodes query images; ``token`` guards every route but
     /healthz."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
-                                   Histogram, generate_latest)
+    from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
     from keras_hashing import __version__
-    from keras_hashing.service_api import SearchBatcher, SearchRequest, search  # noqa: F401
 
     holder = IndexHolder(index_path, method=method)
-    batcher = SearchBatcher()
-    registry = CollectorRegistry()
-    requests_total = Counter("keras_hashing_requests_total", "HTTP requests",
-                             ["route", "status"], registry=registry)
-    latency = Histogram("keras_hashing_request_seconds", "Request latency", ["route"],
-                        registry=registry,
-                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-    items = Gauge("keras_hashing_index_items", "Items in the index", registry=registry)
-    swaps = Gauge("keras_hashing_index_swaps", "Index files swapped in", registry=registry)
-    thumbnails: dict = {}
 
     async def watch_index():
         while True:
@@ -312,50 +297,99 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
 
     app = FastAPI(title="keras-hashing search", version=__version__, lifespan=lifespan)
     app.state.holder = holder
+    metrics = ServiceMetrics()
+    _add_guards(app, token, max_body, metrics)
+    _add_routes(app, holder, encoder, metrics)
+    return app
 
-    def error(message, status):
-        return JSONResponse({"error": message}, status_code=status)
+
+class ServiceMetrics:
+    """Prometheus metrics of one app: requests and latency by route and status, index size."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("keras_hashing_requests_total", "HTTP requests",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("keras_hashing_request_seconds", "Request latency", ["route"],
+                                 registry=self.registry, buckets=(
+                                     .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.items = Gauge("keras_hashing_index_items", "Items in the index",
+                           registry=self.registry)
+        self.swaps = Gauge("keras_hashing_index_swaps", "Index files swapped in",
+                           registry=self.registry)
+
+    def observe(self, path, status, seconds) -> None:
+        route = path if path in ROUTES else (
+            "/v1/items/{id}/thumbnail" if path.startswith("/v1/items/") else "other")
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def text(self, holder) -> str:
+        from prometheus_client import generate_latest
+
+        self.items.set(len(holder.current))
+        self.swaps.set(holder.swaps)
+        return generate_latest(self.registry).decode()
+
+
+def _error(message, status):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_guards(app, token, max_body, metrics) -> None:
+    """The token, the body-size cap, JSON errors for client mistakes, and the metrics."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
-        route = request.url.path if request.url.path in ROUTES else (
-            "/v1/items/{id}/thumbnail" if request.url.path.startswith("/v1/items/") else
-            "other")
         start = time.perf_counter()
+        length = request.headers.get("content-length")
         if token and request.url.path != "/healthz" and not _authorized(request, token):
-            response = error("missing or wrong bearer token", 401)
+            response = _error("missing or wrong bearer token", 401)
+        elif request.method == "POST" and length is None:
+            # a chunked body could be any size: only declared lengths are read
+            response = _error("a request body needs a Content-Length", 411)
+        elif length is not None and (not length.isdigit() or int(length) > max_body):
+            response = _error(f"request body over {max_body} bytes", 413)
         else:
-            length = request.headers.get("content-length")
-            if request.method == "POST" and length is None:
-                # a chunked body could be any size: only declared lengths are read
-                response = error("a request body needs a Content-Length", 411)
-            elif length is not None and (not length.isdigit() or int(length) > max_body):
-                response = error(f"request body over {max_body} bytes", 413)
-            else:
-                try:
-                    response = await call_next(request)
-                except ClientError as e:
-                    response = error(str(e), e.status)
-        requests_total.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - start)
+            try:
+                response = await call_next(request)
+            except ClientError as e:
+                response = _error(str(e), e.status)
+        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
         return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(f"{where + ': ' if where else ''}{first.get('msg', 'invalid request')}",
-                     400)
+        return _error(f"{where + ': ' if where else ''}{first.get('msg', 'invalid request')}",
+                      400)
 
     @app.exception_handler(ClientError)
     async def client_error(request, exc):
-        return error(str(exc), exc.status)
+        return _error(str(exc), exc.status)
+
+
+def _add_routes(app, holder, encoder, metrics) -> None:
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.concurrency import run_in_threadpool
+
+    from keras_hashing.service_api import SearchBatcher, SearchRequest, search
+
+    batcher = SearchBatcher()
+    thumbnails: dict = {}
 
     @app.post("/v1/search")
     async def search_route(body: SearchRequest):
         """Nearest database items of each query (codes, images or database ids)."""
-        index = holder.current
-        return await search(body, index, encoder, batcher)
+        return await search(body, holder.current, encoder, batcher)
 
     @app.get("/v1/index")
     async def index_info():
@@ -373,17 +407,15 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
         if not 1 <= sample <= 100:
             raise ClientError("sample must be in 1..100")
         rng = np.random.default_rng(seed)
-        take = rng.choice(len(index), size=min(sample, len(index)), replace=False)
-        ids = index.ids[np.sort(take)]
+        take = np.sort(rng.choice(len(index), size=min(sample, len(index)), replace=False))
         labels = None if index.labels is None or index.labels.ndim != 1 else \
-            index.labels[np.sort(take)].tolist()
-        return {"ids": ids.tolist(), "labels": labels}
+            index.labels[take].tolist()
+        return {"ids": index.ids[take].tolist(), "labels": labels}
 
     @app.get("/v1/items/{item_id}/thumbnail")
     async def thumbnail(item_id: int):
         """A PNG thumbnail of a database item, by id only."""
-        index = holder.current
-        png = await run_in_threadpool(thumbnail_png, index, item_id, thumbnails)
+        png = await run_in_threadpool(thumbnail_png, holder.current, item_id, thumbnails)
         return Response(png, media_type="image/png",
                         headers={"Cache-Control": "private, max-age=60"})
 
@@ -397,20 +429,14 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics_route():
         """Prometheus metrics: requests and latency by route and status, index size."""
-        index = holder.current
-        items.set(len(index))
-        swaps.set(holder.swaps)
-        return PlainTextResponse(generate_latest(registry).decode(),
-                                 media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.text(holder), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
         """A page to try the index: drop an image, or click a database item."""
         return (resources.files("keras_hashing") / "web" / "index.html").read_text("utf-8")
-
-    return app
 
 
 ROUTES = ("/v1/search", "/v1/index", "/v1/items", "/healthz", "/metrics", "/", "/openapi.json")

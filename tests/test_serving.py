@@ -35,7 +35,8 @@ def _clear_faults(request):
 
 
 def client(server, **kw):
-    return TFServingClient(server.url, "digits", **{"timeout": 5, "backoff": 0.01, **kw})
+    # generous: a first predict traces the SavedModel, slow on a busy 2-core box
+    return TFServingClient(server.url, "digits", **{"timeout": 30, "backoff": 0.01, **kw})
 
 
 def test_status_and_metadata(served):
