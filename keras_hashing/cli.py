@@ -414,11 +414,9 @@ def cmd_index(args) -> int:
 
 
 def _check_timeout(seconds) -> None:
-    import math
+    from keras_hashing.serving import check_number
 
-    if not (math.isfinite(seconds) and 0 < seconds <= 86400):
-        raise HashingError(f"--timeout must be a number of seconds in (0, 86400], got "
-                           f"{seconds}")
+    check_number("--timeout", seconds, 0, 86400)
 
 
 def _verbose(args):

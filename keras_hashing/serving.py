@@ -67,8 +67,9 @@ class MalformedResponseError(ServingError):
     """The server answered something that is not TF Serving's JSON."""
 
 
-def _number(name, value, low, high, low_open=True) -> float:
-    """``value`` as a float in (low, high] (or [low, high]), else a HashingError."""
+def check_number(name, value, low, high, low_open=True) -> float:
+    """``value`` as a finite float in (low, high] (or [low, high]), else a HashingError
+    naming ``name`` (the client's settings, and the CLI's ``--timeout`` / ``--wait``)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -103,9 +104,9 @@ class TFServingClient:
         self.model_name = model_name
         self.version = version
         self.label = label
-        self.timeout = _number("timeout", timeout, 0, 86400)
-        self.retries = int(_number("retries", retries, 0, 100, low_open=False))
-        self.backoff = _number("backoff", backoff, 0, 60, low_open=False)
+        self.timeout = check_number("timeout", timeout, 0, 86400)
+        self.retries = int(check_number("retries", retries, 0, 100, low_open=False))
+        self.backoff = check_number("backoff", backoff, 0, 60, low_open=False)
         self._bits = None
 
     # -- REST verbs -----------------------------------------------------------------------
@@ -139,7 +140,7 @@ class TFServingClient:
         last. A status of 404 means the server does not know the model name: that is
         raised at once (ModelNotFoundError).
         """
-        deadline = time.monotonic() + _number("wait", timeout, 0, 86400, low_open=False)
+        deadline = time.monotonic() + check_number("wait", timeout, 0, 86400, low_open=False)
         last = "no answer"
         while True:
             try:
