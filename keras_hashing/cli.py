@@ -69,7 +69,8 @@ def _fit_parser(sub, common) -> None:
                               "--bits 48 --epochs 20 --out runs/digits48")
     f.add_argument("--method", help=f"one of: {', '.join(method_names())} (default ssdh)")
     f.add_argument("--dataset", help="digits (default), fashion_mnist, tfds:NAME, folder:PATH")
-    f.add_argument("--protocol", help="split protocol (digits; fmnist, fmnist-reduced; ...)")
+    f.add_argument("--protocol", help="split protocol (digits; fmnist, fmnist-reduced, "
+                   "fmnist-unseen; ...)")
     f.add_argument("--data-dir", help="where the dataset files are")
     f.add_argument("--bits", type=int, help="code length K (default 48)")
     f.add_argument("--epochs", type=int)

@@ -55,11 +55,14 @@ def flat_pixels(images) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) * np.float32(PIXEL_SCALE)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# fmnist-unseen holds out the last two classes (Bag, Ankle boot): a fixed rule, not a
+# pick of the pair that flatters a method.
+FMNIST_UNSEEN_CLASSES = (8, 9)
 FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
 PROTOCOLS = {
     "digits": ("digits",),
-    "fashion_mnist": ("fmnist", "fmnist-reduced"),
+    "fashion_mnist": ("fmnist", "fmnist-reduced", "fmnist-unseen"),
     "tfds": ("standard",),
     "folder": ("standard",),
     "list": ("standard",),
@@ -216,7 +219,9 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         class_names = [str(i) for i in range(10)]
     elif kind == "fashion_mnist":
         splits = _fashion_mnist_splits(protocol, data_dir, rng)
-        num_classes = 10
+        # fmnist-unseen trains on the seen classes only; its query and database keep
+        # their own class ids (8, 9), which no head ever predicts.
+        num_classes = 10 - len(FMNIST_UNSEEN_CLASSES) if protocol == "fmnist-unseen" else 10
         class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
@@ -298,6 +303,8 @@ def _check_class_sizes(y, class_names, path):
 
 def _fashion_mnist_splits(protocol, data_dir, rng):
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(data_dir)
+    if protocol == "fmnist-unseen":
+        return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_CLASSES, rng)
     if protocol == "fmnist":
         # queries = test; database = all 60k training images; 500/class held out for
         # selection (still in the database, never trained on).
@@ -318,6 +325,20 @@ def _fashion_mnist_splits(protocol, data_dir, rng):
                                   pool=np.setdiff1d(db_idx, train_idx))
     return {"query": Split(x[q_idx], y[q_idx]), "database": Split(x[db_idx], y[db_idx]),
             "val": Split(x[val_idx], y[val_idx]), "train": Split(x[train_idx], y[train_idx])}
+
+
+def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng):
+    """Retrieval of classes never seen in training (Sablayrolles et al., ICASSP 2017):
+    train and validate on the other classes (500 per class of the training images held
+    out for selection); queries are the test images of the ``unseen`` classes, the
+    database their training images. Relevance stays "same class"."""
+    seen_tr = np.flatnonzero(~np.isin(y_tr, unseen))
+    val_idx, train_idx = _stratified_take(y_tr, per_class=500, rng=rng, pool=seen_tr)
+    q_idx = np.flatnonzero(np.isin(y_te, unseen))
+    db_idx = np.flatnonzero(np.isin(y_tr, unseen))
+    return {"query": Split(x_te[q_idx], y_te[q_idx]), "database": Split(x_tr[db_idx], y_tr[db_idx]),
+            "val": Split(x_tr[val_idx], y_tr[val_idx]),
+            "train": Split(x_tr[train_idx], y_tr[train_idx])}
 
 
 # -- loaders -----------------------------------------------------------------------------

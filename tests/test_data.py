@@ -55,6 +55,19 @@ def test_fashion_mnist_protocols_on_idx_files_in_data_dir(fake_fmnist):
     assert not set(map(bytes, r.val.x)) & set(map(bytes, r.train.x))
 
 
+def test_fmnist_unseen_never_trains_on_the_query_classes(fake_fmnist):
+    s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol="fmnist-unseen")
+    unseen = set(data.FMNIST_UNSEEN_CLASSES)
+    assert set(np.unique(s.query.y)) == set(np.unique(s.database.y)) == unseen
+    assert not unseen & set(np.unique(s.train.y)) and not unseen & set(np.unique(s.val.y))
+    # heads are sized to the trained classes; query ids lie outside them
+    assert s.num_classes == 8 and s.train.y.max() == s.num_classes - 1
+    # every test image of the unseen classes is a query, every training one in the database
+    assert (len(s.query), len(s.database)) == (300, 1200)
+    assert (len(s.val), len(s.train)) == (4000, 800)
+    assert not set(map(bytes, s.val.x)) & set(map(bytes, s.train.x))
+
+
 def test_too_few_images_for_a_protocol_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 1200), ("t10k", 300)):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -102,3 +104,38 @@ def test_bench_serve_runs_the_service_and_drops_no_request(tmp_path):
     assert all(row["failed"] == 0 and row["requests"] == 64 for row in report["service"])
     assert report["hot_swap"]["failed"] == 0 and report["hot_swap"]["swaps"] == 3
     assert report["direct"]["p50_ms"] > 0
+
+
+def test_reproduce_default_table_and_cell_syntax(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    cells = reproduce.default_cells(["fmnist", "fmnist-unseen"])
+    fmnist = {(m, b) for m, b, p, s in cells if p == "fmnist" and s == 0}
+    unseen = {(m, b) for m, b, p, s in cells if p == "fmnist-unseen"}
+    assert {("classifier-code", b) for b in (12, 24, 32, 48)} <= fmnist
+    assert ("dmrh-n1", 32) in fmnist and ("dmrh-n1", 48) not in fmnist  # ablation at 32 only
+    assert unseen == {(m, b) for m in (*reproduce.SEED_METHODS, "classifier-code", "itq")
+                      for b in (32, 48)}
+    assert [c for c in cells if c[3]] == [("ssdh", 32, "fmnist", 1), ("ssdh", 32, "fmnist", 2)]
+    assert reproduce.parse_cell("dsh:32:fmnist:2", ["x"]) == [("dsh", 32, "fmnist", 2)]
+    assert reproduce.parse_cell("dsh:32", ["a", "b"], seed=3) == [("dsh", 32, "a", 3),
+                                                                 ("dsh", 32, "b", 3)]
+    for bad in ("dsh", "nope:32", "dsh:32:fmnist:x"):
+        with pytest.raises(SystemExit, match="bad cell"):
+            reproduce.parse_cell(bad, ["fmnist"])
+
+
+def test_reproduce_marks_over_budget_and_reports_seeds_and_unseen(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    over = reproduce.BUDGET_MINUTES + 2.5
+    rows = [{"method": "dsh", "bits": 32, "protocol": "fmnist", "map_all": 0.87, "epochs": 20,
+             "train_minutes": over},
+            {"method": "dsh", "bits": 32, "protocol": "fmnist", "map_all": 0.85, "epochs": 20,
+             "train_minutes": 9.0, "seed": 1},
+            {"method": "dsh", "bits": 32, "protocol": "fmnist-unseen", "map_all": 0.6,
+             "epochs": 20, "train_minutes": 7.0}]
+    assert reproduce.map_all_cells(rows[:1])[("dsh", 32)] == f"0.8700 ({over:.1f} min)"
+    variance = "\n".join(reproduce.variance_section(rows))
+    assert "| dsh | 32 | fmnist | 0, 1 | 0.8700, 0.8500 | 0.8600 ± 0.0141 |" in variance
+    unseen = "\n".join(reproduce.generalisation_section([rows[0], rows[2]]))
+    assert "| dsh | 32 | 0.8700 | 0.6000 |" in unseen
+    assert reproduce.generalisation_section(rows[:1]) == []  # no unseen cell, no table

@@ -8,11 +8,13 @@ the cell in flight, and that cell resumes from its run directory's backup next t
 Examples:
     python tools/reproduce.py --resume                       # fill in what is missing
     python tools/reproduce.py --cells ssdh:32 dsh:32 --epochs 8 --resume
+    python tools/reproduce.py --cells ssdh:32:fmnist:1 --resume   # seed 1
     python tools/reproduce.py --protocols fmnist-reduced --bits 12 24 --resume
     python tools/reproduce.py --report-only                  # re-render table + figures
 
-Cells are written ``METHOD:BITS`` or ``METHOD:BITS:PROTOCOL``; METHOD may be a variant
-such as ``dmrh-n2`` (DMRH on a 2 x 2 grid).
+Cells are written ``METHOD:BITS``, ``METHOD:BITS:PROTOCOL`` or
+``METHOD:BITS:PROTOCOL:SEED``; METHOD may be a variant such as ``dmrh-n2`` (DMRH on a
+2 x 2 grid). Without --cells the default table runs (``default_cells``).
 """
 
 from __future__ import annotations
@@ -44,29 +46,68 @@ VARIANTS = {
     "dmrh-n1": ("dmrh", ["params.grid=1"]),
     "dmrh-n2": ("dmrh", ["params.grid=2"]),
     "dmrh-n3": ("dmrh", ["params.grid=3"]),
+    "classifier-code": ("classifier-code", []),
     "itq": ("itq", []),
     "lsh": ("lsh", []),
     "pcah": ("pcah", []),
 }
 BASELINES = ("itq", "lsh", "pcah")
+SEED_METHODS = ("ssdh", "dsh", "sdsh", "dpsh", "sh-bdnn", "dmrh-n2")
 DEFAULT_BITS = (12, 24, 32, 48)
-DEFAULT_PROTOCOLS = ("fmnist", "fmnist-reduced")
+DEFAULT_PROTOCOLS = ("fmnist", "fmnist-unseen")
+# Every cell trains within this many minutes of fit on the 2-core reference machine (the
+# recipes' epochs are sized for it); a row over it is marked, not hidden.
+BUDGET_MINUTES = 15.0
+# The seed-variance cell: run again with these seeds beside seed 0.
+VARIANCE_CELL = ("ssdh", 32, "fmnist")
+VARIANCE_SEEDS = (1, 2)
 
 
-def parse_cell(text: str, protocols) -> list:
+def default_cells(protocols, methods=None, bits=DEFAULT_BITS) -> list:
+    """(label, bits, protocol, seed) of the full table, cheapest-to-read order.
+
+    ``fmnist``: every method at every length, DMRH's N = 1 and 3 only at 32 bits (the
+    grid ablation), and the seed-variance repeats. ``fmnist-unseen``: the seed methods,
+    the classifier-code baseline and ITQ (a feature-free reference) at 32 and 48 bits.
+    Other protocols: every method at every length.
+    """
+    cells = []
+    for protocol in protocols:
+        if protocol == "fmnist-unseen":
+            labels = SEED_METHODS + ("classifier-code", "itq")
+            lengths = [b for b in bits if b in (32, 48)]
+        else:
+            labels = tuple(VARIANTS)
+            lengths = list(bits)
+        for label in labels:
+            if methods and label not in methods:
+                continue
+            for b in lengths:
+                if label in ("dmrh-n1", "dmrh-n3") and protocol == "fmnist" and b != 32:
+                    continue
+                cells.append((label, b, protocol, 0))
+    if VARIANCE_CELL[2] in protocols and (not methods or VARIANCE_CELL[0] in methods):
+        cells += [(*VARIANCE_CELL, seed) for seed in VARIANCE_SEEDS]
+    return cells
+
+
+def parse_cell(text: str, protocols, seed=0) -> list:
+    """``METHOD:BITS[:PROTOCOL[:SEED]]`` -> [(label, bits, protocol, seed), ...]."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in VARIANTS or not parts[1].isdigit():
-        raise SystemExit(f"reproduce: bad cell {text!r}; write METHOD:BITS[:PROTOCOL] with "
-                         f"METHOD one of {', '.join(VARIANTS)}")
-    prots = [parts[2]] if len(parts) == 3 else list(protocols)
-    return [(parts[0], int(parts[1]), p) for p in prots]
+    if (len(parts) not in (2, 3, 4) or parts[0] not in VARIANTS or not parts[1].isdigit()
+            or (len(parts) == 4 and not parts[3].isdigit())):
+        raise SystemExit(f"reproduce: bad cell {text!r}; write METHOD:BITS[:PROTOCOL[:SEED]] "
+                         f"with METHOD one of {', '.join(VARIANTS)}")
+    prots = [parts[2]] if len(parts) >= 3 else list(protocols)
+    cell_seed = int(parts[3]) if len(parts) == 4 else seed
+    return [(parts[0], int(parts[1]), p, cell_seed) for p in prots]
 
 
-def fit_command(label, bits, protocol, args) -> list:
+def fit_command(label, bits, protocol, seed, args) -> list:
     method, sets = VARIANTS[label]
     cmd = ["keras-hashing", "fit", "--method", method, "--dataset", args.dataset,
-           "--protocol", protocol, "--bits", str(bits), "--seed", str(args.seed),
-           "--out", run_dir(label, bits, protocol, args)]
+           "--protocol", protocol, "--bits", str(bits), "--seed", str(seed),
+           "--out", run_dir(label, bits, protocol, seed, args)]
     if args.epochs and label not in BASELINES:
         cmd += ["--epochs", str(args.epochs)]
     for s in sets + list(args.set):
@@ -74,16 +115,17 @@ def fit_command(label, bits, protocol, args) -> list:
     return cmd
 
 
-def run_dir(label, bits, protocol, args) -> str:
-    return os.path.join(args.runs, protocol, f"{label}_{bits}b")
+def run_dir(label, bits, protocol, seed, args) -> str:
+    suffix = f"_seed{seed}" if seed else ""
+    return os.path.join(args.runs, protocol, f"{label}_{bits}b{suffix}")
 
 
-def row_from_run(label, bits, protocol, cmd, path, seconds_wall) -> dict:
+def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall) -> dict:
     metrics = read_json(os.path.join(path, "metrics.json"))
     q = metrics["query"]
     seconds, complete = train_seconds(metrics)
     row = {
-        "method": label, "bits": bits, "protocol": protocol,
+        "method": label, "bits": bits, "protocol": protocol, "seed": seed,
         "map_all": round(q["map_all"], 4), "map_1000": round(q["map_1000"], 4),
         "p_r2": round(q["p_r2"], 4),
         "train_minutes": round(seconds / 60, 2),
@@ -112,9 +154,9 @@ def train_seconds(metrics) -> tuple:
     return metrics.get("train_seconds_this_process", metrics.get("train_seconds")), False
 
 
-def run_cell(label, bits, protocol, args) -> dict:
-    cmd = fit_command(label, bits, protocol, args)
-    path = run_dir(label, bits, protocol, args)
+def run_cell(label, bits, protocol, seed, args) -> dict:
+    cmd = fit_command(label, bits, protocol, seed, args)
+    path = run_dir(label, bits, protocol, seed, args)
     start = time.time()
     if not os.path.isfile(os.path.join(path, "metrics.json")):  # else: finished, not recorded
         print(f"[reproduce] {shlex.join(cmd)}", flush=True)
@@ -124,7 +166,7 @@ def run_cell(label, bits, protocol, args) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"cell {label}:{bits}:{protocol} failed "
                                f"(exit {done.returncode}): {shlex.join(cmd)}")
-    return row_from_run(label, bits, protocol, cmd, path, time.time() - start)
+    return row_from_run(label, bits, protocol, seed, cmd, path, time.time() - start)
 
 
 def load_rows(docs) -> list:
@@ -133,7 +175,7 @@ def load_rows(docs) -> list:
 
 
 def key(row) -> tuple:
-    return row["method"], row["bits"], row["protocol"]
+    return row["method"], row["bits"], row["protocol"], row.get("seed", 0)
 
 
 def train_minutes_cell(row) -> str:
@@ -145,9 +187,9 @@ def train_minutes_cell(row) -> str:
 def map_all_cells(prows: list) -> dict:
     """(method, bits) -> the mAP@all cell of the by-length table for one protocol.
 
-    Deep rows trained for other than the protocol's usual number of epochs (the most
-    common one) say so, so a longer run is not read as a better method at that length:
-    ``0.8539 (30 ep)``.
+    A deep row trained for other than the protocol's usual number of epochs (the most
+    common one) says so, and so does one whose training ran past the budget, so neither
+    is read as a better method at that length: ``0.8539 (30 ep)``, ``0.86 (17.2 min)``.
     """
     deep_epochs = [r.get("epochs") for r in prows if r["method"] not in BASELINES]
     usual = max(set(deep_epochs), key=deep_epochs.count) if deep_epochs else None
@@ -156,85 +198,156 @@ def map_all_cells(prows: list) -> dict:
         text = f"{r['map_all']:.4f}"
         if r["method"] not in BASELINES and r.get("epochs") != usual:
             text += f" ({r.get('epochs')} ep)"
+        if r.get("train_minutes", 0) > BUDGET_MINUTES:
+            text += f" ({r['train_minutes']:.1f} min)"
         cells[(r["method"], r["bits"])] = text
     return cells
 
 
+INTRO = (
+    "Generated by `python tools/reproduce.py` from docs/results.json; do not edit by hand. "
+    "Each row's exact command is in docs/results.json (`command`); rerun one cell with "
+    "`python tools/reproduce.py --cells METHOD:BITS:PROTOCOL`. How the recipes were chosen, "
+    "and what else was tried: [TUNING.md](TUNING.md).\n\n"
+    f"Budget: every deep cell is one `keras-hashing fit` of its recipe as shipped in "
+    f"configs/ (the same epochs for every method), trained within {BUDGET_MINUTES:.0f} "
+    "minutes on the machine named in its row; a cell that took longer shows its minutes "
+    "in the by-length table. Train minutes are wall-clock minutes of `fit` (SDSH's include "
+    "its rotation search); ≥ marks a run resumed from a backup that did not record the "
+    "time before the resume.\n\n"
+    "Metrics: query set against the retrieval database, label relevance (shares a class), "
+    "Hamming ranking with ties broken by database position; mAP@all, mAP@1000 and "
+    "precision within Hamming radius 2 (0 for a query with no item in the ball). "
+    "Unsupervised rows also give mAP against Euclidean-neighbour ground truth (the 1,000 "
+    "nearest pixel-space neighbours). `classifier-code` is the trivial baseline of "
+    "Sablayrolles et al. (ICASSP 2017): the predicted class written as a one-hot code "
+    "(any two one-hot codes are at most 2 bits apart, so its P@r≤2 is the fraction of "
+    "relevant items, by construction). "
+    "Cells shown as – have not been run yet: `python tools/reproduce.py --resume` fills "
+    "them in.")
+PROTOCOL_NOTES = {
+    "fmnist": "Queries: the 10,000 test images; database: the 60,000 training images "
+              "(5,000 of them held out from training for model selection).",
+    "fmnist-unseen": "Retrieval of classes never seen in training: train and validate on "
+                     "classes 0-7; queries are the 2,000 test images of classes 8 and 9 "
+                     "(Bag, Ankle boot), the database their 12,000 training images; "
+                     "relevance is still the same class, so a random ranking scores about "
+                     "0.5 mAP@all.",
+}
+
+
 def render(rows: list, docs: str) -> None:
     """docs/RESULTS.md and the figures, from the rows alone."""
-    from keras_hashing import plots
-
     order = {label: i for i, label in enumerate(VARIANTS)}
-    rows = sorted(rows, key=lambda r: (r["protocol"], order.get(r["method"], 99), r["bits"]))
-    lines = ["# Results", "",
-             "Generated by `python tools/reproduce.py` from docs/results.json; do not edit by "
-             "hand. Each row's exact command is in docs/results.json (`command`); rerun one "
-             "cell with `python tools/reproduce.py --cells METHOD:BITS:PROTOCOL`.", "",
-             "Metrics: query set against the retrieval database, label relevance (shares a "
-             "class), Hamming ranking with ties broken by database position; mAP@all, "
-             "mAP@1000 and precision within Hamming radius 2 (0 for a query with no item in "
-             "the ball). Train minutes are wall-clock minutes of `fit` (SDSH's includes its "
-             "rotation search) on the machine named in the row; on the shared 2-core box other "
-             "jobs ran beside them, so compare them loosely; ≥ marks a run resumed from a backup "
-             "that did not record the time before the resume. Unsupervised rows also give mAP "
-             "against Euclidean-neighbour ground truth (the 1,000 nearest pixel-space "
-             "neighbours). A by-length cell marked (N ep) was trained N epochs, unlike most of "
-             "its table. Cells shown as – have not been run yet: `python "
-             "tools/reproduce.py --resume` fills them in.", ""]
+    rows = sorted(rows, key=lambda r: (r["protocol"], order.get(r["method"], 99), r["bits"],
+                                       r.get("seed", 0)))
+    lines = ["# Results", "", INTRO, ""]
     figures = os.path.join(docs, "figures")
     os.makedirs(figures, exist_ok=True)
-    for protocol in sorted({r["protocol"] for r in rows}):
-        prows = [r for r in rows if r["protocol"] == protocol]
-        all_bits = sorted({r["bits"] for r in prows})
-        labels = [m for m in VARIANTS if any(r["method"] == m for r in prows)]
-        lines += [f"## Protocol `{protocol}`", "", "mAP@all by code length:", "",
-                  "| method | " + " | ".join(f"{b} bits" for b in all_bits) + " |",
-                  "|---|" + "---:|" * len(all_bits)]
-        cells = map_all_cells(prows)
-        for m in labels:
-            lines.append(f"| {m} | " + " | ".join(cells.get((m, b), "–") for b in all_bits)
-                         + " |")
-        lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | train min | "
-                  "machine |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-        for r in prows:
-            extra = (f" (Euclidean GT mAP@all {r['map_all_euclidean']:.4f})"
-                     if "map_all_euclidean" in r else "")
-            lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
-                         f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
-                         f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
-                         f"{train_minutes_cell(r)} | {r['machine']} |")
-        lines.append("")
-        if len(all_bits) > 1:
-            name = f"map_vs_bits_{protocol}.png"
-            plots.plot_map_vs_bits(prows, os.path.join(figures, name))
-            lines += [f"![mAP vs bits, {protocol}](figures/{name})", ""]
-        for b in all_bits:
-            brows = [r for r in prows if r["bits"] == b and r.get("pr_curve")]
-            if not brows:
-                continue
-            pr = {r["method"]: (r["pr_curve"]["precision"], r["pr_curve"]["recall"])
-                  for r in brows}
-            pk = {r["method"]: (r["precision_ks"], r["p_at_k"]) for r in brows}
-            pr_name, pk_name = f"pr_{protocol}_{b}b.png", f"p_at_k_{protocol}_{b}b.png"
-            plots.plot_pr_curves(pr, os.path.join(figures, pr_name),
-                                 title=f"PR by Hamming radius, {protocol}, {b} bits")
-            plots.plot_precision_at_k(pk, os.path.join(figures, pk_name),
-                                      title=f"Precision@k, {protocol}, {b} bits")
-            lines += [f"![PR {b} bits](figures/{pr_name}) ![P@k {b} bits](figures/{pk_name})",
-                      ""]
+    main_rows = [r for r in rows if not r.get("seed")]
+    for protocol in sorted({r["protocol"] for r in main_rows}):
+        lines += protocol_section(protocol, [r for r in main_rows if r["protocol"] == protocol],
+                                  figures)
+    lines += generalisation_section(main_rows) + variance_section(rows)
     write_text(os.path.join(docs, "RESULTS.md"), "\n".join(lines))
+
+
+def protocol_section(protocol: str, prows: list, figures: str) -> list:
+    """The by-length table, the full rows and the figures of one protocol."""
+    from keras_hashing import plots
+
+    all_bits = sorted({r["bits"] for r in prows})
+    labels = [m for m in VARIANTS if any(r["method"] == m for r in prows)]
+    lines = [f"## Protocol `{protocol}`", ""]
+    if protocol in PROTOCOL_NOTES:
+        lines += [PROTOCOL_NOTES[protocol], ""]
+    lines += ["mAP@all by code length:", "",
+              "| method | " + " | ".join(f"{b} bits" for b in all_bits) + " |",
+              "|---|" + "---:|" * len(all_bits)]
+    cells = map_all_cells(prows)
+    for m in labels:
+        lines.append(f"| {m} | " + " | ".join(cells.get((m, b), "–") for b in all_bits) + " |")
+    lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | train min | "
+              "machine |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in prows:
+        extra = (f" (Euclidean GT mAP@all {r['map_all_euclidean']:.4f})"
+                 if "map_all_euclidean" in r else "")
+        lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
+                     f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
+                     f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
+                     f"{train_minutes_cell(r)} | {r['machine']} |")
+    lines.append("")
+    if len(all_bits) > 1:
+        name = f"map_vs_bits_{protocol}.png"
+        plots.plot_map_vs_bits(prows, os.path.join(figures, name))
+        lines += [f"![mAP vs bits, {protocol}](figures/{name})", ""]
+    for b in all_bits:
+        brows = [r for r in prows if r["bits"] == b and r.get("pr_curve")]
+        if not brows:
+            continue
+        pr = {r["method"]: (r["pr_curve"]["precision"], r["pr_curve"]["recall"]) for r in brows}
+        pk = {r["method"]: (r["precision_ks"], r["p_at_k"]) for r in brows}
+        pr_name, pk_name = f"pr_{protocol}_{b}b.png", f"p_at_k_{protocol}_{b}b.png"
+        plots.plot_pr_curves(pr, os.path.join(figures, pr_name),
+                             title=f"PR by Hamming radius, {protocol}, {b} bits")
+        plots.plot_precision_at_k(pk, os.path.join(figures, pk_name),
+                                  title=f"Precision@k, {protocol}, {b} bits")
+        lines += [f"![PR {b} bits](figures/{pr_name}) ![P@k {b} bits](figures/{pk_name})", ""]
+    return lines
+
+
+def generalisation_section(rows: list) -> list:
+    """Seen-class (fmnist) against unseen-class (fmnist-unseen) mAP@all, per method and
+    length where both cells exist: how much of a method's score is a classifier's."""
+    seen = {(r["method"], r["bits"]): r["map_all"] for r in rows if r["protocol"] == "fmnist"}
+    pairs = [(r["method"], r["bits"], seen[(r["method"], r["bits"])], r["map_all"])
+             for r in rows if r["protocol"] == "fmnist-unseen"
+             and (r["method"], r["bits"]) in seen]
+    if not pairs:
+        return []
+    lines = ["## Seen against unseen classes", "",
+             "mAP@all on `fmnist` (classes seen in training) and on `fmnist-unseen` (two "
+             "classes held out of training; random ranking ≈ 0.5):", "",
+             "| method | bits | fmnist | fmnist-unseen |", "|---|---:|---:|---:|"]
+    lines += [f"| {m} | {b} | {s:.4f} | {u:.4f} |" for m, b, s, u in pairs]
+    return lines + [""]
+
+
+def variance_section(rows: list) -> list:
+    """Mean and standard deviation over seeds of every cell run with more than one."""
+    by_cell = {}
+    for r in rows:
+        by_cell.setdefault((r["method"], r["bits"], r["protocol"]), []).append(r)
+    lines = []
+    for (m, b, protocol), cell in sorted(by_cell.items()):
+        if len(cell) < 2:
+            continue
+        cell = sorted(cell, key=lambda r: r.get("seed", 0))
+        values = [r["map_all"] for r in cell]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        seeds = ", ".join(str(r.get("seed", 0)) for r in cell)
+        lines.append(f"| {m} | {b} | {protocol} | {seeds} | "
+                     f"{', '.join(f'{v:.4f}' for v in values)} | {mean:.4f} ± {std:.4f} |")
+    if not lines:
+        return []
+    return ["## Seed variance", "",
+            "The same command with other `--seed`s (initialisation, validation split, "
+            "shuffling); ± is the sample standard deviation.", "",
+            "| method | bits | protocol | seeds | mAP@all | mean ± sd |",
+            "|---|---:|---|---|---|---:|", *lines, ""]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", nargs="*", help="METHOD:BITS[:PROTOCOL] (default: all)")
-    p.add_argument("--methods", nargs="*", default=list(VARIANTS))
+    p.add_argument("--methods", nargs="*", help="only these rows of the default table")
     p.add_argument("--bits", nargs="*", type=int, default=list(DEFAULT_BITS))
     p.add_argument("--protocols", nargs="*", default=list(DEFAULT_PROTOCOLS))
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (deep methods)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of --cells without one")
     p.add_argument("--set", action="append", default=[], help="extra --set for every cell")
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "reproduce"))
     p.add_argument("--docs", default=os.path.join(ROOT, "docs"),
@@ -248,18 +361,24 @@ def main(argv=None) -> int:
     rows = load_rows(args.docs)
     if not args.report_only:
         if args.cells:
-            cells = [c for text in args.cells for c in parse_cell(text, args.protocols)]
+            cells = [c for text in args.cells
+                     for c in parse_cell(text, args.protocols, args.seed)]
         else:
-            cells = [(m, b, p) for p in args.protocols for m in args.methods
-                     for b in args.bits]
+            cells = default_cells(args.protocols, args.methods, args.bits)
         registered = set(methods_lib.method_names())
-        for label, bits, protocol in cells:
+        failed = []
+        for label, bits, protocol, seed in cells:
             if VARIANTS[label][0] not in registered:
                 print(f"[reproduce] skip {label}: method not implemented", flush=True)
                 continue
-            if args.resume and any(key(r) == (label, bits, protocol) for r in rows):
+            if args.resume and any(key(r) == (label, bits, protocol, seed) for r in rows):
                 continue
-            row = run_cell(label, bits, protocol, args)
+            try:
+                row = run_cell(label, bits, protocol, seed, args)
+            except RuntimeError as e:  # one broken cell must not cost the rest of the table
+                print(f"[reproduce] {e}", flush=True)
+                failed.append(f"{label}:{bits}:{protocol}:{seed}")
+                continue
             # Several reproduce processes may share results.json: re-read it under a lock.
             with open(os.path.join(args.docs, ".results.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -267,8 +386,10 @@ def main(argv=None) -> int:
                 write_json(os.path.join(args.docs, "results.json"), rows)
             print(f"[reproduce] {label} {bits}b {protocol}: mAP@all {row['map_all']:.4f} "
                   f"({row['train_minutes']:.1f} min)", flush=True)
+        if failed:
+            print(f"[reproduce] failed cells: {' '.join(failed)}", flush=True)
     render(rows, args.docs)
-    return 0
+    return 1 if not args.report_only and failed else 0
 
 
 if __name__ == "__main__":

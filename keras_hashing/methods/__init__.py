@@ -20,12 +20,14 @@ _REGISTRY = {
     "sh-bdnn": ("keras_hashing.methods.bdnn", "SHBDNN"),
     "uh-bdnn": ("keras_hashing.methods.bdnn", "UHBDNN"),
     "dmrh": ("keras_hashing.methods.dmrh", "DMRH"),
+    "classifier-code": ("keras_hashing.methods.classifier_code", "ClassifierCode"),
     "lsh": ("keras_hashing.methods.linear", "LSHModel"),
     "pcah": ("keras_hashing.methods.linear", "PCAHModel"),
     "itq": ("keras_hashing.methods.linear", "ITQModel"),
 }
 _ALIASES: dict = {"dshse": "sdsh", "sh_bdnn": "sh-bdnn", "shbdnn": "sh-bdnn",
-                  "uh_bdnn": "uh-bdnn", "uhbdnn": "uh-bdnn"}
+                  "uh_bdnn": "uh-bdnn", "uhbdnn": "uh-bdnn",
+                  "classifier_code": "classifier-code"}
 
 
 def method_names() -> list:
