@@ -73,13 +73,17 @@ def test_reproduce_marks_training_time_known_only_after_a_resume(monkeypatch):
 
 def test_reproduce_marks_cells_trained_longer_than_their_table(monkeypatch):
     reproduce = _load_reproduce(monkeypatch)
+    # each method's row has its own usual epochs; only a cell unlike its row is marked
     rows = [{"method": "dsh", "bits": 32, "map_all": 0.87161, "epochs": 8},
+            {"method": "dpsh", "bits": 24, "map_all": 0.7536, "epochs": 8},
             {"method": "dpsh", "bits": 32, "map_all": 0.85394, "epochs": 30},
             {"method": "dpsh", "bits": 48, "map_all": 0.75031, "epochs": 8},
+            {"method": "sh-bdnn", "bits": 32, "map_all": 0.91, "epochs": 36},
             {"method": "itq", "bits": 32, "map_all": 0.4828, "epochs": 30}]
     cells = reproduce.map_all_cells(rows)
-    assert cells == {("dsh", 32): "0.8716", ("dpsh", 32): "0.8539 (30 ep)",
-                     ("dpsh", 48): "0.7503", ("itq", 32): "0.4828"}
+    assert cells == {("dsh", 32): "0.8716", ("dpsh", 24): "0.7536",
+                     ("dpsh", 32): "0.8539 (30 ep)", ("dpsh", 48): "0.7503",
+                     ("sh-bdnn", 32): "0.9100", ("itq", 32): "0.4828"}
 
 
 def test_class_spread_tool_measures_what_fit_recorded(trained_run, monkeypatch):

@@ -137,6 +137,11 @@ def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall) -> dict:
         "precision_ks": q.get("precision_ks"), "p_at_k": q.get("p_at_k"),
         "pr_curve": q.get("pr_curve"),
     }
+    validation = metrics.get("validation") or {}
+    if validation.get("map_all_per_epoch"):
+        # a best epoch that is the last one says the budget, not the method, stopped it
+        row["best_epoch"] = validation.get("best_epoch")
+        row["val_map_per_epoch"] = [round(v, 4) for v in validation["map_all_per_epoch"]]
     if not complete:
         row["train_minutes_after_resume_only"] = True
     for key in ("map_all_euclidean", "map_1000_euclidean"):
@@ -187,16 +192,20 @@ def train_minutes_cell(row) -> str:
 def map_all_cells(prows: list) -> dict:
     """(method, bits) -> the mAP@all cell of the by-length table for one protocol.
 
-    A deep row trained for other than the protocol's usual number of epochs (the most
-    common one) says so, and so does one whose training ran past the budget, so neither
-    is read as a better method at that length: ``0.8539 (30 ep)``, ``0.86 (17.2 min)``.
+    Methods may train different numbers of epochs (each recipe's own, within the same
+    time budget), but a cell trained for other than its method's usual number (the most
+    common in its row) says so, and so does one whose training ran past the budget, so
+    neither is read as a better method at that length: ``0.8539 (30 ep)``,
+    ``0.8600 (17.2 min)``.
     """
-    deep_epochs = [r.get("epochs") for r in prows if r["method"] not in BASELINES]
-    usual = max(set(deep_epochs), key=deep_epochs.count) if deep_epochs else None
+    usual = {}
+    for method in {r["method"] for r in prows}:
+        epochs = [r.get("epochs") for r in prows if r["method"] == method]
+        usual[method] = max(set(epochs), key=epochs.count)
     cells = {}
     for r in prows:
         text = f"{r['map_all']:.4f}"
-        if r["method"] not in BASELINES and r.get("epochs") != usual:
+        if r["method"] not in BASELINES and r.get("epochs") != usual[r["method"]]:
             text += f" ({r.get('epochs')} ep)"
         if r.get("train_minutes", 0) > BUDGET_MINUTES:
             text += f" ({r['train_minutes']:.1f} min)"
@@ -210,11 +219,13 @@ INTRO = (
     "`python tools/reproduce.py --cells METHOD:BITS:PROTOCOL`. How the recipes were chosen, "
     "and what else was tried: [TUNING.md](TUNING.md).\n\n"
     f"Budget: every deep cell is one `keras-hashing fit` of its recipe as shipped in "
-    f"configs/ (the same epochs for every method), trained within {BUDGET_MINUTES:.0f} "
-    "minutes on the machine named in its row; a cell that took longer shows its minutes "
-    "in the by-length table. Train minutes are wall-clock minutes of `fit` (SDSH's include "
+    f"configs/ (each method's own epochs, the same at every length), trained within "
+    f"{BUDGET_MINUTES:.0f} minutes on the machine named in its row; a cell that took "
+    "longer shows its minutes in the by-length table, one trained for other epochs than "
+    "its row shows them. Train minutes are wall-clock minutes of `fit` (SDSH's include "
     "its rotation search); ≥ marks a run resumed from a backup that did not record the "
-    "time before the resume.\n\n"
+    "time before the resume. The best epoch is the one kept (highest validation mAP); "
+    "where it is the last, the method was still improving when the budget ended.\n\n"
     "Metrics: query set against the retrieval database, label relevance (shares a class), "
     "Hamming ranking with ties broken by database position; mAP@all, mAP@1000 and "
     "precision within Hamming radius 2 (0 for a query with no item in the ball). "
@@ -267,15 +278,16 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
     cells = map_all_cells(prows)
     for m in labels:
         lines.append(f"| {m} | " + " | ".join(cells.get((m, b), "–") for b in all_bits) + " |")
-    lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | train min | "
-              "machine |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | best epoch | "
+              "train min | machine |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in prows:
         extra = (f" (Euclidean GT mAP@all {r['map_all_euclidean']:.4f})"
                  if "map_all_euclidean" in r else "")
         lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
                      f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
                      f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
-                     f"{train_minutes_cell(r)} | {r['machine']} |")
+                     f"{r.get('best_epoch') or '–'} | {train_minutes_cell(r)} | "
+                     f"{r['machine']} |")
     lines.append("")
     if len(all_bits) > 1:
         name = f"map_vs_bits_{protocol}.png"
