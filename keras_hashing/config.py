@@ -52,6 +52,8 @@ DEFAULTS = {
     "optimizer": "adam",
     "learning_rate": 1e-3,
     "lr_schedule": "cosine",
+    # epochs over which the learning rate ramps linearly from 0 before the schedule
+    "lr_warmup_epochs": 0,
     "weight_decay": 5e-4,
     "seed": 0,
     "backbone": "small_cnn",
@@ -200,6 +202,10 @@ def validate(cfg: dict) -> dict:
     if cfg["steps_per_epoch"] is not None:
         _check_int(cfg, "steps_per_epoch", 1)
     _check_int(cfg, "backbone_warmup_epochs", 0)
+    _check_int(cfg, "lr_warmup_epochs", 0)
+    if cfg["lr_warmup_epochs"] >= cfg["epochs"]:
+        raise ConfigError(f"lr_warmup_epochs ({cfg['lr_warmup_epochs']}) must be fewer than "
+                          f"epochs ({cfg['epochs']})")
     for key in ("download", "mixed_precision"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")

@@ -79,8 +79,14 @@ def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
     """The configured optimizer; the backbone's variables learn at ``learning_rate x
     backbone_lr_multiplier`` (the usual lower rate for a pretrained network)."""
     lr = cfg["learning_rate"]
-    if cfg["lr_schedule"] == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, cfg["epochs"] * steps_per_epoch)
+    warmup = cfg["lr_warmup_epochs"] * steps_per_epoch
+    if cfg["lr_schedule"] == "cosine" or warmup:
+        # Linear 0 -> lr over the warm-up, then cosine to 0 over the rest (alpha = 1 keeps
+        # a constant schedule constant after its warm-up).
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, max(1, cfg["epochs"] * steps_per_epoch - warmup),
+            alpha=1.0 if cfg["lr_schedule"] == "constant" else 0.0,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
     if cfg["optimizer"] == "sgd":
         optimizer = keras.optimizers.SGD(lr, momentum=0.9)
     elif cfg["optimizer"] == "rmsprop":

@@ -267,8 +267,12 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
     """The by-length table, the full rows and the figures of one protocol."""
     from keras_hashing import plots
 
-    all_bits = sorted({r["bits"] for r in prows})
-    labels = [m for m in VARIANTS if any(r["method"] == m for r in prows)]
+    # the default table's cells show as – until run, so a reader sees what is missing
+    planned = ({(m, b) for m, b, p, _ in default_cells([protocol]) if p == protocol}
+               if protocol in PROTOCOL_NOTES else set())
+    have = {(r["method"], r["bits"]) for r in prows}
+    all_bits = sorted({b for _, b in planned | have})
+    labels = [m for m in VARIANTS if any(label == m for label, _ in planned | have)]
     lines = [f"## Protocol `{protocol}`", ""]
     if protocol in PROTOCOL_NOTES:
         lines += [PROTOCOL_NOTES[protocol], ""]
@@ -276,8 +280,10 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
               "| method | " + " | ".join(f"{b} bits" for b in all_bits) + " |",
               "|---|" + "---:|" * len(all_bits)]
     cells = map_all_cells(prows)
-    for m in labels:
-        lines.append(f"| {m} | " + " | ".join(cells.get((m, b), "–") for b in all_bits) + " |")
+    for m in labels:  # –: planned, not run yet; blank: not part of the table
+        lines.append(f"| {m} | " + " | ".join(
+            cells.get((m, b), "–" if (m, b) in planned or not planned else "")
+            for b in all_bits) + " |")
     lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | best epoch | "
               "train min | machine |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in prows:
