@@ -292,7 +292,8 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
         lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
                      f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
                      f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
-                     f"{r.get('best_epoch') or '–'} | {train_minutes_cell(r)} | "
+                     f"{'–' if r['method'] in BASELINES else r.get('best_epoch') or '–'} | "
+                     f"{train_minutes_cell(r)} | "
                      f"{r['machine']} |")
     lines.append("")
     if len(all_bits) > 1:
