@@ -108,7 +108,7 @@ def test_every_method_has_its_own_colour_and_marker_and_the_legend_covers_no_cur
         monkeypatch, tmp_path):
     from keras_hashing.methods import method_names
 
-    labels = method_names() + ["dmrh-n1", "dmrh-n3", "classifier-code"]
+    labels = method_names() + ["dmrh-n1", "dmrh-n3"]
     labels.remove("dmrh")  # drawn as dmrh-n2 in the results, with the same style
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
