@@ -85,6 +85,22 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+def _check_optimization(cfg: dict) -> None:
+    """Optimizer, learning rate, its schedule and warm-up, weight decay."""
+    for key in ("learning_rate", "weight_decay"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be a non-negative number, got {cfg[key]!r}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {cfg['optimizer']!r} unknown; choose from {OPTIMIZERS}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {cfg['lr_schedule']!r} unknown; choose from "
+                          f"{LR_SCHEDULES}")
+    _check_int(cfg, "lr_warmup_epochs", 0)
+    if cfg["lr_warmup_epochs"] >= cfg["epochs"]:
+        raise ConfigError(f"lr_warmup_epochs ({cfg['lr_warmup_epochs']}) must be fewer than "
+                          f"epochs ({cfg['epochs']})")
+
+
 def recipe_dirs() -> list:
     """Where recipes live: the source tree's configs/ (editable installs, checkouts), then
     the installed data folder."""
@@ -202,10 +218,6 @@ def validate(cfg: dict) -> dict:
     if cfg["steps_per_epoch"] is not None:
         _check_int(cfg, "steps_per_epoch", 1)
     _check_int(cfg, "backbone_warmup_epochs", 0)
-    _check_int(cfg, "lr_warmup_epochs", 0)
-    if cfg["lr_warmup_epochs"] >= cfg["epochs"]:
-        raise ConfigError(f"lr_warmup_epochs ({cfg['lr_warmup_epochs']}) must be fewer than "
-                          f"epochs ({cfg['epochs']})")
     for key in ("download", "mixed_precision"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
@@ -221,14 +233,7 @@ def validate(cfg: dict) -> dict:
                           f"{multiplier!r}")
     if cfg["strategy"] not in STRATEGIES:
         raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
-    for key in ("learning_rate", "weight_decay"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
-            raise ConfigError(f"{key} must be a non-negative number, got {cfg[key]!r}")
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise ConfigError(f"optimizer {cfg['optimizer']!r} unknown; choose from {OPTIMIZERS}")
-    if cfg["lr_schedule"] not in LR_SCHEDULES:
-        raise ConfigError(f"lr_schedule {cfg['lr_schedule']!r} unknown; choose from "
-                          f"{LR_SCHEDULES}")
+    _check_optimization(cfg)
     for key in ("params", "backbone_kwargs", "augmentation"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
