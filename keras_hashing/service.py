@@ -93,6 +93,26 @@ class IndexHolder:
 
 
 # -- encoders -------------------------------------------------------------------------------
+def wait_until_healthy(url: str, timeout: float = 60.0) -> None:
+    """Block until ``url``/healthz answers 200 (a service just started in another
+    process); raise HashingError after ``timeout`` seconds.
+
+    Example:
+        >>> wait_until_healthy("http://127.0.0.1:8080", timeout=30)  # doctest: +SKIP
+    """
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise HashingError(f"{url} did not become healthy within {timeout:g} s")
+
+
 def image_size_of(blob: bytes):
     """(width, height) from an image's header, without decoding it; ClientError when the
     bytes are not an image or declare more than MAX_IMAGE_PIXELS."""

@@ -317,13 +317,7 @@ def test_cli_serve_binds_loopback_and_takes_its_token_from_the_environment(colle
                             env={**os.environ, service.TOKEN_ENV: "t0ken"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        service.wait_until_healthy(url)
         assert httpx.get(url + "/v1/index").status_code == 401
         info = httpx.get(url + "/v1/index", headers={"Authorization": "Bearer t0ken"}).json()
         assert info["ntotal"] == 36 and info["encodes_images"] is False

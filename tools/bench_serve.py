@@ -107,13 +107,9 @@ def main(argv=None) -> int:
         try:
             import httpx
 
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    if httpx.get(url + "/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            from keras_hashing.service import wait_until_healthy
+
+            wait_until_healthy(url)
             report = {"codes": args.codes, "bits": args.bits, "k": args.k,
                       "direct": direct(path, queries, args.k), "service": []}
             for clients in (1, 8, 32):
