@@ -326,9 +326,13 @@ def generalisation_section(rows: list) -> list:
         return []
     lines = ["## Seen against unseen classes", "",
              "mAP@all on `fmnist` (classes seen in training) and on `fmnist-unseen` (two "
-             "classes held out of training; random ranking ≈ 0.5):", "",
-             "| method | bits | fmnist | fmnist-unseen |", "|---|---:|---:|---:|"]
-    lines += [f"| {m} | {b} | {s:.4f} | {u:.4f} |" for m, b, s, u in pairs]
+             "classes held out of training), best on unseen classes first. A random "
+             "ranking scores about 0.1 on `fmnist` and 0.5 on `fmnist-unseen`, so a drop "
+             "in the last column is worse than it reads:", "",
+             "| method | bits | fmnist | fmnist-unseen | unseen − seen |",
+             "|---|---:|---:|---:|---:|"]
+    pairs.sort(key=lambda p: (p[1], -p[3]))
+    lines += [f"| {m} | {b} | {s:.4f} | {u:.4f} | {u - s:+.4f} |" for m, b, s, u in pairs]
     return lines + [""]
 
 
