@@ -194,6 +194,28 @@ def mean_average_precision(query_codes, database_codes, query_labels, database_l
     return m["map_all" if k is None else f"map_{int(k)}"]
 
 
+def map_by_class(query_codes, database_codes, query_labels, database_labels, bits) -> dict:
+    """{class id: mAP@all of that class's queries}, single-label data only: whether a code
+    is weak everywhere or folds a few confusable classes together. Weighted by each
+    class's query count, the values average back to ``mean_average_precision``.
+
+    Example:
+        >>> from keras_hashing.codes import pack_bits
+        >>> db = pack_bits([[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]])
+        >>> q = pack_bits([[0, 0, 0, 0], [1, 1, 1, 1]])
+        >>> {c: round(v, 4) for c, v in map_by_class(q, db, [0, 1], [0, 1, 1], 4).items()}
+        {0: 1.0, 1: 1.0}
+    """
+    query_labels = np.asarray(query_labels)
+    if query_labels.ndim != 1:
+        raise HashingError("mAP by class needs single-label data (one class id per query), "
+                           f"got labels of shape {query_labels.shape}")
+    return {int(c): mean_average_precision(query_codes[query_labels == c], database_codes,
+                                           query_labels[query_labels == c], database_labels,
+                                           bits)
+            for c in np.unique(query_labels)}
+
+
 def precision_at_radius(query_codes, database_codes, query_labels, database_labels, bits,
                         radius=2) -> float:
     """Mean precision of the items within Hamming distance ``radius``; empty result -> 0."""

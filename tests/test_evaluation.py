@@ -129,3 +129,22 @@ def test_class_distance_spread_golden_values():
     multi = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 1, 0]])
     assert ev.class_distance_spread(codes, multi, 8)["within_mean"] == pytest.approx(17 / 3)
     assert ev.class_distance_spread(codes, np.zeros(4, int), 8)["overlap"] is None
+
+
+def test_map_by_class_weights_back_to_the_overall_map_and_refuses_multi_label():
+    rng = np.random.default_rng(3)
+    db_labels, q_labels = rng.integers(0, 4, 300), rng.integers(0, 4, 40)
+    # codes that carry the label in their first two bits, noise in the rest
+    def codes(labels):
+        bits = rng.integers(0, 2, (len(labels), 16))
+        bits[:, 0], bits[:, 1] = labels & 1, labels >> 1
+        return pack_bits(bits)
+    db, q = codes(db_labels), codes(q_labels)
+    by_class = ev.map_by_class(q, db, q_labels, db_labels, 16)
+    assert sorted(by_class) == [0, 1, 2, 3]
+    counts = np.bincount(q_labels, minlength=4)
+    weighted = sum(by_class[c] * counts[c] for c in by_class) / counts.sum()
+    assert weighted == pytest.approx(
+        ev.mean_average_precision(q, db, q_labels, db_labels, 16))
+    with pytest.raises(HashingError, match="single-label"):
+        ev.map_by_class(q, db, np.eye(4)[q_labels], np.eye(4)[db_labels], 16)

@@ -14,26 +14,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from keras_hashing.evaluation import retrieval_metrics  # noqa: E402
-
-
-def per_class_map(query_codes, database_codes, query_labels, database_labels, bits) -> dict:
-    """{class id: mAP@all of that class's queries} for single-label data (packed codes)."""
-    query_labels = np.asarray(query_labels)
-    if query_labels.ndim != 1:
-        raise ValueError("per-class mAP needs single-label data (one class id per image)")
-    out = {}
-    for c in np.unique(query_labels):
-        mine = query_labels == c
-        out[int(c)] = retrieval_metrics(query_codes[mine], database_codes, query_labels[mine],
-                                        database_labels, bits, map_at=(None,),
-                                        radius=None)["map_all"]
-    return out
+from keras_hashing.evaluation import map_by_class  # noqa: E402
 
 
 def per_class_map_of_run(run_dir) -> dict:
@@ -43,7 +27,7 @@ def per_class_map_of_run(run_dir) -> dict:
     run, splits = load_run_with_splits(run_dir)
     query, _ = encode_split(run.model, splits.query)
     database, _ = encode_split(run.model, splits.database)
-    values = per_class_map(query, database, splits.query.y, splits.database.y, run.model.bits)
+    values = map_by_class(query, database, splits.query.y, splits.database.y, run.model.bits)
     names = splits.class_names or [str(c) for c in range(splits.num_classes)]
     return {names[c] if c < len(names) else str(c): round(v, 4) for c, v in values.items()}
 
