@@ -54,6 +54,8 @@ DEFAULTS = {
     "lr_schedule": "cosine",
     # epochs over which the learning rate ramps linearly from 0 before the schedule
     "lr_warmup_epochs": 0,
+    # the L2 factor on kernels; with optimizer adamw, the decoupled decay instead (no L2
+    # term; Keras multiplies it by the learning rate, so 1e-2 to 1e-1 is its usual range)
     "weight_decay": 5e-4,
     "seed": 0,
     "backbone": "small_cnn",
@@ -81,7 +83,7 @@ DEFAULTS = {
     "params": {},
 }
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 
 

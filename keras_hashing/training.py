@@ -67,12 +67,18 @@ def _build_model(cfg: dict, splits: DatasetSplits):
     model = cls(bits=cfg["bits"], input_shape=splits.input_shape,
                 num_classes=splits.num_classes, multi_label=splits.multi_label,
                 backbone=backbone, backbone_kwargs=backbone_kwargs,
-                weight_decay=cfg["weight_decay"], params=params)
+                weight_decay=l2_weight_decay(cfg), params=params)
     if source is not None:
         # Same architecture, so the trained weights copy over one for one; the file of
         # this run then holds them, and loading it never needs the source run again.
         model.backbone.set_weights(source.backbone.get_weights())
     return model
+
+
+def l2_weight_decay(cfg: dict) -> float:
+    """The L2 factor the model's kernels carry: ``weight_decay``, except under AdamW, whose
+    optimizer decays the weights itself (decoupled) and the loss carries no L2 term."""
+    return 0.0 if cfg["optimizer"] == "adamw" else cfg["weight_decay"]
 
 
 def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
@@ -91,6 +97,12 @@ def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
         optimizer = keras.optimizers.SGD(lr, momentum=0.9)
     elif cfg["optimizer"] == "rmsprop":
         optimizer = keras.optimizers.RMSprop(lr)
+    elif cfg["optimizer"] == "adamw":
+        # Keras scales the decay by the learning rate (w -= lr * wd * w), so useful values
+        # are around 1e-2 to 1e-1, not the 5e-4 of an L2 term; biases and normalisation
+        # scales are not decayed.
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"])
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     else:
         optimizer = keras.optimizers.Adam(lr)
     if cfg["backbone_lr_multiplier"] != 1.0 and backbone_variables:

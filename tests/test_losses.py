@@ -33,6 +33,21 @@ def test_classification_loss_golden():
     assert float(multi) == pytest.approx(np.log(2), rel=1e-5)
 
 
+def test_label_smoothing_golden():
+    # probabilities (.5, .25, .25), eps = .3: targets (.8, .1, .1)
+    logits = np.log(np.array([[0.5, 0.25, 0.25]], np.float32))
+    smoothed = losses.classification_loss(np.array([0]), logits, label_smoothing=0.3)
+    assert float(smoothed) == pytest.approx(-(0.8 * np.log(0.5) + 0.2 * np.log(0.25)), rel=1e-5)
+    # multi-hot: targets (1, 0) become (.9, .1) against sigmoid(0) = .5 -> log 2 regardless,
+    # so use logits 2: BCE(.9, s) and BCE(.1, s) with s = sigmoid(2)
+    s2 = 1 / (1 + np.exp(-2.0))
+    multi = losses.classification_loss(np.array([[1, 0]]), np.array([[2.0, 2.0]], np.float32),
+                                       multi_label=True, label_smoothing=0.2)
+    expected = (-(0.9 * np.log(s2) + 0.1 * np.log(1 - s2))
+                - (0.1 * np.log(s2) + 0.9 * np.log(1 - s2))) / 2
+    assert float(multi) == pytest.approx(expected, rel=1e-5)
+
+
 def test_ssdh_relaxed_terms_gradient_matches_finite_differences():
     a0 = np.random.default_rng(0).uniform(0.1, 0.9, (3, 5))
     _finite_difference_check(

@@ -57,3 +57,34 @@ def test_warm_up_as_long_as_training_is_refused():
 
     with pytest.raises(ConfigError, match=r"lr_warmup_epochs \(5\) must be fewer than epochs"):
         resolve_config(overrides={"epochs": 5, "lr_warmup_epochs": 5})
+
+
+def test_adamw_decays_the_weights_and_drops_the_l2_term():
+    import keras
+    import numpy as np
+
+    from keras_hashing.config import resolve_config
+    from keras_hashing.training import l2_weight_decay, make_optimizer
+
+    cfg = resolve_config(overrides={"optimizer": "adamw", "weight_decay": 0.1,
+                                    "lr_schedule": "constant", "learning_rate": 0.5})
+    assert l2_weight_decay(cfg) == 0.0
+    assert l2_weight_decay({**cfg, "optimizer": "adam"}) == 0.1
+    optimizer = make_optimizer(cfg, steps_per_epoch=10)
+    kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
+    bias = keras.Variable(np.ones(2, np.float32), name="bias")
+    optimizer.apply([np.zeros((2, 2), np.float32), np.zeros(2, np.float32)], [kernel, bias])
+    # zero gradients: only the decoupled decay moves the kernel, w -= lr * wd * w; the bias
+    # is excluded from decay
+    assert np.allclose(kernel.numpy(), 1 - 0.5 * 0.1)
+    assert np.allclose(bias.numpy(), 1.0)
+
+
+@pytest.mark.parametrize("method", ["ssdh", "classifier-code"])
+def test_label_smoothing_out_of_range_is_refused(method):
+    from keras_hashing.errors import ConfigError
+    from keras_hashing.methods import get_method
+
+    with pytest.raises(ConfigError, match="label_smoothing must be in"):
+        get_method(method)(bits=12, input_shape=(8, 8, 1), num_classes=10,
+                           params={"label_smoothing": 1.5})

@@ -106,6 +106,22 @@ def check_param_type(method: str, key: str, value, default) -> None:
         raise ConfigError(f"{method} parameter {key} must be {kind}, got {value!r}")
 
 
+def check_label_smoothing(method: str, value) -> float:
+    """``value`` if it is a label-smoothing epsilon in [0, 1), else ConfigError.
+
+    Example:
+        >>> check_label_smoothing("ssdh", 0.1)
+        0.1
+        >>> check_label_smoothing("ssdh", 1.0)
+        Traceback (most recent call last):
+        ...
+        keras_hashing.errors.ConfigError: ssdh parameter label_smoothing must be in [0, 1), got 1.0
+    """
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{method} parameter label_smoothing must be in [0, 1), got {value!r}")
+    return value
+
+
 class HashingModel(keras.Model):
     """Base class of every deep hashing method.
 

@@ -36,7 +36,7 @@ from keras import ops
 from keras_hashing import losses
 from keras_hashing.errors import ConfigError
 from keras_hashing.layers import PACKAGE
-from keras_hashing.methods.base import HashingModel
+from keras_hashing.methods.base import HashingModel, check_label_smoothing
 
 CODES = ("auto", "onehot", "binary")
 
@@ -68,10 +68,11 @@ class ClassifierCode(HashingModel):
     """A classifier whose code is its predicted class (see the module docstring)."""
 
     method_name = "classifier-code"
-    default_params = {"code": "auto"}
+    default_params = {"code": "auto", "label_smoothing": 0.0}
     term_names = ("classification",)
 
     def build_head(self):
+        check_label_smoothing(self.method_name, self.params["label_smoothing"])
         code = self.params["code"]
         if code == "auto" and self.bits < self.num_classes and not self.multi_label:
             code = "binary"
@@ -106,7 +107,7 @@ class ClassifierCode(HashingModel):
         return 2.0 * bits - 1.0
 
     def loss_terms(self, outputs, targets):
-        terms = {"classification": losses.classification_loss(targets, outputs["logits"],
-                                                              self.multi_label)}
+        terms = {"classification": losses.classification_loss(
+            targets, outputs["logits"], self.multi_label, self.params["label_smoothing"])}
         terms["loss"] = terms["classification"]
         return terms

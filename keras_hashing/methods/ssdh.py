@@ -6,7 +6,8 @@ per-label sigmoid for multi-label data). Bits are the latent activations > 0.5.
 Objective (the authors' Caffe code weights every term 1):
 
     L = alpha * E1 + beta * E2 + gamma * E3 (+ weight decay)
-    E1 = classification loss              (losses.classification_loss)
+    E1 = classification loss              (losses.classification_loss; optional
+                                           label smoothing, params.label_smoothing)
     E2 = -(1/K) ||a - 0.5||^2             (losses.ssdh_binarization_loss)
     E3 = (mean_k a_k - 0.5)^2             (losses.ssdh_balance_loss)
 
@@ -31,7 +32,7 @@ import keras
 
 from keras_hashing import losses
 from keras_hashing.layers import PACKAGE, SigmoidLatent
-from keras_hashing.methods.base import HashingModel
+from keras_hashing.methods.base import HashingModel, check_label_smoothing
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -47,10 +48,12 @@ class SSDH(HashingModel):
     """
 
     method_name = "ssdh"
-    default_params = {"alpha": 1.0, "beta": 1.0, "gamma": 1.0, "warmup_steps": 300}
+    default_params = {"alpha": 1.0, "beta": 1.0, "gamma": 1.0, "warmup_steps": 300,
+                      "label_smoothing": 0.0}
     term_names = ("classification", "binarization", "balance")
 
     def build_head(self):
+        check_label_smoothing(self.method_name, self.params["label_smoothing"])
         self.latent = SigmoidLatent(self.bits, kernel_regularizer=self.kernel_regularizer(),
                                     name="latent")
         self.classifier = keras.layers.Dense(self.num_classes,
@@ -65,8 +68,8 @@ class SSDH(HashingModel):
         p = self.params
         a = outputs["code"]
         terms = {
-            "classification": losses.classification_loss(targets, outputs["logits"],
-                                                         self.multi_label),
+            "classification": losses.classification_loss(
+                targets, outputs["logits"], self.multi_label, p["label_smoothing"]),
             "binarization": losses.ssdh_binarization_loss(a),
             "balance": losses.ssdh_balance_loss(a),
         }
