@@ -161,6 +161,8 @@ class HashingModel(keras.Model):
                               f"valid: {sorted(self.default_params)}")
         for key, value in (params or {}).items():
             check_param_type(self.method_name, key, value, self.default_params[key])
+        if "label_smoothing" in (params or {}):  # every method's classification term
+            check_label_smoothing(self.method_name, params["label_smoothing"])
         self.params = {**self.default_params, **(params or {})}
         if self.supervised and not self.num_classes:
             raise ConfigError(f"{self.method_name} is supervised: num_classes is required")

@@ -36,7 +36,7 @@ from keras import ops
 from keras_hashing import losses
 from keras_hashing.errors import ConfigError
 from keras_hashing.layers import PACKAGE
-from keras_hashing.methods.base import HashingModel, check_label_smoothing
+from keras_hashing.methods.base import HashingModel
 
 CODES = ("auto", "onehot", "binary")
 
@@ -72,7 +72,6 @@ class ClassifierCode(HashingModel):
     term_names = ("classification",)
 
     def build_head(self):
-        check_label_smoothing(self.method_name, self.params["label_smoothing"])
         code = self.params["code"]
         if code == "auto" and self.bits < self.num_classes and not self.multi_label:
             code = "binary"

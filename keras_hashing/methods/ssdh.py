@@ -32,7 +32,7 @@ import keras
 
 from keras_hashing import losses
 from keras_hashing.layers import PACKAGE, SigmoidLatent
-from keras_hashing.methods.base import HashingModel, check_label_smoothing
+from keras_hashing.methods.base import HashingModel
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -53,7 +53,6 @@ class SSDH(HashingModel):
     term_names = ("classification", "binarization", "balance")
 
     def build_head(self):
-        check_label_smoothing(self.method_name, self.params["label_smoothing"])
         self.latent = SigmoidLatent(self.bits, kernel_regularizer=self.kernel_regularizer(),
                                     name="latent")
         self.classifier = keras.layers.Dense(self.num_classes,
