@@ -2,6 +2,6 @@
 
 import sys
 
-from keras_hashing.cli import main
+from keras_hashing.cli.main import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def digits():
-    from keras_hashing.data import load_dataset
+    from keras_hashing.data.datasets import load_dataset
 
     return load_dataset("digits")
 
@@ -28,8 +28,8 @@ def digits():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short SSDH fit on digits shared by the tests that need a trained run."""
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"epochs": 8, "bits": 24, "learning_rate": 0.005},
                          sets=["params.warmup_steps=60"])

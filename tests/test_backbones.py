@@ -1,6 +1,6 @@
 import pytest
 
-from keras_hashing.backbones import build_backbone
+from keras_hashing.models.backbones import build_backbone
 from keras_hashing.errors import ConfigError
 
 

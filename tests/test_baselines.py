@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from keras_hashing import baselines
+from keras_hashing.models import baselines
 from keras_hashing.codes import unpack_bits
 from keras_hashing.errors import ConfigError, DataError
 
@@ -46,15 +46,17 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("method", ["lsh", "pcah", "itq"])
 def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
-    from keras_hashing.config import resolve_config
-    from keras_hashing.export import SavedModelEncoder, export_run
-    from keras_hashing.runs import load_run
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.serving.export import SavedModelEncoder, export_run
+    from keras_hashing.training.runs import load_run
+    from keras_hashing.training.fit import fit
 
     run = fit(resolve_config(overrides={"method": method, "bits": 16}), out=str(tmp_path / "r"),
               verbose=0)
     q = run.metrics["query"]
-    assert q["map_all"] > 0.2, q["map_all"]  # chance is about 0.1
+    # chance is about 0.1; lowest over seeds 0-2, oneDNN on and off (tools/quality_spread.py):
+    # lsh 0.326, pcah 0.332, itq 0.620
+    assert q["map_all"] > 0.2, q["map_all"]
     assert run.metrics["validation"]["best_map_all"] > 0.2
     est = baselines.BASELINES[method](16).fit(digits.train.x.reshape(len(digits.train), -1)
                                               / 255.0)
@@ -66,8 +68,8 @@ def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
 
 
 def test_baselines_refuse_an_untrained_cnn_backbone(tmp_path):
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"method": "itq", "bits": 8}, sets=["backbone=small_cnn"])
     with pytest.raises(ConfigError, match="would be untrained"):
@@ -79,10 +81,10 @@ def test_itq_on_a_trained_runs_features(trained_run, digits, tmp_path):
     """--features-from: ITQ of the source backbone's features, in a self-contained file."""
     import shutil
 
-    from keras_hashing.config import resolve_config
-    from keras_hashing.export import SavedModelEncoder, export_run
-    from keras_hashing.runs import load_run
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.serving.export import SavedModelEncoder, export_run
+    from keras_hashing.training.runs import load_run
+    from keras_hashing.training.fit import fit
 
     source = tmp_path / "source"
     shutil.copytree(trained_run.path, source)
@@ -110,9 +112,9 @@ def test_itq_on_a_trained_runs_features(trained_run, digits, tmp_path):
     ("itq", "missing", "does not exist"),
 ])
 def test_features_from_bad_input(method, source, match, trained_run, tmp_path):
-    from keras_hashing.config import resolve_config
+    from keras_hashing.training.config import resolve_config
     from keras_hashing.errors import HashingError
-    from keras_hashing.training import fit
+    from keras_hashing.training.fit import fit
 
     path = trained_run.path if source == "run" else str(tmp_path / "nowhere")
     cfg = resolve_config(overrides={"method": method, "bits": 8, "features_from": path})

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_hashing import cli
-from keras_hashing.index import HammingIndex
+from keras_hashing.cli import main as cli
+from keras_hashing.search.index import HammingIndex
 
 
 def run_cli(capsys, *argv):
@@ -104,7 +104,7 @@ def test_error_corrupt_index_from_real_console_script(tmp_path):
     """The installed entry point: exit status 2, one line, no traceback."""
     bad = tmp_path / "bad.khi"
     bad.write_bytes(b"KHASHIDX" + os.urandom(60))
-    proc = subprocess.run([sys.executable, "-m", "keras_hashing.cli", "search", "--index",
+    proc = subprocess.run([sys.executable, "-m", "keras_hashing", "search", "--index",
                            str(bad), "--run", str(tmp_path), "--images", "x.png"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
@@ -113,7 +113,7 @@ def test_error_corrupt_index_from_real_console_script(tmp_path):
 
 
 def test_help_lists_examples_and_imports_no_tensorflow():
-    code = ("import sys; from keras_hashing import cli\n"
+    code = ("import sys; from keras_hashing.cli import main as cli\n"
             "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TF', 'tensorflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -128,7 +128,7 @@ def test_stderr_holds_only_the_projects_own_lines(trained_run, tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    base = [sys.executable, "-m", "keras_hashing.cli"]
+    base = [sys.executable, "-m", "keras_hashing"]
     ok = subprocess.run([*base, "evaluate", "--run", trained_run.path, "--quiet"],
                         capture_output=True, text=True, env=env, timeout=300)
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr

@@ -1,6 +1,6 @@
 import pytest
 
-from keras_hashing import config
+from keras_hashing.training import config
 from keras_hashing.errors import ConfigError
 
 
@@ -14,7 +14,7 @@ def test_layering_order(tmp_path):
 
 def test_recipe_is_found_for_method_and_dataset():
     path = config.recipe_path("ssdh", "fashion_mnist")
-    assert path and path.endswith("configs/ssdh_fashion_mnist.yaml")
+    assert path and path.endswith("recipes/ssdh_fashion_mnist.yaml")
     cfg = config.resolve_config(overrides={"dataset": "fashion_mnist"})
     assert cfg["backbone"] == "lenet" and cfg["protocol"] == "fmnist"
 
@@ -52,9 +52,9 @@ def test_every_method_has_a_valid_recipe_per_dataset():
     import glob
     import os
 
-    from keras_hashing.methods import get_method, method_names
+    from keras_hashing.models.methods import get_method, method_names
 
-    recipes = glob.glob(os.path.join(config.recipe_dirs()[0], "*.yaml"))
+    recipes = glob.glob(os.path.join(config.RECIPES_DIR, "*.yaml"))
     assert recipes
     for path in recipes:
         cfg = config.resolve_config(path)
@@ -83,7 +83,7 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     ({"num_train": 2.5}, "dpsh parameter num_train must be an integer"),
 ])
 def test_method_parameters_of_the_wrong_kind_are_rejected(params, message):
-    from keras_hashing.methods.dpsh import DPSH
+    from keras_hashing.models.methods.dpsh import DPSH
 
     with pytest.raises(ConfigError, match=message):
         DPSH(bits=16, input_shape=(8, 8, 1), num_classes=10, params=params)

@@ -1,4 +1,4 @@
-"""The multi-worker training loop (keras_hashing.custom_loop) drives callbacks as fit does.
+"""The multi-worker training loop (keras_hashing.training.custom_loop) drives callbacks as fit does.
 
 The real two-process run is tests/test_distribute.py::test_two_workers_on_loopback_train_
 the_single_device_model; here the loop runs under the default strategy, in-process.
@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_hashing import custom_loop
-from keras_hashing.config import resolve_config
-from keras_hashing.data import make_tf_dataset
-from keras_hashing.training import build_model
+from keras_hashing.training import custom_loop
+from keras_hashing.training.config import resolve_config
+from keras_hashing.data.pipeline import make_tf_dataset
+from keras_hashing.training.fit import build_model
 
 
 class Recorder(keras.callbacks.Callback):

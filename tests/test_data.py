@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from keras_hashing import data
+from keras_hashing.data import datasets as data
+from keras_hashing.data import pipeline
+from keras_hashing.data import images
 from keras_hashing.errors import DataError
 
 
@@ -156,38 +158,40 @@ def test_unknown_dataset_names(name):
 
 def test_check_images_rejects_bad_shapes_and_nan():
     with pytest.raises(DataError, match=r"model expects \(8, 8, 1\)"):
-        data.check_images(np.zeros((2, 28, 28, 1)), (8, 8, 1))
+        images.check_images(np.zeros((2, 28, 28, 1)), (8, 8, 1))
     with pytest.raises(DataError, match="NaN"):
-        data.check_images(np.full((1, 8, 8, 1), np.nan), (8, 8, 1))
+        images.check_images(np.full((1, 8, 8, 1), np.nan), (8, 8, 1))
 
 
 def test_tf_pipeline_batches_all_examples(digits):
-    ds = data.make_tf_dataset(digits.val, batch_size=32, shuffle=True)
+    ds = pipeline.make_tf_dataset(digits.val, batch_size=32, shuffle=True)
     seen = sum(int(x.shape[0]) for x, _ in ds)
     assert seen == len(digits.val)
 
 
 def test_augmentation_changes_training_batches_only_in_pixels(digits):
-    plain = next(iter(data.make_tf_dataset(digits.train, 64)))
-    augmented = next(iter(data.make_tf_dataset(digits.train, 64, augmentation={
+    plain = next(iter(pipeline.make_tf_dataset(digits.train, 64)))
+    augmented = next(iter(pipeline.make_tf_dataset(digits.train, 64, augmentation={
         "translation": 0.2, "rotation": 0.1})))
     x0, x1 = plain[0].numpy().astype(np.float32), augmented[0].numpy()
     assert x1.shape == x0.shape and x1.dtype == np.float32
     assert np.abs(x1 - x0).mean() > 5.0  # the pixels moved (0..255 scale)
     assert 0.0 <= x1.min() and x1.max() <= 255.0  # still raw pixels: the model rescales
     np.testing.assert_array_equal(augmented[1].numpy(), plain[1].numpy())  # labels kept
-    second = next(iter(data.make_tf_dataset(digits.train, 64, augmentation={
+    second = next(iter(pipeline.make_tf_dataset(digits.train, 64, augmentation={
         "translation": 0.2, "rotation": 0.1})))
     assert x1.shape == second[0].shape  # a fresh pipeline works again (no stale state)
 
 
 def test_fit_with_augmentation_in_the_config_learns(tmp_path):
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"bits": 16, "epochs": 8, "learning_rate": 0.005},
                          sets=["augmentation.translation=0.1", "params.warmup_steps=60",
                                "val_database_size=600", "tensorboard_samples=50"])
     run = fit(cfg, out=str(tmp_path / "r"), verbose=0)
     assert run.config["augmentation"] == {"translation": 0.1}
-    assert run.metrics["query"]["map_all"] > 0.4  # chance is about 0.1
+    # chance is about 0.1; lowest over seeds 0-2, oneDNN on and off: 0.664 (AMD EPYC, AVX2;
+    # tools/quality_spread.py --cases ssdh-augmentation)
+    assert run.metrics["query"]["map_all"] > 0.4

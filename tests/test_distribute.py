@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_hashing.methods import method_names, get_method
+from keras_hashing.models.methods import method_names, get_method
 
 HERE = os.path.dirname(__file__)
 GRADIENT_METHODS = [m for m in method_names() if get_method(m).gradient_training]
@@ -61,7 +61,9 @@ def test_cli_fit_mirrored_on_logical_cpus(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["strategy"] == {"kind": "MirroredStrategy", "replicas": 2}
-    assert metrics["query"]["map_all"] > 0.5  # it learned (chance is about 0.1)
+    # it learned (chance is about 0.1); DSH's 6-epoch run on one device: lowest 0.734 over
+    # seeds 0-2, oneDNN on and off (tools/quality_spread.py --cases dsh)
+    assert metrics["query"]["map_all"] > 0.5
 
 
 def _free_ports(n):
@@ -117,7 +119,7 @@ def test_two_workers_on_loopback_train_the_single_device_model(tmp_path):
          "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=600,
         cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert single.returncode == 0, single.stderr[-3000:]
-    from keras_hashing.runs import load_run
+    from keras_hashing.training.runs import load_run
 
     a = load_run(str(tmp_path / "run")).model
     b = load_run(str(tmp_path / "single")).model

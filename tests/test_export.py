@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from keras_hashing import cli
+from keras_hashing.cli import main as cli
 from keras_hashing.errors import HashingError
-from keras_hashing.export import export_run, next_version
+from keras_hashing.serving.export import export_run, next_version
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_encode_bytes_signature_decodes_png_like_pixels(exported, trained_run, d
 
     from PIL import Image
 
-    from keras_hashing.export import SavedModelEncoder
+    from keras_hashing.serving.export import SavedModelEncoder
 
     enc = SavedModelEncoder(exported[1])
     blobs = []

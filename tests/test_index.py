@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from keras_hashing import mih
+from keras_hashing.search import mih
 from keras_hashing.codes import pack_bits
 from keras_hashing.errors import CodeLengthError, HashingError, IndexFileError
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 
 
 def brute_force(q_bits, d_bits, k):
@@ -99,7 +99,7 @@ def test_add_appends_and_checks_code_length():
 
 
 def test_index_module_imports_no_tensorflow():
-    code = ("import sys, keras_hashing.index, keras_hashing.evaluation;"
+    code = ("import sys, keras_hashing.search.index, keras_hashing.evaluation;"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}).stdout.strip()
@@ -207,7 +207,7 @@ def test_add_rejects_duplicate_ids_and_mismatched_paths():
 def test_padding_bits_never_count(tmp_path, method):
     """12-bit codes take 2 bytes; the 4 bits past the 12th are not part of the code,
     whether they come from add, a query, or a file written elsewhere."""
-    from keras_hashing import index_file
+    from keras_hashing.search import index_file
 
     zeros = np.zeros((5, 2), np.uint8)
     dirty = np.array([[0, 15]] * 5, np.uint8)  # padding bits set

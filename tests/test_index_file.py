@@ -1,4 +1,4 @@
-"""The index file format (keras_hashing.index_file): every corruption is caught."""
+"""The index file format (keras_hashing.search.index_file): every corruption is caught."""
 
 import os
 import struct
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 from keras_hashing.errors import IndexFileError
 
 from test_index import _index_with_labels
@@ -16,7 +16,7 @@ from test_index import _index_with_labels
 
 def _field(name):
     """(offset, struct format) of a header field of the index file."""
-    from keras_hashing import index_file as mod
+    from keras_hashing.search import index_file as mod
 
     fmt = mod.HEADER.format.lstrip("<")
     sizes = [struct.calcsize("<" + c) for c in ("8s", *fmt[2:])]
@@ -78,10 +78,10 @@ def test_save_killed_midway_leaves_previous_file(tmp_path):
     # A child process writes a big index and is killed with SIGKILL mid-write.
     script = f"""
 import os, signal, numpy as np
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 index = HammingIndex(64)
 index.add(np.zeros((200000, 8), np.uint8))
-import keras_hashing.index_file as mod
+import keras_hashing.search.index_file as mod
 orig = mod.atomic_open
 import contextlib
 @contextlib.contextmanager
@@ -102,7 +102,7 @@ index.save({str(path)!r})
 
 
 def test_every_header_byte_is_covered_by_a_checksum(tmp_path):
-    from keras_hashing import index_file
+    from keras_hashing.search import index_file
 
     path = tmp_path / "a.khi"
     index = _index_with_labels(multi=False)
@@ -118,7 +118,7 @@ def test_every_header_byte_is_covered_by_a_checksum(tmp_path):
 
 
 def test_version_2_files_are_still_read(tmp_path):
-    from keras_hashing import index_file
+    from keras_hashing.search import index_file
 
     path = tmp_path / "a.khi"
     index = _index_with_labels(multi=False)

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from keras_hashing.layers import SigmoidLatent, SignQuantize, SphericalEmbedding
+from keras_hashing.models.layers import SigmoidLatent, SignQuantize, SphericalEmbedding
 
 
 def test_sign_quantize_forward_and_straight_through_gradient():

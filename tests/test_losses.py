@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_hashing import losses
+from keras_hashing.models import losses
 
 
 def test_ssdh_binarization_golden():

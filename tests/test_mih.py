@@ -1,18 +1,18 @@
-"""Multi-index hashing (keras_hashing.mih): exact, and faster where probing pays."""
+"""Multi-index hashing (keras_hashing.search.mih): exact, and faster where probing pays."""
 
 from unittest import mock
 
 import numpy as np
 import pytest
 
-from keras_hashing import mih
+from keras_hashing.search import mih
 from keras_hashing.codes import pack_bits
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 from test_index import brute_force
 
 
 def test_mih_matches_flat_on_skewed_codes_and_reports_table_memory():
-    from keras_hashing.mih import MultiIndex
+    from keras_hashing.search.mih import MultiIndex
 
     rng = np.random.default_rng(7)
     centres = rng.integers(0, 2, (5, 64))
@@ -58,7 +58,7 @@ def test_mih_knn_sends_the_rest_the_way_that_timed_faster(clock, sent_to_scan):
     # 4 queries probed, 4 scanned, both timed (the fake clock says which was faster);
     # the other 12 go the faster way, and the answer is exact either way. Probing that
     # took no time at all is not raced against the scan: all 20 are probed.
-    from keras_hashing.mih import MultiIndex
+    from keras_hashing.search.mih import MultiIndex
 
     rng = np.random.default_rng(10)
     d_bits = rng.integers(0, 2, (300, 32))
@@ -79,7 +79,7 @@ def test_mih_knn_over_repeated_codes_probes_the_distinct_ones():
     # a trained model's codes repeat: 20 codes x 300 copies. Over every code, a query's
     # own bucket holds 300+ candidates and passes the scan limit; over the distinct
     # codes it holds a handful, and the answer (ties by position) is the same.
-    from keras_hashing.mih import MultiIndex, distinct_codes
+    from keras_hashing.search.mih import MultiIndex, distinct_codes
 
     rng = np.random.default_rng(11)
     pool = rng.integers(0, 2, (20, 64))

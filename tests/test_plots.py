@@ -6,7 +6,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from keras_hashing import cli, plots
+from keras_hashing.cli import main as cli
+
+from keras_hashing.training import plots
 
 
 def _png(path):
@@ -75,8 +77,8 @@ def test_cli_search_show_draws_the_grid(trained_run, digits, tmp_path, capsys):
 
 def test_search_through_serving_imports_no_tensorflow(trained_run, tmp_path):
     """Stub server in one process; the CLI search in another must not load TensorFlow."""
-    from keras_hashing.export import export_run
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.serving.export import export_run
+    from keras_hashing.search.index import HammingIndex
 
     export_run(trained_run.path, base=str(tmp_path / "sm"), name="digits")
     index = HammingIndex(24)
@@ -92,7 +94,7 @@ def test_search_through_serving_imports_no_tensorflow(trained_run, tmp_path):
         stderr=subprocess.DEVNULL)
     try:
         url = server.stdout.readline().strip()
-        code = ("import sys\nfrom keras_hashing import cli\n"
+        code = ("import sys\nfrom keras_hashing.cli import main as cli\n"
                 f"rc = cli.main(['search', '--index', {str(tmp_path / 'db.khi')!r}, "
                 f"'--serving-url', {url!r}, '--model', 'digits', '--images', "
                 f"{str(tmp_path / 'q.npy')!r}, '-k', '2'])\n"
@@ -106,7 +108,7 @@ def test_search_through_serving_imports_no_tensorflow(trained_run, tmp_path):
 
 def test_every_method_has_its_own_colour_and_marker_and_the_legend_covers_no_curve(
         monkeypatch, tmp_path):
-    from keras_hashing.methods import method_names
+    from keras_hashing.models.methods import method_names
 
     labels = method_names() + ["dmrh-n1", "dmrh-n3"]
     labels.remove("dmrh")  # drawn as dmrh-n2 in the results, with the same style

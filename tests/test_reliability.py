@@ -13,17 +13,23 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from keras_hashing import cli, config, data, fileio
+from keras_hashing.cli import main as cli
+
+from keras_hashing.training import config
+
+from keras_hashing.data import datasets as data
+
+from keras_hashing import fileio
 from keras_hashing.codes import pack_bits
 from keras_hashing.errors import HashingError
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 
 # -- fit survives kill -9 -------------------------------------------------------------------
 
 
 def test_fit_killed_mid_run_resumes_at_last_finished_epoch(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "keras_hashing.cli", "fit", "--method", "ssdh", "--epochs",
+    cmd = [sys.executable, "-m", "keras_hashing", "fit", "--method", "ssdh", "--epochs",
            "5", "--bits", "16", "--out", str(out), "--quiet", "--set", "val_database_size=300"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -93,7 +99,7 @@ def _kill_points(writes, everywhere):
                          ids=["sample", "every-write"])
 def test_fit_killed_at_every_write_resumes_or_is_finished(everywhere, fit_writes, tmp_path,
                                                           capsys):
-    from keras_hashing import runs
+    from keras_hashing.training import runs
 
     points = _kill_points(fit_writes, everywhere)
     assert len(points) >= 5
@@ -122,8 +128,9 @@ def test_fit_killed_at_every_write_resumes_or_is_finished(everywhere, fit_writes
 
 WRITER = r"""
 import itertools, sys, numpy as np
-from keras_hashing import fileio, config
-from keras_hashing.index import HammingIndex
+from keras_hashing import fileio
+from keras_hashing.training import config
+from keras_hashing.search.index import HammingIndex
 d = sys.argv[1]
 for i in itertools.count():
     v = i % 2
@@ -472,7 +479,7 @@ def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
 
 def test_bad_outputs_left_the_inputs_whole(bad_inputs):
     """After the whole table ran: the run still loads, the shards are unchanged."""
-    from keras_hashing import runs
+    from keras_hashing.training import runs
 
     d, run = bad_inputs
     assert runs.load_run(run).model.bits == 24

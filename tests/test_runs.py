@@ -1,4 +1,4 @@
-"""The run directory as a transaction (keras_hashing.runs): what a folder is, who may
+"""The run directory as a transaction (keras_hashing.training.runs): what a folder is, who may
 write it, what a resume must match, and what a finished run holds."""
 
 import json
@@ -9,7 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from keras_hashing import cli, config, runs
+from keras_hashing.cli import main as cli
+
+from keras_hashing.training import config
+
+from keras_hashing.training import runs
 from keras_hashing.errors import HashingError, RunDirError
 
 FAST = ["--epochs", "1", "--bits", "12", "--quiet", "--set", "val_database_size=200",
@@ -127,7 +131,7 @@ def test_a_second_writer_of_the_same_run_is_refused(tmp_path, capsys):
 
 def test_two_fits_racing_for_one_folder_leave_one_whole_run(tmp_path):
     out = tmp_path / "r"
-    cmd = [sys.executable, "-m", "keras_hashing.cli", "fit", "--out", str(out), *FAST]
+    cmd = [sys.executable, "-m", "keras_hashing", "fit", "--out", str(out), *FAST]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
@@ -159,7 +163,7 @@ def test_a_diverging_run_stops_naming_epoch_and_step_and_saves_nothing(tmp_path,
 def test_the_divergence_check_runs_before_the_backup_of_a_bad_epoch():
     import keras
 
-    from keras_hashing.callbacks import NonFiniteLossError, StopOnNonFinite
+    from keras_hashing.training.callbacks import NonFiniteLossError, StopOnNonFinite
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     guard = StopOnNonFinite()
@@ -238,7 +242,7 @@ def test_a_full_disk_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeyp
 
 def test_index_of_another_model_is_refused(tmp_path, trained_run):
     from keras_hashing.codes import pack_bits
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.search.index import HammingIndex
 
     index = HammingIndex(trained_run.model.bits)
     index.add(pack_bits(np.zeros((3, trained_run.model.bits))))

@@ -1,17 +1,17 @@
-"""The exhaustive scan (keras_hashing.scan): blocked, threaded, exact."""
+"""The exhaustive scan (keras_hashing.search.scan): blocked, threaded, exact."""
 
 import numpy as np
 import pytest
 
 from keras_hashing.codes import pack_bits
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 
 from test_index import brute_force
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
-    from keras_hashing import scan
+    from keras_hashing.search import scan
 
     # small blocks: many query and database blocks, first cut-offs and pool re-ranking
     monkeypatch.setattr(scan, "DB_BLOCK", 256)
@@ -33,7 +33,7 @@ def test_large_database_uses_blocks_and_stays_exact(monkeypatch, threads):
 
 
 def test_query_blocks_cover_the_queries_and_give_every_thread_one():
-    from keras_hashing import scan
+    from keras_hashing.search import scan
 
     for nq, threads in [(1, 2), (3, 2), (16, 2), (16, 4), (31, 2), (1000, 2), (70, 1)]:
         blocks = scan.query_blocks(nq, threads)
@@ -47,7 +47,7 @@ def test_query_blocks_cover_the_queries_and_give_every_thread_one():
 
 
 def test_flat_scan_answers_the_searcher_protocol_like_brute_force():
-    from keras_hashing import scan
+    from keras_hashing.search import scan
 
     rng = np.random.default_rng(5)
     d_bits = rng.integers(0, 2, (300, 20))
@@ -67,7 +67,7 @@ def test_flat_scan_answers_the_searcher_protocol_like_brute_force():
 
 def test_word_columns_clear_the_padding_of_a_database_read_as_it_is():
     """A memory-mapped file is never copied whole; the scan masks its padding per block."""
-    from keras_hashing import scan
+    from keras_hashing.search import scan
 
     dirty = np.full((4, 2), 255, np.uint8)  # 12-bit codes, all 16 bits set
     words = scan.word_columns(dirty, 12)

@@ -7,13 +7,14 @@ import time
 import numpy as np
 import pytest
 
-from keras_hashing import cli
+from keras_hashing.cli import main as cli
 from keras_hashing.errors import HashingError
-from keras_hashing.export import SavedModelEncoder, export_run
-from keras_hashing.index import HammingIndex
-from keras_hashing.serving import (BadRequestError, MalformedResponseError, ModelNotFoundError,
-                                   RetrievalClient, ServingTimeoutError,
-                                   ServingUnavailableError, TFServingClient)
+from keras_hashing.serving.export import SavedModelEncoder, export_run
+from keras_hashing.search.index import HammingIndex
+from keras_hashing.serving.client import (BadRequestError, MalformedResponseError,
+                                          ModelNotFoundError, RetrievalClient,
+                                          ServingTimeoutError, ServingUnavailableError,
+                                          TFServingClient)
 from tf_serving_stub import TFServingStub
 
 
@@ -278,7 +279,7 @@ def test_stand_in_writes_floats_and_metadata_as_tf_serving(served):
 
 
 def test_a_loading_model_is_waited_for(served):
-    from keras_hashing.serving import ServingUnavailableError
+    from keras_hashing.serving.client import ServingUnavailableError
 
     server, _, _ = served
     server.loading.add("digits")
@@ -298,7 +299,7 @@ def test_a_loading_model_is_waited_for(served):
 
 
 def test_a_server_not_started_yet_is_waited_for():
-    from keras_hashing.serving import ServingUnavailableError
+    from keras_hashing.serving.client import ServingUnavailableError
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

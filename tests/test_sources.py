@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_hashing import cli, data, sources, streaming
-from keras_hashing.config import resolve_config
+from keras_hashing.cli import main as cli
+
+from keras_hashing.data import datasets as data
+from keras_hashing.data import tfds as tfds_data
+from keras_hashing.data import pipeline
+from keras_hashing.data import images
+from keras_hashing.data import sources
+
+from keras_hashing import encoders as streaming
+from keras_hashing.models import prediction
+from keras_hashing.training.config import resolve_config
 from keras_hashing.errors import DataError, IndexFileError
 
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]])
@@ -118,8 +127,8 @@ def test_file_pipeline_decodes_every_image_with_its_label(tmp_path):
         Image.fromarray(img).save(path)
         expected[str(path)] = (img, i % 2)
     c = sources.read_folder(str(tmp_path))
-    split = data.FileSplit(c.paths, c.labels, (12, 12), 3)
-    batches = list(data.make_tf_dataset(split, 4, shuffle=True, seed=3))
+    split = sources.FileSplit(c.paths, c.labels, (12, 12), 3)
+    batches = list(pipeline.make_tf_dataset(split, 4, shuffle=True, seed=3))
     assert [len(x) for x, _ in batches] == [4, 2]
     images = np.concatenate([x.numpy() for x, _ in batches])
     labels = np.concatenate([y.numpy() for _, y in batches])
@@ -139,24 +148,24 @@ def test_bad_images_fail_by_name_or_are_skipped_with_a_report(tmp_path, capfd):
     (tmp_path / "a" / "1.jpg").write_bytes(good[:len(good) // 3])  # truncated
     (tmp_path / "b" / "2.jpg").write_bytes(b"not a jpeg")
     c = sources.read_folder(str(tmp_path))
-    split = data.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="fail")
+    split = sources.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="fail")
     with pytest.raises(DataError, match=r"a/1\.jpg: cannot read image"):
-        streaming.predict_split(_tiny_model(), split)
+        prediction.predict_split(_tiny_model(), split)
     import tensorflow as tf
 
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
-        list(data.make_tf_dataset(split, 6))
-    assert "a/1.jpg" in str(sources.bad_image_error(caught.value))
-    skip = data.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="skip")
-    seen = sum(len(x) for x, _ in data.make_tf_dataset(skip, 6))
+        list(pipeline.make_tf_dataset(split, 6))
+    assert "a/1.jpg" in str(images.bad_image_error(caught.value))
+    skip = sources.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="skip")
+    seen = sum(len(x) for x, _ in pipeline.make_tf_dataset(skip, 6))
     assert seen == 4
     assert "a/1.jpg" in capfd.readouterr().err
-    out = streaming.predict_split(_tiny_model(), skip)
+    out = prediction.predict_split(_tiny_model(), skip)
     assert out["ok"].tolist() == [True, False, True, True, True, False]
 
 
 def _tiny_model(shape=(8, 8, 3), bits=8):
-    from keras_hashing.methods.ssdh import SSDH
+    from keras_hashing.models.methods.ssdh import SSDH
 
     return SSDH(bits=bits, input_shape=shape, num_classes=3)
 
@@ -171,7 +180,7 @@ def test_fit_on_a_multi_label_list_streams_and_scores_shared_labels(tmp_path, co
             hot[(hot.index(1) + 1) % 3] = 1
         multi.append(path + " " + " ".join(map(str, hot)))
     (tmp_path / "multi.txt").write_text("\n".join(multi) + "\n")
-    from keras_hashing.training import fit
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"dataset": f"list:{tmp_path / 'multi.txt'}", "bits": 16,
                                     "epochs": 2, "data_dir": str(collection)},
@@ -200,7 +209,7 @@ def test_fit_stops_on_a_bad_image_by_name_and_leaves_no_run(tmp_path, collection
 # -- index build and encode over a collection -----------------------------------------------
 @pytest.fixture(scope="module")
 def photo_run(tmp_path_factory, collection):
-    from keras_hashing.training import fit
+    from keras_hashing.training.fit import fit
 
     cfg = resolve_config(overrides={"dataset": f"folder:{collection / 'folder'}", "bits": 16,
                                     "epochs": 2},
@@ -209,7 +218,7 @@ def photo_run(tmp_path_factory, collection):
 
 
 def test_index_build_over_images_keeps_paths_and_labels(tmp_path, photo_run, collection):
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.search.index import HammingIndex
 
     out = tmp_path / "p.khi"
     assert cli.main(["index", "build", "--run", photo_run.path, "--images",
@@ -223,12 +232,12 @@ def test_index_build_over_images_keeps_paths_and_labels(tmp_path, photo_run, col
     np.testing.assert_array_equal(index.codes, model_codes)
     assert not os.path.exists(str(out) + ".partial")
     # a query read from one of the files gets exactly the code the index holds for it
-    query = data.load_images([index.paths[7]], (16, 16), 3)
+    query = sources.load_images([index.paths[7]], (16, 16), 3)
     np.testing.assert_array_equal(photo_run.model.encode(query)[0], index.codes[7])
 
 
 def test_interrupted_index_build_resumes_to_the_same_file(tmp_path, photo_run, collection):
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.search.index import HammingIndex
 
     split = data.load_images_split(f"folder:{collection / 'folder'}", (16, 16, 3))
     fingerprint = {"run": photo_run.path, "count": len(split)}
@@ -263,8 +272,8 @@ def test_interrupted_index_build_resumes_to_the_same_file(tmp_path, photo_run, c
 def test_index_build_through_tf_serving_matches_the_model(tmp_path, photo_run, collection):
     from tf_serving_stub import TFServingStub
 
-    from keras_hashing.export import export_run
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.serving.export import export_run
+    from keras_hashing.search.index import HammingIndex
 
     export_run(photo_run.path, base=str(tmp_path / "sm"), name="photos")
     (collection / "extra").mkdir(exist_ok=True)
@@ -305,7 +314,7 @@ def test_each_family_gets_its_own_preprocess_input(app):
 
     import keras
 
-    from keras_hashing.backbones import ApplicationPreprocessing
+    from keras_hashing.models.backbones import ApplicationPreprocessing
 
     module = importlib.import_module(getattr(keras.applications, app).__module__)
     x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
@@ -316,7 +325,7 @@ def test_each_family_gets_its_own_preprocess_input(app):
 def test_caffe_families_see_bgr_mean_subtracted_pixels():
     import keras
 
-    from keras_hashing.backbones import build_backbone
+    from keras_hashing.models.backbones import build_backbone
 
     net = build_backbone("applications:ResNet50", (32, 32, 1))
     inner = keras.Model(net.input, net.get_layer("preprocess_input").output)
@@ -352,7 +361,7 @@ def _fake_imagenet_file(monkeypatch, tmp_path, app="MobileNetV3Small"):
 def test_imagenet_weights_load_from_where_keras_keeps_them(tmp_path, monkeypatch):
     from keras.src.utils import file_utils
 
-    from keras_hashing.training import build_model
+    from keras_hashing.training.fit import build_model
 
     reference = _fake_imagenet_file(monkeypatch, tmp_path)
     monkeypatch.setattr(file_utils, "urlretrieve",
@@ -406,7 +415,7 @@ def _folder_splits(tmp_path, return_folder=False):
 def test_a_model_on_an_application_backbone_saves_and_loads(tmp_path):
     import keras
 
-    from keras_hashing.training import build_model
+    from keras_hashing.training.fit import build_model
 
     splits = _folder_splits(tmp_path)
     cfg = resolve_config(overrides={"backbone": "applications:ResNet50", "bits": 8})
@@ -421,8 +430,8 @@ def test_a_model_on_an_application_backbone_saves_and_loads(tmp_path):
 def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):
     import keras
 
-    from keras_hashing.callbacks import BackboneWarmup
-    from keras_hashing.training import build_model, make_optimizer
+    from keras_hashing.training.callbacks import BackboneWarmup
+    from keras_hashing.training.fit import build_model, make_optimizer
 
     splits = _folder_splits(tmp_path)
     cfg = resolve_config(overrides={"backbone": "applications:MobileNetV3Small", "bits": 8,
@@ -437,7 +446,7 @@ def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):
             snapshots.append([np.array(w) for w in model.backbone.weights])
 
     start = [np.array(w) for w in model.backbone.weights]
-    model.fit(data.make_tf_dataset(splits.train, 4, shuffle=True), epochs=2, verbose=0,
+    model.fit(pipeline.make_tf_dataset(splits.train, 4, shuffle=True), epochs=2, verbose=0,
               callbacks=[BackboneWarmup(1), Snapshot()])
     # epoch 1: every backbone weight, BatchNormalization statistics included, unchanged
     assert all(np.array_equal(a, b) for a, b in zip(start, snapshots[0]))
@@ -448,7 +457,7 @@ def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):
 def test_learning_rate_multiplier_is_per_variable():
     import keras
 
-    from keras_hashing.training import scale_learning_rate
+    from keras_hashing.training.fit import scale_learning_rate
 
     head, body = keras.Variable(np.zeros(3, "float32")), keras.Variable(np.zeros(3, "float32"))
     optimizer = keras.optimizers.SGD(0.1)
@@ -461,7 +470,7 @@ def test_learning_rate_multiplier_is_per_variable():
 def test_mixed_precision_trains_with_loss_scaling(digits, capsys):
     import keras
 
-    from keras_hashing.training import build_model, use_mixed_precision
+    from keras_hashing.training.fit import build_model, use_mixed_precision
 
     cfg = resolve_config(overrides={"bits": 16, "mixed_precision": True})
     assert use_mixed_precision(cfg) is False  # no GPU here: it stays off, with a warning
@@ -471,7 +480,7 @@ def test_mixed_precision_trains_with_loss_scaling(digits, capsys):
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     before = [np.array(w) for w in model.trainable_weights]
-    history = model.fit(data.make_tf_dataset(digits.train, 64), epochs=1, verbose=0,
+    history = model.fit(pipeline.make_tf_dataset(digits.train, 64), epochs=1, verbose=0,
                         steps_per_epoch=3)
     assert np.isfinite(history.history["loss"][-1])
     assert any(not np.array_equal(a, np.array(b)) for a, b in zip(before,
@@ -491,7 +500,7 @@ def test_tfds_downloads_unless_told_not_to_and_streams():
             lambda self, *a, **k: calls.append(self.name)):
         s = data.load_dataset("tfds:mnist", image_size=(12, 12), channels=3)
         assert calls == ["mnist"]
-        assert isinstance(s.train, data.TfdsSplit) and s.input_shape == (12, 12, 3)
+        assert isinstance(s.train, tfds_data.TfdsSplit) and s.input_shape == (12, 12, 3)
         x = s.val.x
         assert x.shape == (len(s.val), 12, 12, 3) and x.dtype == np.uint8
         data.load_dataset("tfds:mnist", download=False)
@@ -517,7 +526,7 @@ def test_tfds_offline_download_names_the_url_and_the_way_out(monkeypatch):
 BOMB_CHECK = r"""
 import os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from keras_hashing.data import load_images
+from keras_hashing.data.sources import load_images
 from keras_hashing.errors import DataError
 load_images([sys.argv[2]], (8, 8), 1)  # TensorFlow warmed up on a normal image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -560,7 +569,7 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path):
 def test_declared_pixels_reads_every_supported_header(tmp_path):
     import tensorflow as tf
 
-    from keras_hashing.sources import declared_pixels
+    from keras_hashing.data.images import declared_pixels
 
     for fmt in ("PNG", "JPEG", "GIF", "BMP"):
         path = tmp_path / f"x.{fmt.lower()}"

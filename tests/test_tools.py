@@ -99,7 +99,7 @@ def test_per_class_map_tool_averages_back_to_the_recorded_map(trained_run, monke
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     import per_class_map
 
-    from keras_hashing.runs import load_run_with_splits
+    from keras_hashing.training.runs import load_run_with_splits
 
     by_class = per_class_map.per_class_map_of_run(trained_run.path)
     _, splits = load_run_with_splits(trained_run.path)
@@ -158,3 +158,15 @@ def test_reproduce_marks_over_budget_and_reports_seeds_and_unseen(monkeypatch):
     unseen = "\n".join(reproduce.generalisation_section([rows[0], rows[2]]))
     assert "| dsh | 32 | 0.8700 | 0.6000 | -0.2700 |" in unseen
     assert reproduce.generalisation_section(rows[:1]) == []  # no unseen cell, no table
+
+
+def test_quality_spread_reports_a_deterministic_case(capsys, monkeypatch):
+    """ITQ on pixels is numpy only: with one seed (which fixes the split and ITQ's start),
+    oneDNN on and off give the same mAP, so the lowest and highest agree."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import quality_spread
+
+    quality_spread.main(["--cases", "itq", "--seeds", "0"])
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert row[1].strip() == "itq" and row[5].strip() == "2"
+    assert row[3] == row[4] and 0.2 < float(row[3]) < 1

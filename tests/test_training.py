@@ -3,7 +3,7 @@ import os
 import pytest
 
 from keras_hashing.errors import RunDirError
-from keras_hashing.runs import MODEL_FILE, default_run_dir, load_run
+from keras_hashing.training.runs import MODEL_FILE, default_run_dir, load_run
 
 
 def test_default_run_dir_never_overwrites_a_finished_run(tmp_path):
@@ -38,8 +38,8 @@ def test_corrupt_model_file_is_reported(trained_run, tmp_path):
 
 @pytest.mark.parametrize("schedule, end", [("cosine", 0.0), ("constant", 0.01)])
 def test_learning_rate_warms_up_then_follows_its_schedule(schedule, end):
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import make_optimizer
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import make_optimizer
 
     cfg = resolve_config(overrides={"epochs": 10, "learning_rate": 0.01,
                                     "lr_schedule": schedule, "lr_warmup_epochs": 2})
@@ -52,7 +52,7 @@ def test_learning_rate_warms_up_then_follows_its_schedule(schedule, end):
 
 
 def test_warm_up_as_long_as_training_is_refused():
-    from keras_hashing.config import resolve_config
+    from keras_hashing.training.config import resolve_config
     from keras_hashing.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"lr_warmup_epochs \(5\) must be fewer than epochs"):
@@ -63,8 +63,8 @@ def test_adamw_decays_the_weights_and_drops_the_l2_term():
     import keras
     import numpy as np
 
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import l2_weight_decay, make_optimizer
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import l2_weight_decay, make_optimizer
 
     cfg = resolve_config(overrides={"optimizer": "adamw", "weight_decay": 0.1,
                                     "lr_schedule": "constant", "learning_rate": 0.5})
@@ -83,7 +83,7 @@ def test_adamw_decays_the_weights_and_drops_the_l2_term():
 @pytest.mark.parametrize("method", ["ssdh", "classifier-code"])
 def test_label_smoothing_out_of_range_is_refused(method):
     from keras_hashing.errors import ConfigError
-    from keras_hashing.methods import get_method
+    from keras_hashing.models.methods import get_method
 
     with pytest.raises(ConfigError, match="label_smoothing must be in"):
         get_method(method)(bits=12, input_shape=(8, 8, 1), num_classes=10,

@@ -98,9 +98,10 @@ def measure_throughput(root, work, rounds=3, steps=30):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
-    from keras_hashing import data
-    from keras_hashing.config import resolve_config
-    from keras_hashing.training import build_model, make_optimizer
+    from keras_hashing.data import datasets as data
+    from keras_hashing.data import pipeline
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import build_model, make_optimizer
 
     splits = data.load_dataset(f"folder:{root}", image_size=(128, 128))
     rows = []
@@ -110,7 +111,7 @@ def measure_throughput(root, work, rounds=3, steps=30):
         model = build_model(cfg, splits)
         model.compile(optimizer=make_optimizer(cfg, steps))
         batch = cfg["batch_size"]
-        pipeline = data.make_tf_dataset(splits.train, batch, shuffle=True).repeat()
+        pipeline = pipeline.make_tf_dataset(splits.train, batch, shuffle=True).repeat()
         one = next(iter(pipeline))
         cached = tf.data.Dataset.from_tensors(one).repeat()
         result = {"backbone": backbone, "batch_size": batch}
@@ -127,14 +128,17 @@ def measure_throughput(root, work, rounds=3, steps=30):
 def compare_index_build(work, root, rounds=5):
     """index build (the streaming path, its own batch size) vs model.predict over the same
     pipeline, alternated round by round; the ratio is the median of the rounds'."""
-    from keras_hashing import data, streaming
-    from keras_hashing.runs import load_run
+    from keras_hashing import encoders
+    from keras_hashing.data import datasets as data
+    from keras_hashing.data import pipeline
+    from keras_hashing.models.prediction import inference_batch_size
+    from keras_hashing.training.runs import load_run
 
     model = load_run(os.path.join(work, f"run_{min_size(work)}")).model
     split = data.load_images_split(f"folder:{root}", model.image_shape)
     sub = split.subset(np.arange(min(len(split), 4000)))
-    batch = streaming.inference_batch_size(model.image_shape)  # what index build uses
-    predict_ds = data.inference_dataset(sub, batch).map(lambda x, ok: x)
+    batch = inference_batch_size(model.image_shape)  # what index build uses
+    predict_ds = pipeline.inference_dataset(sub, batch).map(lambda x, ok: x)
     ours, reference = [], []
     for _ in range(rounds):
         t = time.time()
@@ -142,7 +146,7 @@ def compare_index_build(work, root, rounds=5):
         reference.append(len(sub) / (time.time() - t))
         t = time.time()
         out = os.path.join(work, "tmp_bench.khi")
-        streaming.build_index(sub, out, model.bits, streaming.model_batches(model, sub, batch),
+        encoders.build_index(sub, out, model.bits, encoders.model_batches(model, sub, batch),
                               {"bench": time.time()}, {})
         ours.append(len(sub) / (time.time() - t))
         os.unlink(out)

@@ -48,7 +48,7 @@ def write_index(path, n, bits, seed=0):
     """An index of n random codes (positional ids)."""
     import numpy as np
 
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.search.index import HammingIndex
 
     rng = np.random.default_rng(seed)
     index = HammingIndex(bits)
@@ -64,7 +64,7 @@ def measure(path, queries, k):
 
     import numpy as np
 
-    from keras_hashing.index import HammingIndex
+    from keras_hashing.search.index import HammingIndex
 
     before = memory_kib()
     start = time.perf_counter()

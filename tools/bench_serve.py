@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from keras_hashing.index import HammingIndex
+from keras_hashing.search.index import HammingIndex
 
 
 def percentiles(seconds) -> dict:
@@ -100,14 +100,14 @@ def main(argv=None) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "keras_hashing.cli", "serve",
+        server = subprocess.Popen([sys.executable, "-m", "keras_hashing", "serve",
                                    "--index", path, "--port", str(port)],
                                   stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
             import httpx
 
-            from keras_hashing.service import wait_until_healthy
+            from keras_hashing.serving.service import wait_until_healthy
 
             wait_until_healthy(url)
             report = {"codes": args.codes, "bits": args.bits, "k": args.k,

@@ -44,11 +44,11 @@ def worker(args) -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     import keras
 
-    from keras_hashing.backbones import build_backbone
-    from keras_hashing.config import resolve_config
-    from keras_hashing.data import make_tf_dataset
-    from keras_hashing.data import load_splits
-    from keras_hashing.training import build_model
+    from keras_hashing.models.backbones import build_backbone
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.data.pipeline import make_tf_dataset
+    from keras_hashing.training.config import load_splits
+    from keras_hashing.training.fit import build_model
 
     if args.strategy == "multiworker":  # no TF_CONFIG: one local worker
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -103,7 +103,7 @@ def worker(args) -> None:
         timer = Timer()
         timer.times, timer.steps = [], []
         if args.strategy == "multiworker":
-            from keras_hashing.custom_loop import fit_in_custom_loop
+            from keras_hashing.training.custom_loop import fit_in_custom_loop
 
             fit_in_custom_loop(model, ds, strategy, args.epochs + 1, callbacks=[timer],
                                verbose=0)

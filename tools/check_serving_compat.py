@@ -33,9 +33,9 @@ def make_inputs(work, n=16) -> tuple:
     import numpy as np
     from PIL import Image
 
-    from keras_hashing import cli
-    from keras_hashing.data import load_dataset
-    from keras_hashing.export import export_run
+    from keras_hashing.cli import main as cli
+    from keras_hashing.data.datasets import load_dataset
+    from keras_hashing.serving.export import export_run
 
     run = os.path.join(work, "run")
     assert cli.main(["fit", "--epochs", "2", "--bits", "24", "--out", run, "--quiet"]) == 0

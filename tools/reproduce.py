@@ -31,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from keras_hashing import methods as methods_lib  # noqa: E402  (no TensorFlow import)
+from keras_hashing.models import methods as methods_lib  # noqa: E402  (no TensorFlow import)
 from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
 from keras_hashing.fileio import read_json, write_json, write_text  # noqa: E402
 
@@ -223,7 +223,7 @@ INTRO = (
     "`python tools/reproduce.py --cells METHOD:BITS:PROTOCOL`. How the recipes were chosen, "
     "and what else was tried: [TUNING.md](TUNING.md).\n\n"
     f"Budget: every deep cell is one `keras-hashing fit` of its recipe as shipped in "
-    f"configs/ (each method's own epochs, the same at every length), trained within "
+    f"keras_hashing/recipes/ (each method's own epochs, the same at every length), trained within "
     f"{BUDGET_MINUTES:.0f} minutes on the machine named in its row; a cell that took "
     "longer shows its minutes in the by-length table, one trained for other epochs than "
     "its row shows them. Train minutes are wall-clock minutes of `fit` (SDSH's include "
@@ -269,7 +269,7 @@ def render(rows: list, docs: str) -> None:
 
 def protocol_section(protocol: str, prows: list, figures: str) -> list:
     """The by-length table, the full rows and the figures of one protocol."""
-    from keras_hashing import plots
+    from keras_hashing.training import plots
 
     # the default table's cells show as – until run, so a reader sees what is missing
     planned = ({(m, b) for m, b, p, _ in default_cells([protocol]) if p == protocol}

@@ -35,7 +35,8 @@ os.replace = _counted(os.replace, "replace")
 os.unlink = _counted(os.unlink, "unlink")
 os.rmdir = _counted(os.rmdir, "rmdir")
 
-from keras_hashing import cli, training  # noqa: E402
+from keras_hashing.cli import main as cli  # noqa: E402
+from keras_hashing.training import fit as training  # noqa: E402
 
 _evaluate = training.evaluate_model
 

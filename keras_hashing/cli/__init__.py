@@ -1,0 +1,1 @@
+"""The ``keras-hashing`` command: parse, call one library function, print."""

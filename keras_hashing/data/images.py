@@ -1,0 +1,185 @@
+"""Decoding image files, and the bad-image policy.
+
+Every image the product reads (collections streamed through tf.data, query files, the
+service's uploads, the export's ``encode_bytes`` signature) is decoded by
+``decode_image``, so a query's code matches its copy in an index. Bad images (missing,
+unreadable, truncated, not an image, a decompression bomb) follow ``on_bad_image``:
+``"fail"`` (default) stops with an error naming the file; ``"skip"`` leaves the image
+out and reports its path on stderr (training) or in the command's result (encode,
+index).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+
+from keras_hashing.errors import DataError
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+# The marker a pipeline's assertion carries, so an error from deep inside tf.data can be
+# turned back into a one-line DataError naming the file.
+_BAD_IMAGE_MARK = "keras-hashing: cannot read image"
+
+
+def check_policy(on_bad_image) -> str:
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DataError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got "
+                        f"{on_bad_image!r}")
+    return on_bad_image
+
+
+def warn(message: str) -> None:
+    print(f"keras-hashing: warning: {message}", file=sys.stderr)
+
+
+# Decompression bombs: a few MB of PNG can declare 60,000 x 60,000 pixels (10 GB decoded).
+# Files declaring more than PIL's own error threshold are refused before decoding.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+
+def declared_pixels(contents):
+    """Width x height that a PNG, JPEG, GIF or BMP header declares (0 for other formats),
+    read from the header without decoding (tensor ops, for tf.data)."""
+    import tensorflow as tf
+
+    def number(offset, length, big_endian):
+        raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, length), tf.uint8),
+                      tf.int64)
+        raw = tf.ensure_shape(raw, [length])
+        weights = [256 ** i for i in range(length)]
+        return tf.reduce_sum(raw * tf.constant(weights[::-1] if big_endian else weights,
+                                               tf.int64))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
+        return shape[0] * shape[1]
+
+    head = tf.strings.substr(contents, 0, 8)
+    return tf.case([
+        (tf.equal(head, b"\x89PNG\r\n\x1a\n"),
+         lambda: number(16, 4, True) * number(20, 4, True)),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"), jpeg),
+        (tf.equal(tf.strings.substr(head, 0, 3), b"GIF"),
+         lambda: number(6, 2, False) * number(8, 2, False)),
+        (tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
+         lambda: number(18, 4, False) * tf.abs(number(22, 4, False) - tf.cast(
+             number(22, 4, False) >= 2**31, tf.int64) * 2**32)),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
+
+def decode_image(contents, image_size, channels):
+    """Encoded bytes -> uint8 (H, W, C) resized (bilinear, antialiased when shrinking).
+    A file declaring more than MAX_IMAGE_PIXELS fails (as an unreadable one does)."""
+    import tensorflow as tf
+
+    small_enough = tf.debugging.assert_less_equal(
+        declared_pixels(contents), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message="image declares too many pixels")
+    with tf.control_dependencies([small_enough]):
+        img = tf.io.decode_image(contents, channels=int(channels), expand_animations=False)
+    img = tf.image.resize(img, [int(image_size[0]), int(image_size[1])], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def load_images_dataset(paths_ds, image_size, channels, deterministic=True):
+    """Map a dataset of (path, *extras) to (image, ok, path, *extras), in parallel.
+
+    ``ok`` is False for a file that cannot be read or decoded (its image is zeros), so
+    rows stay aligned with their labels; callers filter or fail on it. Each element is
+    decoded in a one-element dataset whose errors are ignored, which catches every
+    failure (missing file, permissions, truncated data, unknown format) without a
+    Python round trip: on 2 cores about 2,700 vs 3,100 JPEGs/s for a plain map.
+    """
+    import tensorflow as tf
+
+    shape = (int(image_size[0]), int(image_size[1]), int(channels))
+
+    def one(path, *extras):
+        good = tf.data.Dataset.from_tensors(path).map(
+            lambda p: (decode_image(tf.io.read_file(p), image_size, channels), True))
+        bad = tf.data.Dataset.from_tensors((tf.zeros(shape, tf.uint8), False))
+        return good.ignore_errors().concatenate(bad).take(1).map(
+            lambda img, ok: (img, ok, path, *extras))
+
+    return paths_ds.interleave(one, cycle_length=16, block_length=1,
+                               num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=deterministic)
+
+
+def handle_bad_images(ds, on_bad_image):
+    """Drop (``skip``, reporting each path on stderr) or fail on elements with ok False."""
+    import tensorflow as tf
+
+    if check_policy(on_bad_image) == "skip":
+        def keep(img, ok, path, *extras):
+            def report():
+                tf.print("keras-hashing: warning: skipping unreadable image", path,
+                         output_stream=sys.stderr)
+                return False
+            return tf.cond(ok, lambda: True, report)
+        return ds.filter(keep)
+
+    def check(img, ok, path, *extras):
+        with tf.control_dependencies([tf.debugging.Assert(ok, [_BAD_IMAGE_MARK, path])]):
+            return (tf.identity(img), ok, path, *extras)
+    return ds.map(check)
+
+
+def bad_image(path) -> DataError:
+    """The error for one image file that cannot be read or decoded."""
+    return DataError(f"{path}: cannot read image (missing, unreadable, truncated, not an "
+                     f"image, or over {MAX_IMAGE_PIXELS // 10**6} megapixels); fix or remove it, "
+                     "or pass --on-bad-image skip (config on_bad_image: skip) to leave such "
+                     "images out")
+
+
+def bad_image_error(exc):
+    """The DataError for a tf.data error raised by ``handle_bad_images``, or None."""
+    text = str(exc)
+    if _BAD_IMAGE_MARK not in text:
+        return None
+    match = re.search(re.escape(_BAD_IMAGE_MARK) + r"\] \[(.*?)\]", text)
+    return bad_image(match.group(1) if match else "an image")
+
+
+def check_readable(paths, ok, on_bad_image, skipped_as="skipped") -> None:
+    """Apply ``on_bad_image`` to the rows whose ``ok`` is False: raise naming the first
+    (``fail``) or warn with their count and an example (``skip``)."""
+    ok = np.asarray(ok, bool)
+    if ok.all():
+        return
+    bad = np.asarray(paths)[~ok] if paths is not None else ["an image"] * int((~ok).sum())
+    if check_policy(on_bad_image) == "fail":
+        raise bad_image(bad[0])
+    warn_skipped(bad, skipped_as)
+
+
+def warn_skipped(bad_paths, skipped_as="skipped") -> None:
+    warn(f"{len(bad_paths)} unreadable image(s) {skipped_as}, e.g. {bad_paths[0]}")
+
+
+def check_images(x, input_shape) -> np.ndarray:
+    """Validate images for a model of ``input_shape``; returns them as an array.
+
+    Accepts uint8 pixels (0..255) or float pixels in the same range; NaN/inf raise.
+    """
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"images must be numeric pixels, got dtype {x.dtype}")
+    if x.ndim == len(input_shape):
+        x = x[None]
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"images have shape {tuple(x.shape[1:])} but the model expects "
+                        f"{tuple(input_shape)} (height, width, channels)")
+    if len(x) == 0:
+        raise DataError("no images given (an empty array)")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise DataError("images contain NaN or infinite pixels")
+    return x
+
+

@@ -1,0 +1,104 @@
+"""The tf.data pipeline over any split: batches for training (shuffled, augmented) and
+for encoding (in order, with which images could be read)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_hashing.errors import DataError
+
+# config ``augmentation`` keys -> Keras preprocessing layer (value: its strength)
+AUGMENTATIONS = {
+    "flip": "RandomFlip",                # "horizontal", "vertical", "horizontal_and_vertical"
+    "rotation": "RandomRotation",        # fraction of a full turn, e.g. 0.05
+    "translation": "RandomTranslation",  # fraction of height and width, e.g. 0.1
+    "zoom": "RandomZoom",                # fraction, e.g. 0.1
+    "contrast": "RandomContrast",        # factor, e.g. 0.2
+}
+
+
+def check_augmentation(spec) -> dict:
+    """Validate a config ``augmentation`` mapping; raise DataError naming what is valid."""
+    if not isinstance(spec, dict):
+        raise DataError(f"augmentation must be a mapping, got {spec!r}")
+    unknown = sorted(set(spec) - set(AUGMENTATIONS))
+    if unknown:
+        raise DataError(f"unknown augmentation(s) {unknown}; valid: {sorted(AUGMENTATIONS)}")
+    for key, value in spec.items():
+        if key == "flip":
+            if value not in ("horizontal", "vertical", "horizontal_and_vertical"):
+                raise DataError(f"augmentation flip must be horizontal, vertical or "
+                                f"horizontal_and_vertical, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise DataError(f"augmentation {key} must be a number in (0, 1), got {value!r}")
+    return spec
+
+
+def augmentation_model(spec: dict, seed=0):
+    """A Keras Sequential of the random layers of ``spec`` (in its order), or None.
+
+    Example:
+        >>> augmentation_model({"translation": 0.1, "zoom": 0.1}).layers[0].name
+        'aug_translation'
+    """
+    import keras
+
+    check_augmentation(spec)
+    if not spec:
+        return None
+    layers = []
+    for i, (key, value) in enumerate(spec.items()):
+        cls = getattr(keras.layers, AUGMENTATIONS[key])
+        args = (value, value) if key == "translation" else (value,)
+        layers.append(cls(*args, seed=seed + i, name=f"aug_{key}"))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
+                    with_index=False, augmentation=None, drop_remainder=False):
+    """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a split.
+
+    With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
+    example's position in the split (methods that keep per-example state need it).
+    ``augmentation`` (a config mapping, see AUGMENTATIONS) applies random Keras
+    preprocessing layers to each batch after the cache, so every epoch sees new
+    variants; the images become float32 in the same 0..255 range. A streamed split
+    (image files, TFDS) is never cached: its file names are shuffled, decoded in
+    parallel and batched, so memory depends on the batch only.
+    """
+    import tensorflow as tf
+
+    if len(split) == 0:
+        raise DataError("cannot build a pipeline over an empty split")
+    if split.in_memory:
+        targets = split.y
+        if with_index:
+            targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
+        ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
+        if cache:
+            ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = split.examples(shuffle, seed)
+        if with_index:
+            ds = ds.map(lambda x, y, i: (x, {"label": y, "index": i}))
+        else:
+            ds = ds.map(lambda x, y, i: (x, y))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    augment = augmentation_model(augmentation or {}, seed=seed)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def inference_dataset(split, batch_size):
+    """Batches of (images, ok) of a split, in order, for encoding; ``ok`` is False for an
+    image file that could not be read (its pixels are zeros)."""
+    import tensorflow as tf
+
+    if split.in_memory:
+        return tf.data.Dataset.from_tensor_slices(split.x).batch(batch_size).map(
+            lambda x: (x, tf.ones(tf.shape(x)[:1], tf.bool)))
+    return split.images().batch(batch_size).prefetch(tf.data.AUTOTUNE)

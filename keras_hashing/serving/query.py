@@ -1,0 +1,81 @@
+"""Search an index with query image files: what ``keras-hashing search`` does, as one
+library call. The queries are encoded by a trained run in this process or by TF Serving
+(then nothing here imports TensorFlow).
+
+Example:
+    >>> rows = search_images("fm48.khi", ["shoe.png"], run_path="runs/fm48")  # doctest: +SKIP
+    >>> rows[0]["ids"][:3]                                                   # doctest: +SKIP
+    [5121, 40, 33007]
+"""
+
+from __future__ import annotations
+
+from keras_hashing.errors import HashingError
+
+
+def search_images(index_path, images, k=10, run_path=None, serving=None, show=None,
+                  mmap=False, method="flat", verbose=False, wait=60.0) -> list:
+    """One row per query file: {"query", "ids", "distances"[, "labels"]}.
+
+    Exactly one encoder: ``run_path`` (a trained run, checked to be the model that built
+    the index) or ``serving`` (a ``serving.client.TFServingClient``, checked against the
+    served model the index records, then waited for up to ``wait`` seconds). ``show``
+    writes a PNG grid of each query and its neighbours (never over the index or a query).
+    """
+    from keras_hashing.data.sources import read_query_images
+    from keras_hashing.search.index import HammingIndex
+    from keras_hashing.serving.client import RetrievalClient
+
+    # fail fast, before any model loads
+    index = HammingIndex.load(index_path, mmap=mmap, method=method)
+    if k < 1:
+        raise HashingError(f"-k must be >= 1, got {k}")
+    if len(index) == 0:
+        raise HashingError(f"index {index_path} is empty; nothing to search")
+    if show:
+        from keras_hashing.fileio import check_output_path, file_starts_with
+
+        check_output_path(show, inputs=[index_path, *images], kind=file_starts_with(b"\x89PNG"))
+    if serving is not None:
+        recorded = index.metadata.get("model")
+        if recorded and recorded != serving.model_name:
+            raise HashingError(f"index {index_path} was built by served model {recorded!r}, "
+                               f"not {serving.model_name!r}; its codes are not comparable")
+        pixels, blobs, names = read_query_images(images)
+        serving.wait_until_available(wait)
+        encoder = serving
+    elif run_path:
+        from keras_hashing.startup import quiet_tensorflow
+
+        quiet_tensorflow(verbose)
+        from keras_hashing.data.images import check_images
+        from keras_hashing.encoders import KerasEncoder
+        from keras_hashing.training.runs import check_index_matches_run, load_run
+
+        run = load_run(run_path)
+        check_index_matches_run(run, index, f"index {index_path}")
+        encoder = KerasEncoder(run.model)
+        pixels, blobs, names = read_query_images(images, run.model.image_shape)
+        pixels = check_images(pixels, run.model.image_shape)
+    else:
+        raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
+                           "query images")
+    result = RetrievalClient(encoder, index).query(images=pixels, image_bytes=blobs, k=k)
+    if show:
+        from keras_hashing.data.datasets import images_of_index
+        from keras_hashing.data.sources import load_images
+        from keras_hashing.training import plots
+
+        neighbours, labels, class_names = images_of_index(index, result.ids)
+        if pixels is None:  # encoded by TF Serving: decode the queries for the picture
+            pixels = load_images(names, neighbours.shape[-3:-1], neighbours.shape[-1])
+        plots.plot_retrieval_grid(pixels, neighbours, show, None, labels, class_names,
+                                  result.distances)
+    rows = []
+    for i, name in enumerate(names):
+        row = {"query": name, "ids": result.ids[i].tolist(),
+               "distances": result.distances[i].tolist()}
+        if result.labels is not None:
+            row["labels"] = result.labels[i].tolist()
+        rows.append(row)
+    return rows

@@ -1,0 +1,352 @@
+"""The search service: a Hamming index behind HTTP, beside the model that encodes queries.
+
+``keras-hashing serve --index FILE (--run RUN | --serving-url URL --model NAME)`` runs
+this FastAPI app with uvicorn:
+
+* ``POST /v1/search`` with ``{"codes": [[byte, ...], ...]}``, ``{"images": [{"b64":
+  "..."}]}`` or ``{"ids": [database id, ...]}``, and ``"k": 10`` or ``"radius": r``:
+  ``{"results": [{"ids", "distances", "paths", "labels"}, ...]}``, one per query,
+  exactly what ``HammingIndex.search`` / ``range_search`` give;
+* ``GET /v1/items/{id}/thumbnail`` (only from the paths the index records, inside the
+  collection's root), ``GET /v1/items?sample=n``, ``GET /v1/index``;
+* ``GET /healthz`` (ready once the index is loaded and the encoder answers),
+  ``GET /metrics`` (Prometheus), ``GET /openapi.json``, and ``GET /`` a page to try it.
+
+The index file is memory-mapped and replaced when the file is (``index build`` and
+``index merge`` rename a new file into place): requests in flight finish on the old one.
+Searches and encodes run in worker threads, so the event loop never waits on them;
+encodes through TF Serving are batched across concurrent requests. Client mistakes are
+JSON errors with a 4xx status, never a 500.
+
+Example:
+    >>> app = create_app("photos.khi", encoder=None)           # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8080)          # doctest: +SKIP
+"""
+
+import asyncio
+import contextlib
+import io
+import os
+import time
+from importlib import resources
+
+import numpy as np
+
+from keras_hashing.errors import HashingError
+from keras_hashing.search.index import HammingIndex
+from keras_hashing.serving.service_api import (ClientError, image_size_of)
+
+MAX_BODY_BYTES = 8 << 20
+THUMBNAIL_PX = 128
+TOKEN_ENV = "KERAS_HASHING_TOKEN"
+
+
+# -- the index, swapped when its file is replaced ------------------------------------------
+class IndexHolder:
+    """The current index of a file, memory-mapped; ``refresh`` loads the file again when
+    it was replaced (another inode, size or mtime). Readers take ``current`` once per
+    request, so a swap never changes the index under a search."""
+
+    def __init__(self, path, method="flat"):
+        self.path = os.fspath(path)
+        self.method = method
+        self.swaps = 0
+        self._stamp = self._file_stamp()
+        # the first load raises (IndexFileError) on a missing or bad file
+        self.current = HammingIndex.load(self.path, mmap=True, method=method)
+
+    def _file_stamp(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def refresh(self) -> bool:
+        """Load the file if it changed; True when a new index was swapped in. A file that
+        does not load (yet) keeps the old index."""
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        try:
+            index = HammingIndex.load(self.path, mmap=True, method=self.method)
+        except HashingError:
+            return False
+        self.current, self._stamp = index, stamp
+        self.swaps += 1
+        return True
+
+
+# -- encoders -------------------------------------------------------------------------------
+def wait_until_healthy(url: str, timeout: float = 60.0) -> None:
+    """Block until ``url``/healthz answers 200 (a service just started in another
+    process); raise HashingError after ``timeout`` seconds.
+
+    Example:
+        >>> wait_until_healthy("http://127.0.0.1:8080", timeout=30)  # doctest: +SKIP
+    """
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise HashingError(f"{url} did not become healthy within {timeout:g} s")
+
+
+# -- thumbnails -----------------------------------------------------------------------------
+def collection_root(index):
+    """The folder every path of the index must lie in (its ``--images`` source), or None
+    when the index records no image files."""
+    meta = index.metadata
+    spec = meta.get("images")
+    if index.paths is None or not spec:
+        return None
+    kind, _, where = str(spec).partition(":")
+    if meta.get("data_dir"):
+        return os.path.realpath(meta["data_dir"])
+    if kind == "folder":
+        return os.path.realpath(where)
+    return os.path.realpath(os.path.dirname(os.path.abspath(where)) if kind in ("list", "csv")
+                            and not os.path.isdir(where) else where)
+
+
+def thumbnail_png(index, item_id: int, cache: dict) -> bytes:
+    """A PNG thumbnail of database item ``item_id``: read from the path the index records
+    (refused unless it resolves inside the collection's root, symlinks followed), or from
+    the dataset split the index was built from."""
+    from PIL import Image
+
+    try:
+        position = int(index.positions_of([item_id])[0])
+    except HashingError:
+        raise ClientError(f"no item {item_id} in the index", status=404) from None
+    if index.paths is not None:
+        root = collection_root(index)
+        path = os.path.realpath(index.paths[position])
+        if root is None or os.path.commonpath([root, path]) != root:
+            raise ClientError(f"item {item_id}'s file lies outside the collection", status=404)
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            raise ClientError(f"item {item_id}'s file cannot be read", status=404) from None
+        image_size_of(blob)
+        try:
+            img = Image.open(io.BytesIO(blob))
+            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            img = img.convert("RGB")
+        except (OSError, ValueError):
+            raise ClientError(f"item {item_id}'s file is not a readable image",
+                              status=404) from None
+    else:
+        pixels = _dataset_pixels(index, position, cache)
+        img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        img = img.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _dataset_pixels(index, position, cache):
+    """The pixels of one item of a dataset-split index (the split is loaded once)."""
+    from keras_hashing.data.datasets import images_of_index
+
+    key = id(index)
+    if key not in cache:
+        try:
+            images, _, _ = images_of_index(index, index.ids)
+        except HashingError as e:
+            raise ClientError(f"no images for this index: {e}", status=404) from None
+        cache.clear()
+        cache[key] = images
+    return cache[key][position]
+
+
+# -- the app --------------------------------------------------------------------------------
+def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
+               poll_seconds=1.0, method="flat", max_delay=0.005):
+    """The FastAPI app serving ``index_path``; ``encoder`` (any ``encoders.Encoder``, or
+    None: codes and ids only) encodes query images, those of concurrent requests in one
+    call (waiting up to ``max_delay`` seconds for company); ``token`` guards every route
+    but /healthz."""
+    from fastapi import FastAPI
+    from starlette.concurrency import run_in_threadpool
+
+    from keras_hashing import __version__
+
+    holder = IndexHolder(index_path, method=method)
+
+    async def watch_index():
+        while True:
+            await asyncio.sleep(poll_seconds)
+            await run_in_threadpool(holder.refresh)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.get_running_loop().create_task(watch_index())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(title="keras-hashing search", version=__version__, lifespan=lifespan)
+    app.state.holder = holder
+    metrics = ServiceMetrics()
+    _add_guards(app, token, max_body, metrics)
+    _add_routes(app, holder, encoder, metrics, max_delay)
+    return app
+
+
+class ServiceMetrics:
+    """Prometheus metrics of one app: requests and latency by route and status, index size."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("keras_hashing_requests_total", "HTTP requests",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("keras_hashing_request_seconds", "Request latency", ["route"],
+                                 registry=self.registry, buckets=(
+                                     .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.items = Gauge("keras_hashing_index_items", "Items in the index",
+                           registry=self.registry)
+        self.swaps = Gauge("keras_hashing_index_swaps", "Index files swapped in",
+                           registry=self.registry)
+
+    def observe(self, path, status, seconds) -> None:
+        route = path if path in ROUTES else (
+            "/v1/items/{id}/thumbnail" if path.startswith("/v1/items/") else "other")
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def text(self, holder) -> str:
+        from prometheus_client import generate_latest
+
+        self.items.set(len(holder.current))
+        self.swaps.set(holder.swaps)
+        return generate_latest(self.registry).decode()
+
+
+def _error(message, status):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _add_guards(app, token, max_body, metrics) -> None:
+    """The token, the body-size cap, JSON errors for client mistakes, and the metrics."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if token and request.url.path != "/healthz" and not _authorized(request, token):
+            response = _error("missing or wrong bearer token", 401)
+        elif request.method == "POST" and length is None:
+            # a chunked body could be any size: only declared lengths are read
+            response = _error("a request body needs a Content-Length", 411)
+        elif length is not None and (not length.isdigit() or int(length) > max_body):
+            response = _error(f"request body over {max_body} bytes", 413)
+        else:
+            try:
+                response = await call_next(request)
+            except ClientError as e:
+                response = _error(str(e), e.status)
+        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(f"{where + ': ' if where else ''}{first.get('msg', 'invalid request')}",
+                      400)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request, exc):
+        return _error(str(exc), exc.status)
+
+
+def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.concurrency import run_in_threadpool
+
+    from keras_hashing.serving.batching import encode_batcher, search_batcher
+    from keras_hashing.serving.service_api import SearchRequest, search
+
+    searches = search_batcher()
+    encodes = None if encoder is None else encode_batcher(encoder, max_delay=max_delay)
+    thumbnails: dict = {}
+
+    @app.post("/v1/search")
+    async def search_route(body: SearchRequest):
+        """Nearest database items of each query (codes, images or database ids)."""
+        return await search(body, holder.current, encodes, searches)
+
+    @app.get("/v1/index")
+    async def index_info():
+        """The index being served: bits, items, method, metadata."""
+        index = holder.current
+        return {"bits": index.bits, "ntotal": len(index), "swaps": holder.swaps,
+                "has_labels": index.labels is not None, "has_paths": index.paths is not None,
+                "encodes_images": encoder is not None,
+                "metadata": {k: v for k, v in index.metadata.items() if k != "run"}}
+
+    @app.get("/v1/items")
+    async def sample_items(sample: int = 12, seed: int = 0):
+        """Ids of a few database items (the page shows them to click)."""
+        index = holder.current
+        if not 1 <= sample <= 100:
+            raise ClientError("sample must be in 1..100")
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(len(index), size=min(sample, len(index)), replace=False))
+        labels = None if index.labels is None or index.labels.ndim != 1 else \
+            index.labels[take].tolist()
+        return {"ids": index.ids[take].tolist(), "labels": labels}
+
+    @app.get("/v1/items/{item_id}/thumbnail")
+    async def thumbnail(item_id: int):
+        """A PNG thumbnail of a database item, by id only."""
+        png = await run_in_threadpool(thumbnail_png, holder.current, item_id, thumbnails)
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=60"})
+
+    @app.get("/healthz")
+    async def healthz():
+        """200 once the index is loaded and the encoder answers, else 503."""
+        index = holder.current
+        ok = index is not None and (encoder is None or await run_in_threadpool(encoder.ready))
+        body = {"status": "ready" if ok else "not ready",
+                "items": 0 if index is None else len(index)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics_route():
+        """Prometheus metrics: requests and latency by route and status, index size."""
+        return PlainTextResponse(metrics.text(holder), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        """A page to try the index: drop an image, or click a database item."""
+        return (resources.files("keras_hashing.serving") / "web" / "index.html").read_text("utf-8")
+
+
+ROUTES = ("/v1/search", "/v1/index", "/v1/items", "/healthz", "/metrics", "/", "/openapi.json")
+
+
+def _authorized(request, token) -> bool:
+    import hmac
+
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else \
+        request.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), str(token).encode())

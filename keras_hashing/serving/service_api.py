@@ -1,0 +1,156 @@
+"""The search service's request schema and its one operation (see ``service``).
+
+Kept apart from the app so the schema (pydantic, shown in /openapi.json) and the search
+logic read on their own.
+"""
+
+import asyncio
+import base64
+import binascii
+import io
+import warnings
+from typing import List, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from keras_hashing import codes as codes_lib
+from keras_hashing.errors import DataError
+
+MAX_QUERIES = 64
+MAX_K = 1000
+MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
+
+
+class ClientError(Exception):
+    """A request the client must fix: answered with ``status`` and a JSON error."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+def image_size_of(blob: bytes):
+    """(width, height) from an image's header, without decoding it; ClientError when the
+    bytes are not an image or declare more than MAX_IMAGE_PIXELS."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        raise ClientError(f"an image declares more than {MAX_IMAGE_PIXELS:,} pixels",
+                          status=413) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ClientError("an image could not be decoded (PNG, JPEG, GIF or BMP)") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ClientError(f"an image declares {width} x {height} pixels; the limit is "
+                          f"{MAX_IMAGE_PIXELS:,}", status=413)
+    return width, height
+
+
+def decode_b64(value: str) -> bytes:
+    """Base64 (standard or URL-safe) to bytes; ClientError when it is not base64."""
+    try:
+        return base64.b64decode(value.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ClientError("images[].b64 is not base64") from None
+
+
+def check_codes(rows, bits: int) -> np.ndarray:
+    """JSON rows of packed bytes -> uint8 (Q, ceil(bits/8)); ClientError otherwise."""
+    nbytes = codes_lib.code_bytes(bits)
+    if any(len(row) != nbytes for row in rows):
+        raise ClientError(f"each code must be {nbytes} bytes ({bits}-bit codes, packed)")
+    arr = np.asarray(rows, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ClientError("code bytes must be integers 0..255")
+    return arr.astype(np.uint8).reshape(len(rows), nbytes)
+
+
+class EncodedImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(description="the image file's bytes (PNG, JPEG, GIF, BMP), base64")
+
+
+class SearchRequest(BaseModel):
+    """Exactly one of ``codes``, ``images``, ``ids``; ``k`` (default 10) or ``radius``."""
+
+    model_config = ConfigDict(extra="forbid")
+    codes: Optional[List[List[int]]] = Field(
+        None, description="packed codes, ceil(bits / 8) bytes each (as np.packbits)")
+    images: Optional[List[EncodedImage]] = Field(None, description="query image files")
+    ids: Optional[List[int]] = Field(None, description="database items used as queries")
+    k: Optional[int] = Field(None, description=f"neighbours per query, 1..{MAX_K}")
+    radius: Optional[int] = Field(None, description="all items within this Hamming radius")
+
+    @model_validator(mode="after")
+    def one_query_kind(self):
+        given = [name for name in ("codes", "images", "ids") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of codes, images or ids")
+        queries = getattr(self, given[0])
+        if not 1 <= len(queries) <= MAX_QUERIES:
+            raise ValueError(f"give 1..{MAX_QUERIES} queries, got {len(queries)}")
+        if self.k is not None and self.radius is not None:
+            raise ValueError("give k or radius, not both")
+        if self.k is not None and not 1 <= self.k <= MAX_K:
+            raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
+        if self.radius is not None and self.radius < 0:
+            raise ValueError(f"radius must be >= 0, got {self.radius}")
+        return self
+
+
+async def query_codes(body: SearchRequest, index, encodes) -> np.ndarray:
+    """The packed codes of the request's queries; ``encodes`` (a ``batching``
+    MicroBatcher over an Encoder, or None) encodes query images."""
+    if body.codes is not None:
+        return check_codes(body.codes, index.bits)
+    if body.ids is not None:
+        try:
+            return np.asarray(index.codes[index.positions_of(body.ids)])
+        except Exception:  # noqa: BLE001 - HashingError for unknown ids
+            raise ClientError("some ids are not in the index", status=404) from None
+    if encodes is None:
+        raise ClientError("this service encodes no images (start it with --run or "
+                          "--serving-url); send codes or ids", status=400)
+    blobs = [decode_b64(image.b64) for image in body.images]
+    for blob in blobs:
+        image_size_of(blob)  # undecodable or too large: refused before any decoding
+    try:
+        codes = await encodes.submit(blobs)
+    except DataError as e:  # an image the decoder refused after all
+        raise ClientError(str(e)) from None
+    codes = np.asarray(codes, np.uint8)
+    if codes.ndim != 2 or codes.shape[1] * 8 < index.bits:
+        raise ClientError("the encoder's codes do not fit this index", status=500)
+    return codes
+
+
+async def search(body: SearchRequest, index, encodes=None, searches=None) -> dict:
+    """``{"results": [...]}``: what HammingIndex.search (or range_search) gives, with each
+    neighbour's path and label where the index has them. ``searches`` (a
+    ``batching.search_batcher``) shares one scan among concurrent requests."""
+    codes = await query_codes(body, index, encodes)
+    if body.radius is not None:
+        lims, dist, ids = await asyncio.to_thread(index.range_search, codes, int(body.radius))
+        rows = [(ids[lims[i]:lims[i + 1]], dist[lims[i]:lims[i + 1]])
+                for i in range(len(codes))]
+    else:
+        k = int(body.k or 10)
+        if searches is None:
+            dist, ids = await asyncio.to_thread(index.search, codes, k)
+        else:
+            dist, ids = await searches.submit((index, codes, k))
+        rows = list(zip(ids, dist))
+    results = []
+    for row_ids, row_dist in rows:
+        positions = index.positions_of(row_ids) if len(row_ids) else np.zeros(0, np.int64)
+        result = {"ids": [int(i) for i in row_ids], "distances": [int(d) for d in row_dist]}
+        result["paths"] = None if index.paths is None else [index.paths[p] for p in positions]
+        labels = index.labels
+        result["labels"] = None if labels is None else np.asarray(labels[positions]).tolist()
+        results.append(result)
+    return {"results": results}

@@ -1,0 +1,1 @@
+"""Configuration and recipes, run folders, fit, distribution, callbacks and plots."""

@@ -1,0 +1,338 @@
+"""Keras callbacks for hashing runs: validation retrieval metrics and best-epoch selection."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorboard.plugins import projector
+
+from keras_hashing.errors import RunDirError
+from keras_hashing.evaluation import code_statistics, retrieval_metrics
+from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
+
+
+class RetrievalValidation(keras.callbacks.Callback):
+    """Adds ``val_map`` (mAP@all) and ``val_p_r2`` to the epoch logs and keeps the best epoch.
+
+    Queries are the validation split, the database is (a subsample of) the training split:
+    model selection never touches the query set. Put this callback before TensorBoard and
+    EarlyStopping in the list so they see the new keys. At the end of training the
+    weights of the best epoch (highest ``val_map``) are restored.
+
+    Args:
+        queries: the validation split (``data.Split``, ``FileSplit``, ...).
+        database: retrieval database for validation (a subset of the training split).
+        bits: code length.
+        restore_best: restore the best epoch's weights at the end.
+    """
+
+    def __init__(self, queries, database, bits, restore_best=True):
+        super().__init__()
+        self.queries, self.database = queries, database
+        self.bits = bits
+        self.restore_best = restore_best
+        self.best_map = -np.inf
+        self.best_epoch = None
+        self._best_weights = None
+        self.history: list = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_hashing.encoders import encode_split
+
+        q_codes, q_kept = encode_split(self.model, self.queries)
+        db_codes, db_kept = encode_split(self.model, self.database)
+        metrics = retrieval_metrics(q_codes, db_codes, self.queries.y[q_kept],
+                                    self.database.y[db_kept], self.bits, map_at=(None,),
+                                    radius=2)
+        if logs is not None:
+            logs["val_map"] = metrics["map_all"]
+            logs["val_p_r2"] = metrics["p_r2"]
+        self.history.append(metrics["map_all"])
+        if metrics["map_all"] > self.best_map:
+            self.best_map = metrics["map_all"]
+            self.best_epoch = epoch + 1
+            if self.restore_best:
+                self._best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.restore_best and self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+    def get_state(self) -> dict:
+        """JSON-able selection state (for TrainingBackup)."""
+        return {"best_map": None if self.best_epoch is None else float(self.best_map),
+                "best_epoch": self.best_epoch, "history": list(self.history)}
+
+    def set_state(self, state: dict, best_weights=None) -> None:
+        self.best_epoch = state.get("best_epoch")
+        self.best_map = -np.inf if state.get("best_map") is None else state["best_map"]
+        self.history = list(state.get("history", []))
+        self._best_weights = best_weights
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """Epoch-end backups that survive ``kill -9``; rerunning the same fit resumes.
+
+    Each epoch end writes ``ckpt-<epoch>.weights.h5`` (model and optimizer state) and
+    then ``state.json`` naming it, each atomically, so the state always points at a
+    complete checkpoint. Keras' ``BackupAndRestore`` writes both in place and can be
+    caught half-way. The state also carries the ``RetrievalValidation`` selection
+    (best epoch, per-epoch mAP, best weights) so a resumed run picks the same best epoch,
+    and the seconds trained so far, so a resumed run reports its whole training time
+    (``seconds_before``; the epoch cut short by the kill is lost and not counted).
+    When training ends the state is marked done (``training_done`` after a restore): a
+    run killed during its evaluation or save resumes without training again. The folder
+    is removed by ``runs.RunWriter.finish`` once the finished run is on disk.
+
+    Use ``initial_epoch = backup.restore()`` before ``fit(initial_epoch=...)``.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir, validation=None, write=True):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.validation = validation
+        self.write = write  # False: restore only (a non-chief worker)
+        # Training seconds of the epochs in the restored backup; None when the backup
+        # predates this field (its time is unknown).
+        self.seconds_before = 0.0
+        self.training_done = False
+        self._clock_start = time.time()
+
+    def _path(self, name):
+        return os.path.join(self.backup_dir, name)
+
+    def restore(self) -> int:
+        """Load the last complete checkpoint into the model; return the epoch to start at.
+
+        Training time is counted from here (``fit`` calls this just before it starts).
+        """
+        self._clock_start = time.time()
+        if not os.path.exists(self._path(self.STATE)):
+            return 0
+        model = self.model
+        try:
+            state = read_json(self._path(self.STATE))
+            if not isinstance(state, dict):
+                raise ValueError("the state is not a JSON object")
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            for key in ("weights", "best_weights"):
+                name = state.get(key)
+                if name is not None and (not isinstance(name, str) or
+                                         os.path.basename(name) != name):
+                    raise ValueError(f"{key} names {name!r}, not a checkpoint of the backup")
+            if self.validation is not None and state.get("best_weights"):
+                model.load_weights(self._path(state["best_weights"]))
+                self.validation.set_state(state["validation"], model.get_weights())
+            model.load_weights(self._path(state["weights"]))
+            epoch = int(state["epoch"])
+            seconds = state.get("train_seconds")
+            if seconds is not None:
+                seconds = float(seconds)
+        except Exception as e:  # noqa: BLE001 - h5py and Keras raise many types
+            raise RunDirError(f"{self.backup_dir}: cannot resume from the backup ({e}); rerun "
+                              "with --restart to start this run over") from None
+        self.seconds_before = seconds
+        self.training_done = bool(state.get("training_done"))
+        return epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = f"ckpt-{epoch + 1}.weights.h5"
+        with atomic_path(self._path(weights), suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        state = {"epoch": epoch + 1, "weights": weights}
+        if self.seconds_before is not None:
+            state["train_seconds"] = self.seconds_before + time.time() - self._clock_start
+        old = read_json(self._path(self.STATE)) if os.path.exists(self._path(self.STATE)) else {}
+        state["best_weights"] = old.get("best_weights")
+        if self.validation is not None:
+            state["validation"] = self.validation.get_state()
+            if self.validation.best_epoch == epoch + 1:  # this epoch is the new best
+                state["best_weights"] = weights
+        write_json(self._path(self.STATE), state)
+        keep = {weights, state["best_weights"], self.STATE}
+        for name in os.listdir(self.backup_dir):  # stale checkpoints, only after the switch
+            if name.startswith("ckpt-") and name not in keep:
+                os.unlink(self._path(name))
+
+    def on_train_end(self, logs=None):
+        state_path = self._path(self.STATE)
+        if self.write and os.path.exists(state_path):
+            write_json(state_path, {**read_json(state_path), "training_done": True})
+
+
+class NonFiniteLossError(RunDirError):
+    """Training diverged: the loss or the weights became NaN or infinite."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training with one line naming the epoch and step where the loss became NaN
+    or infinite, before an epoch end could back the bad weights up.
+
+    Keras' ``TerminateOnNaN`` stops quietly and lets the run be saved as finished; this
+    raises ``NonFiniteLossError`` instead, so the run keeps its last good backup. Put it
+    first in the callback list. The weights are also checked at each epoch end (the last
+    step's update can make them NaN after a finite loss).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(np.asarray(loss))):
+            self._stop(f"the loss became {float(np.asarray(loss))} at epoch {self.epoch + 1}, "
+                       f"step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for weight in self.model.trainable_weights:
+            if not np.all(np.isfinite(np.asarray(weight))):
+                self._stop(f"{weight.path} became NaN or infinite in epoch {epoch + 1}")
+
+    def _stop(self, what):
+        raise NonFiniteLossError(f"training diverged: {what}. Nothing diverged was saved "
+                                 "(the run keeps its last good epoch, if any); lower the "
+                                 "learning rate and rerun with --restart")
+
+
+class BackboneWarmup(keras.callbacks.Callback):
+    """Transfer learning's warm-up: the backbone is frozen for the first ``epochs`` epochs
+    (only the hashing head learns; BatchNormalization runs in inference mode, keeping
+    its ImageNet statistics), then unfrozen for the rest of training.
+
+    The optimizer is built on every variable before the first freeze, so its state
+    covers the backbone when it joins (and a resumed run restores it whole).
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.set_frozen(epoch < self.epochs)
+
+    def set_frozen(self, frozen: bool) -> None:
+        backbone = self.model.backbone
+        if backbone.trainable == (not frozen):
+            return
+        backbone.trainable = not frozen
+        # The compiled step captured the old list of trainable variables: retrace it.
+        self.model.make_train_function(force=True)
+
+
+class HashingTensorBoard(keras.callbacks.Callback):
+    """Hashing-specific TensorBoard summaries, beside Keras' own scalars.
+
+    Every epoch, on a fixed sample of validation images, writes under ``log_dir/hashing``:
+
+    * ``bits/balanced_fraction``: share of bits whose ones-rate is in [0.3, 0.7];
+    * ``bits/constant_bits``: bits that never change (collapse);
+    * ``bits/quantization_error``: mean |h - b|, continuous code vs its binary value;
+    * ``bits/mean_correlation``: mean |correlation| between pairs of bits;
+    * ``bits/unique_code_fraction``;
+    * histograms ``code/activations`` (all of h) and ``bits/ones_rate`` (per bit).
+
+    At the end of training it writes the Embedding Projector files (Keras 3's
+    ``embeddings_freq`` does not work) beside those summaries: a checkpoint of the
+    continuous codes, ``metadata.tsv`` (labels) and ``sprite.png`` (thumbnails), tied
+    together by ``projector_config.pbtxt``. TensorBoard's projector only looks in run
+    folders, the ones holding event files, so ``tensorboard --logdir RUN/logs`` shows
+    them as the run "hashing".
+
+    Args:
+        log_dir: the run's TensorBoard folder (``RUN/logs``).
+        split: the validation split, subsampled to ``max_samples`` images (read into
+            memory once, also for a streamed split).
+        class_names: names for the projector's metadata, or None.
+    """
+
+    def __init__(self, log_dir, split, class_names=None, max_samples=1000, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        sample = split.subset(np.sort(rng.permutation(len(split))[:max_samples]))
+        self.images, self.labels = sample.x, sample.y
+        self.class_names = class_names
+        self.log_dir = log_dir
+        self.hashing_dir = os.path.join(log_dir, "hashing")
+        self.projector_dir = self.hashing_dir  # a folder with events: a TensorBoard run
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        out = model.predict_arrays(self.images, batch_size=256)
+        h = np.asarray(out["code"], np.float32)
+        bits = np.asarray(out["bits"], np.uint8)
+        stats = code_statistics(bits)
+        target = np.asarray(model.quantization_target(h, bits), np.float32)
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.hashing_dir)
+        with self._writer.as_default(step=epoch):
+            tf.summary.scalar("bits/balanced_fraction", stats["balanced_bit_fraction"])
+            tf.summary.scalar("bits/constant_bits", stats["constant_bits"])
+            tf.summary.scalar("bits/mean_correlation", stats["mean_bit_correlation"])
+            tf.summary.scalar("bits/unique_code_fraction", stats["unique_code_fraction"])
+            tf.summary.scalar("bits/quantization_error", float(np.abs(h - target).mean()))
+            tf.summary.histogram("code/activations", h)
+            tf.summary.histogram("bits/ones_rate", bits.mean(axis=0))
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+        write_projector(self.projector_dir, self.model.embed(self.images), self.labels,
+                        self.images, self.class_names)
+
+
+def write_projector(out_dir, embeddings, labels, images=None, class_names=None) -> None:
+    """Embedding Projector files: checkpoint + metadata.tsv + sprite.png + config."""
+    os.makedirs(out_dir, exist_ok=True)
+    labels = np.asarray(labels)
+    names = [(class_names[int(y)] if class_names else str(int(y))) if labels.ndim == 1
+             else ",".join(map(str, np.flatnonzero(y))) for y in labels]
+    write_text(os.path.join(out_dir, "metadata.tsv"), "".join(f"{n}\n" for n in names))
+    # save() (not write()) keeps the "checkpoint" state file the projector looks for.
+    tf.train.Checkpoint(embedding=tf.Variable(np.asarray(embeddings, np.float32))).save(
+        os.path.join(out_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    emb = config.embeddings.add()
+    emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    emb.metadata_path = "metadata.tsv"
+    if images is not None:
+        sprite, (h, w) = _sprite(np.asarray(images))
+        with atomic_path(os.path.join(out_dir, "sprite.png"), suffix=".png") as tmp:
+            Image.fromarray(sprite).save(tmp, format="PNG")
+        emb.sprite.image_path = "sprite.png"
+        emb.sprite.single_image_dim.extend([w, h])
+    projector.visualize_embeddings(out_dir, config)
+
+
+def _sprite(images):
+    """Square mosaic of thumbnails (the projector's sprite format), uint8."""
+    n, h, w = images.shape[:3]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    side = int(np.ceil(np.sqrt(n)))
+    sprite = np.zeros((side * h, side * w, 3), np.uint8)
+    for i in range(n):
+        r, c = divmod(i, side)
+        sprite[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+    return sprite, (h, w)

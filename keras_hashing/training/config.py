@@ -1,0 +1,300 @@
+"""Run configuration: defaults < recipe YAML < --config file < CLI flags < --set key=value.
+
+A recipe is ``keras_hashing/recipes/<method>_<dataset>.yaml``; it is picked up automatically for
+``keras-hashing fit --method M --dataset D`` when no ``--config`` is given. The resolved
+configuration is written to every run directory as ``config.yaml``.
+
+Example:
+    >>> cfg = resolve_config(overrides={"bits": 32}, sets=["params.beta=0.5"], recipe=False)
+    >>> cfg["bits"], cfg["params"]["beta"], cfg["dataset"]
+    (32, 0.5, 'digits')
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+
+import yaml
+
+from keras_hashing.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` and ``4e-6`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
+    ``lambda1: 1e-5`` loaded as the string "1e-5" and failed deep in training.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml_load(stream):
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+DEFAULTS = {
+    "method": "ssdh",
+    "dataset": "digits",
+    "protocol": None,
+    "data_dir": None,
+    "bits": 48,
+    "epochs": 20,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    # epochs over which the learning rate ramps linearly from 0 before the schedule
+    "lr_warmup_epochs": 0,
+    # the L2 factor on kernels; with optimizer adamw, the decoupled decay instead (no L2
+    # term; Keras multiplies it by the learning rate, so 1e-2 to 1e-1 is its usual range)
+    "weight_decay": 5e-4,
+    "seed": 0,
+    "backbone": "small_cnn",
+    "backbone_kwargs": {},
+    # applications backbones: "imagenet" (downloaded by Keras on first use), a local
+    # weights file, or None (random initialisation)
+    "weights": None,
+    # transfer learning: epochs with the backbone frozen (BatchNormalization in inference
+    # mode), then the backbone trains at learning_rate x backbone_lr_multiplier
+    "backbone_warmup_epochs": 0,
+    "backbone_lr_multiplier": 1.0,
+    "image_size": None,
+    "channels": None,
+    "on_bad_image": "fail",
+    "download": True,
+    "steps_per_epoch": None,
+    "mixed_precision": False,
+    "patience": None,
+    "val_database_size": 10000,
+    "tensorboard_samples": 1000,
+    "strategy": "auto",
+    "logical_cpus": None,
+    "features_from": None,
+    "augmentation": {},
+    "params": {},
+}
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _check_optimization(cfg: dict) -> None:
+    """Optimizer, learning rate, its schedule and warm-up, weight decay."""
+    for key in ("learning_rate", "weight_decay"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] < 0:
+            raise ConfigError(f"{key} must be a non-negative number, got {cfg[key]!r}")
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"optimizer {cfg['optimizer']!r} unknown; choose from {OPTIMIZERS}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule {cfg['lr_schedule']!r} unknown; choose from "
+                          f"{LR_SCHEDULES}")
+    _check_int(cfg, "lr_warmup_epochs", 0)
+    if cfg["lr_warmup_epochs"] >= cfg["epochs"]:
+        raise ConfigError(f"lr_warmup_epochs ({cfg['lr_warmup_epochs']}) must be fewer than "
+                          f"epochs ({cfg['epochs']})")
+
+
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "recipes")  # package data: a wheel carries it
+
+
+def recipe_path(method: str, dataset: str):
+    """The shipped recipe YAML for (method, dataset), or None.
+
+    Example:
+        >>> os.path.basename(recipe_path("ssdh", "digits"))
+        'ssdh_digits.yaml'
+    """
+    path = os.path.join(RECIPES_DIR, f"{method.replace('-', '_')}_{dataset}.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def load_yaml(path) -> dict:
+    """A YAML mapping from ``path``; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = _yaml_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except (OSError, ValueError) as e:  # a folder, unreadable, NUL characters, ...
+        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of key: value")
+    return data
+
+
+def parse_sets(items) -> dict:
+    """``["a=1", "params.beta=0.5"]`` -> ``{"a": 1, "params": {"beta": 0.5}}`` (YAML values)."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = _yaml_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. Nested dicts (params) merge key by key."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def resolve_config(config_file=None, overrides=None, sets=None, recipe=True) -> dict:
+    """Resolve the configuration of a run (see the module docstring for the order)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_file = load_yaml(config_file) if config_file else {}
+    from_sets = parse_sets(sets)
+    layered = merge(merge(from_file, overrides), from_sets)
+    cfg = merge(DEFAULTS, {})
+    if recipe and not config_file:
+        method = layered.get("method", DEFAULTS["method"])
+        dataset = layered.get("dataset", DEFAULTS["dataset"])
+        path = recipe_path(str(method), str(dataset))
+        if path:
+            cfg = merge(cfg, load_yaml(path))
+    return validate(merge(cfg, layered))
+
+
+def validate(cfg: dict) -> dict:
+    """Check keys and value types; raise ConfigError listing what is valid."""
+    unknown = sorted(map(str, set(cfg) - set(DEFAULTS)))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(DEFAULTS)}")
+    from keras_hashing.codes import check_bits
+    from keras_hashing.models.methods import canonical_name
+
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+    if not isinstance(cfg["method"], str):
+        raise ConfigError(f"method must be a name, got {cfg['method']!r}")
+    for key in ("dataset", "backbone"):
+        if not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a name, got {cfg[key]!r}")
+    for key in ("protocol", "data_dir", "features_from", "weights"):
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            raise ConfigError(f"{key} must be a string, got {cfg[key]!r}")
+    cfg["method"] = canonical_name(cfg["method"])
+    try:
+        cfg["bits"] = check_bits(cfg["bits"])
+    except Exception as e:
+        raise ConfigError(str(e)) from None
+    for key, low in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("val_database_size", 1),
+                     ("tensorboard_samples", 1)):
+        _check_int(cfg, key, low)
+    if cfg["patience"] is not None:
+        _check_int(cfg, "patience", 1)
+    if cfg["logical_cpus"] is not None:
+        _check_int(cfg, "logical_cpus", 1)
+    if cfg["steps_per_epoch"] is not None:
+        _check_int(cfg, "steps_per_epoch", 1)
+    _check_int(cfg, "backbone_warmup_epochs", 0)
+    for key in ("download", "mixed_precision"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    from keras_hashing.data.images import BAD_IMAGE_POLICIES
+
+    if cfg["on_bad_image"] not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got "
+                          f"{cfg['on_bad_image']!r}")
+    multiplier = cfg["backbone_lr_multiplier"]
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or \
+            not 0 < multiplier <= 10:
+        raise ConfigError(f"backbone_lr_multiplier must be a number in (0, 10], got "
+                          f"{multiplier!r}")
+    if cfg["strategy"] not in STRATEGIES:
+        raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
+    _check_optimization(cfg)
+    for key in ("params", "backbone_kwargs", "augmentation"):
+        if not isinstance(cfg[key], dict):
+            raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
+    from keras_hashing.data.pipeline import check_augmentation
+    from keras_hashing.errors import DataError
+
+    try:
+        check_augmentation(cfg["augmentation"])
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    if cfg["channels"] is not None and cfg["channels"] not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {cfg['channels']!r}")
+    if cfg["image_size"] is not None:
+        size = cfg["image_size"]
+        if isinstance(size, int):
+            size = [size, size]
+        if not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096
+                for s in size)):
+            raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
+        cfg["image_size"] = size
+    return cfg
+
+
+def _numbers(node, prefix=""):
+    """(dotted key, value) of every float in a nested config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _numbers(value, f"{prefix}{key}.")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _numbers(value, f"{prefix}{i}.")
+    elif isinstance(node, float):
+        yield prefix.rstrip("."), node
+
+
+def _check_int(cfg, key, low):
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {v!r}")
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False)
+
+
+def load_splits(cfg: dict):
+    """The splits (``data.datasets.DatasetSplits``) a resolved config trains and
+    evaluates on."""
+    from keras_hashing.data.datasets import load_dataset
+
+    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
+                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
+                        channels=cfg["channels"], download=cfg.get("download", True),
+                        on_bad_image=cfg.get("on_bad_image", "fail"))
+
+
+def resolved_image_size(cfg: dict):
+    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
+    from keras_hashing.data.sources import source_kind
+    from keras_hashing.models.backbones import application_name
+
+    if cfg["image_size"] or not application_name(cfg["backbone"]):
+        return cfg["image_size"]
+    return [224, 224] if source_kind(cfg["dataset"]) else None
