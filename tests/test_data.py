@@ -70,6 +70,20 @@ def test_fmnist_unseen_never_trains_on_the_query_classes(fake_fmnist):
     assert not set(map(bytes, s.val.x)) & set(map(bytes, s.train.x))
 
 
+def test_fmnist_unseen_all_searches_every_class_with_unseen_queries(fake_fmnist):
+    unseen_only = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist),
+                                    protocol="fmnist-unseen")
+    s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist),
+                          protocol="fmnist-unseen-all")
+    unseen = set(data.FMNIST_UNSEEN_CLASSES)
+    assert set(np.unique(s.query.y)) == unseen and s.num_classes == 8
+    assert set(np.unique(s.database.y)) == set(range(10))  # every training image
+    assert len(s.database) == 6000
+    # the same training, validation and queries as fmnist-unseen: only the database grows
+    for name in ("train", "val", "query"):
+        np.testing.assert_array_equal(getattr(s, name).y, getattr(unseen_only, name).y)
+
+
 def test_too_few_images_for_a_protocol_is_a_clear_error(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 1200), ("t10k", 300)):

@@ -132,8 +132,10 @@ def test_reproduce_default_table_and_cell_syntax(monkeypatch):
     unseen = {(m, b) for m, b, p, s in cells if p == "fmnist-unseen"}
     assert {("classifier-code", b) for b in (12, 24, 32, 48)} <= fmnist
     assert ("dmrh-n1", 32) in fmnist and ("dmrh-n1", 48) not in fmnist  # ablation at 32 only
-    assert unseen == {(m, b) for m in (*reproduce.SEED_METHODS, "classifier-code", "itq")
-                      for b in (32, 48)}
+    assert unseen == {(m, b) for m in (*reproduce.SEED_METHODS, *reproduce.MODERN_METHODS,
+                                       "classifier-code", "itq") for b in (32, 48)}
+    unseen_all = {(m, b) for m, b, p, s in reproduce.default_cells(["fmnist-unseen-all"])}
+    assert unseen_all == {(m, 48) for m, _ in unseen}
     assert [c for c in cells if c[3]] == [("ssdh", 32, "fmnist", 1), ("ssdh", 32, "fmnist", 2)]
     assert reproduce.parse_cell("dsh:32:fmnist:2", ["x"]) == [("dsh", 32, "fmnist", 2)]
     assert reproduce.parse_cell("dsh:32", ["a", "b"], seed=3) == [("dsh", 32, "a", 3),

@@ -65,7 +65,7 @@ FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
 PROTOCOLS = {
     "digits": ("digits",),
-    "fashion_mnist": ("fmnist", "fmnist-reduced", "fmnist-unseen"),
+    "fashion_mnist": ("fmnist", "fmnist-reduced", "fmnist-unseen", "fmnist-unseen-all"),
     "tfds": ("standard",),
     "folder": ("standard",),
     "list": ("standard",),
@@ -114,7 +114,7 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         splits = _fashion_mnist_splits(protocol, data_dir, rng)
         # fmnist-unseen trains on the seen classes only; its query and database keep
         # their own class ids (8, 9), which no head ever predicts.
-        num_classes = 10 - len(FMNIST_UNSEEN_CLASSES) if protocol == "fmnist-unseen" else 10
+        num_classes = 10 - len(FMNIST_UNSEEN_CLASSES) if "unseen" in protocol else 10
         class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
@@ -174,8 +174,9 @@ def _check_class_sizes(y, class_names, path):
 
 def _fashion_mnist_splits(protocol, data_dir, rng):
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(data_dir)
-    if protocol == "fmnist-unseen":
-        return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_CLASSES, rng)
+    if protocol in ("fmnist-unseen", "fmnist-unseen-all"):
+        return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_CLASSES, rng,
+                                    whole_database=protocol == "fmnist-unseen-all")
     if protocol == "fmnist":
         # queries = test; database = all 60k training images; 500/class held out for
         # selection (still in the database, never trained on).
@@ -198,15 +199,17 @@ def _fashion_mnist_splits(protocol, data_dir, rng):
             (("query", q_idx), ("database", db_idx), ("val", val_idx), ("train", train_idx))}
 
 
-def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng):
+def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng, whole_database=False):
     """Retrieval of classes never seen in training (Sablayrolles et al., ICASSP 2017):
     train and validate on the other classes (500 per class of the training images held
     out for selection); queries are the test images of the ``unseen`` classes, the
-    database their training images. Relevance stays "same class"."""
+    database their training images, or with ``whole_database`` every training image of
+    every class (DSH_Analysis' "unseen@all": a code must also keep the unseen classes
+    away from the seen ones). Relevance stays "same class"."""
     seen_tr = np.flatnonzero(~np.isin(y_tr, unseen))
     val_idx, train_idx = stratified_take(y_tr, per_class=500, rng=rng, pool=seen_tr)
     q_idx = np.flatnonzero(np.isin(y_te, unseen))
-    db_idx = np.flatnonzero(np.isin(y_tr, unseen))
+    db_idx = np.arange(len(y_tr)) if whole_database else np.flatnonzero(np.isin(y_tr, unseen))
     return {"query": ArraySplit(x_te[q_idx], y_te[q_idx]),
             "database": ArraySplit(x_tr[db_idx], y_tr[db_idx]),
             "val": ArraySplit(x_tr[val_idx], y_tr[val_idx]),

@@ -290,3 +290,117 @@ def bdnn_reconstruction_loss(inputs, reconstruction):
     """
     m = ops.cast(ops.shape(inputs)[0], inputs.dtype)
     return ops.sum(ops.square(inputs - reconstruction)) / (2.0 * m)
+
+
+# -- the field's later baselines: CSQ, OrthoHash, HashNet, GreedyHash --------------------
+
+
+def csq_center_loss(logits, centers):
+    """CSQ's central similarity term: each code towards its hash center (Yuan et al., 2020).
+
+    Formula:
+        u = tanh(z),  t = (c + 1) / 2
+        L = mean_{n,k} BCE((u_nk + 1) / 2, t_nk)
+          = mean_{n,k} softplus(2 z_nk) - 2 z_nk t_nk     ((1 + tanh z) / 2 = sigmoid(2z))
+
+    The second line is the same value computed without log(0) when tanh saturates.
+
+    Args:
+        logits: (N, K) pre-tanh outputs z.
+        centers: (N, K) each example's hash center c in {-1, +1} (no gradient).
+
+    Example:
+        >>> import numpy as np
+        >>> z = np.arctanh(np.full((1, 4), 0.5, "float32"))
+        >>> round(float(csq_center_loss(z, np.ones((1, 4), "float32"))), 6)  # -log 0.75
+        0.287682
+    """
+    t = (ops.stop_gradient(ops.cast(centers, logits.dtype)) + 1.0) / 2.0
+    return ops.mean(ops.softplus(2.0 * logits) - 2.0 * logits * t)
+
+
+def csq_quantization_loss(codes):
+    """CSQ's quantisation term: tanh outputs towards -1 or +1.
+
+    Formula:
+        Q = mean_{n,k} (|u_nk| - 1)^2
+    """
+    return ops.mean(ops.square(ops.abs(codes) - 1.0))
+
+
+def cosine_logits(features, codebook, epsilon=1e-12):
+    """Cosine similarity of each row of ``features`` with each codeword (OrthoHash).
+
+    Formula:
+        cos_nc = <v_n, o_c> / (||v_n|| ||o_c||)
+    with ``epsilon`` added under the square roots (the authors' code divides by ||v|| as
+    is, so an all-zero v gives NaN).
+    """
+    v = features / ops.sqrt(ops.sum(ops.square(features), axis=-1, keepdims=True) + epsilon)
+    o = ops.cast(codebook, features.dtype)
+    o = o / ops.sqrt(ops.sum(ops.square(o), axis=-1, keepdims=True) + epsilon)
+    return ops.matmul(v, ops.transpose(o))
+
+
+def orthohash_loss(cosines, labels, scale=8.0, margin=0.2, multi_label=False,
+                   angular=False):
+    """OrthoHash's cross-entropy over margin cosine logits (Hoe et al., NeurIPS 2021).
+
+    Formula:
+        OrthoCos (angular=False):  l_nc = s (cos_nc - m y_nc)
+        OrthoArc (angular=True):   l_nc = s cos(acos(clip(cos_nc, +-0.99999)) + m y_nc)
+        single label: L = mean_n -log softmax(l_n)_{y_n}
+        multi-label:  L = mean_n -sum_c (y_nc / sum_c y_nc) log softmax(l_n)_c
+    with y the one-hot (or multi-hot) labels.
+
+    Args:
+        cosines: (N, C) cosine of each code with each class's codeword.
+        labels: (N,) class ids or (N, C) multi-hot.
+        scale: s. margin: m.
+    """
+    num_classes = ops.shape(cosines)[-1]
+    if multi_label:
+        y = ops.cast(labels, cosines.dtype)
+    else:
+        y = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), num_classes,
+                        dtype=cosines.dtype)
+    if angular:
+        theta = ops.arccos(ops.clip(cosines, -0.99999, 0.99999))
+        logits = scale * ops.cos(theta + margin * y)
+    else:
+        logits = scale * (cosines - margin * y)
+    weights = y / ops.maximum(ops.sum(y, axis=-1, keepdims=True), 1.0)
+    return ops.mean(-ops.sum(weights * ops.log_softmax(logits, axis=-1), axis=-1))
+
+
+def hashnet_pair_loss(codes, similarity, alpha):
+    """HashNet's weighted pairwise likelihood over every pair of the batch (Cao et al.,
+    ICCV 2017), self-pairs included.
+
+    Formula:
+        d_ij = alpha <h_i, h_j>
+        l_ij = log(1 + e^{d_ij}) - s_ij d_ij       (as log(1 + e^-|d|) + max(d, 0) - s d)
+        L = mean_{s_ij = 1} l_ij + mean_{s_ij = 0} l_ij
+    which is the paper's sum with similar pairs weighted |S| / |S1| and dissimilar ones
+    |S| / |S0|, divided by |S|; an empty set contributes 0.
+
+    Args:
+        codes: (N, K) tanh outputs h.
+        similarity: (N, N) 0/1.
+        alpha: the sigmoid's scale (the authors: 10 / K).
+    """
+    d = alpha * ops.matmul(codes, ops.transpose(codes))
+    s = ops.cast(similarity, d.dtype)
+    pair = ops.log1p(ops.exp(-ops.abs(d))) + ops.maximum(d, 0.0) - s * d
+    positive = ops.sum(pair * s) / ops.maximum(ops.sum(s), 1.0)
+    negative = ops.sum(pair * (1.0 - s)) / ops.maximum(ops.sum(1.0 - s), 1.0)
+    return positive + negative
+
+
+def greedyhash_penalty(codes):
+    """GreedyHash's cubic penalty pulling the pre-sign outputs to +-1 (Su et al., 2018).
+
+    Formula:
+        P = mean_{n,k} | (|h_nk| - 1)^3 |
+    """
+    return ops.mean(ops.abs(ops.power(ops.abs(codes) - 1.0, 3)))

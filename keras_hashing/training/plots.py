@@ -34,6 +34,8 @@ METHOD_STYLES = {
     "dmrh": ("#e377c2", ">"), "dmrh-n1": ("#f7b6d2", "p"), "dmrh-n2": ("#e377c2", ">"),
     "dmrh-n3": ("#7f3f6f", "h"), "classifier-code": ("#17becf", "*"),
     "itq": ("#7f7f7f", "x"), "lsh": ("#bcbd22", "+"), "pcah": ("#393b79", "1"),
+    "csq": ("#000000", "P"), "orthohash": ("#b8860b", "X"), "hashnet": ("#006400", "d"),
+    "greedyhash": ("#4b0082", "8"),
 }
 BASELINES = ("itq", "lsh", "pcah")
 _SPARE = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#dbdb8d")

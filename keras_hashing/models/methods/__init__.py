@@ -21,13 +21,17 @@ _REGISTRY = {
     "uh-bdnn": ("keras_hashing.models.methods.bdnn", "UHBDNN"),
     "dmrh": ("keras_hashing.models.methods.dmrh", "DMRH"),
     "classifier-code": ("keras_hashing.models.methods.classifier_code", "ClassifierCode"),
+    "csq": ("keras_hashing.models.methods.csq", "CSQ"),
+    "orthohash": ("keras_hashing.models.methods.orthohash", "OrthoHash"),
+    "hashnet": ("keras_hashing.models.methods.hashnet", "HashNet"),
+    "greedyhash": ("keras_hashing.models.methods.greedyhash", "GreedyHash"),
     "lsh": ("keras_hashing.models.methods.linear", "LSHModel"),
     "pcah": ("keras_hashing.models.methods.linear", "PCAHModel"),
     "itq": ("keras_hashing.models.methods.linear", "ITQModel"),
 }
 _ALIASES: dict = {"dshse": "sdsh", "sh_bdnn": "sh-bdnn", "shbdnn": "sh-bdnn",
                   "uh_bdnn": "uh-bdnn", "uhbdnn": "uh-bdnn",
-                  "classifier_code": "classifier-code"}
+                  "classifier_code": "classifier-code", "orthocos": "orthohash"}
 
 
 def method_names() -> list:
