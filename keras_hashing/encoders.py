@@ -28,7 +28,8 @@ from typing import Protocol
 import numpy as np
 
 from keras_hashing import codes as codes_lib
-from keras_hashing.data.images import check_readable, warn_skipped
+from keras_hashing.data.images import check_readable, warn, warn_skipped
+from keras_hashing.evaluation import collapse_check
 from keras_hashing.errors import DataError
 
 
@@ -203,7 +204,27 @@ def build_index(split, out, bits, batches, fingerprint: dict, metadata: dict):
     skipped = builder.skipped
     if skipped:
         warn_skipped(skipped)
-    return builder.finish(metadata), skipped, start
+    index = builder.finish(metadata)
+    warn_if_collapsed(index, f"index {out}")
+    return index, skipped, start
+
+
+# rows the collapse check of an index looks at (evenly spaced): enough to see a collapse
+COLLAPSE_SAMPLE = 100_000
+
+
+def warn_if_collapsed(index, name: str) -> dict | None:
+    """Print one warning line when the codes of ``index`` look collapsed
+    (``evaluation.collapse_check`` on up to COLLAPSE_SAMPLE of its rows); returns the
+    check, or None for an empty index."""
+    if not len(index):
+        return None
+    rows = np.unique(np.linspace(0, len(index) - 1, min(len(index), COLLAPSE_SAMPLE)).astype(int))
+    labels = None if index.labels is None else np.asarray(index.labels)[rows]
+    check = collapse_check(codes_lib.unpack_bits(index.codes[rows], index.bits), labels)
+    if check["collapsed"]:
+        warn(f"{name}: {check['message']}")
+    return check
 
 
 def index_from_model(model, split, out, source: dict, identity: dict, batch_size=256,

@@ -271,6 +271,43 @@ def code_statistics(bits) -> dict:
     }
 
 
+def collapse_check(bits, labels=None) -> dict:
+    """Whether a split's 0/1 codes (N, K) have collapsed, with the numbers that say so.
+
+    Collapsed: the N >= 2 codes take one value, or fewer distinct values than the split
+    has classes (distinct label rows), so some classes cannot be told apart. A healthy
+    model may put a whole class on one code (CSQ's centres), so the bar is the class
+    count, not N; for the same reason bits that never change are reported, not judged
+    (two classes on two opposite-free centres leave about half the bits constant).
+    ``message`` is the one line to print, or None.
+
+    Example:
+        >>> import numpy as np
+        >>> check = collapse_check(np.zeros((6, 8), np.uint8), labels=[0, 0, 1, 1, 2, 2])
+        >>> check["collapsed"], check["distinct_codes"], check["constant_bits"]
+        (True, 1, 8)
+        >>> collapse_check(np.eye(6, 8, dtype=np.uint8), labels=[0, 0, 1, 1, 2, 2])["collapsed"]
+        False
+    """
+    b = np.asarray(bits, dtype=np.uint8)
+    if b.ndim != 2 or b.shape[0] == 0:
+        raise HashingError(f"bits must be a non-empty (N, K) array, got shape {b.shape}")
+    n, k = b.shape
+    distinct = len(np.unique(np.packbits(b.astype(bool), axis=1), axis=0))
+    rate = b.mean(axis=0)
+    constant = int(((rate == 0) | (rate == 1)).sum())
+    classes = None
+    if labels is not None:
+        y = np.asarray(labels)
+        classes = int(len(np.unique(y.reshape(len(y), -1), axis=0)))
+    collapsed = n >= 2 and (distinct == 1 or (classes is not None and distinct < min(classes, n)))
+    of_classes = "" if classes is None else f" of {classes} classes"
+    message = (f"the codes look collapsed: {distinct} distinct code(s) for {n} images"
+               f"{of_classes}, {constant} of {k} bits never change" if collapsed else None)
+    return {"collapsed": bool(collapsed), "items": int(n), "distinct_codes": int(distinct),
+            "classes": classes, "constant_bits": constant, "bits": int(k), "message": message}
+
+
 def class_distance_spread(codes, labels, bits: int, max_items=2000) -> dict:
     """How far apart codes lie within and between classes: the Hamming distances of every
     pair among the first ``max_items`` codes, split by relevance.

@@ -12,7 +12,9 @@ from PIL import Image
 from tensorboard.plugins import projector
 
 from keras_hashing.errors import RunDirError
-from keras_hashing.evaluation import code_statistics, retrieval_metrics
+from keras_hashing.codes import unpack_bits
+from keras_hashing.data.images import warn
+from keras_hashing.evaluation import code_statistics, collapse_check, retrieval_metrics
 from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
 
 
@@ -23,6 +25,10 @@ class RetrievalValidation(keras.callbacks.Callback):
     model selection never touches the query set. Put this callback before TensorBoard and
     EarlyStopping in the list so they see the new keys. At the end of training the
     weights of the best epoch (highest ``val_map``) are restored.
+
+    Each epoch also checks both splits' codes for collapse (``evaluation.collapse_check``):
+    the epochs where they collapsed are kept in ``collapsed_epochs``, and the first one
+    prints one warning line.
 
     Args:
         queries: the validation split (``data.Split``, ``FileSplit``, ...).
@@ -40,6 +46,7 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.best_epoch = None
         self._best_weights = None
         self.history: list = []
+        self.collapsed_epochs: list = []
 
     def on_epoch_end(self, epoch, logs=None):
         from keras_hashing.encoders import encode_split
@@ -53,11 +60,22 @@ class RetrievalValidation(keras.callbacks.Callback):
             logs["val_map"] = metrics["map_all"]
             logs["val_p_r2"] = metrics["p_r2"]
         self.history.append(metrics["map_all"])
+        self._check_collapse(epoch, (q_codes, self.queries.y[q_kept], "validation queries"),
+                             (db_codes, self.database.y[db_kept], "validation database"))
         if metrics["map_all"] > self.best_map:
             self.best_map = metrics["map_all"]
             self.best_epoch = epoch + 1
             if self.restore_best:
                 self._best_weights = self.model.get_weights()
+
+    def _check_collapse(self, epoch, *splits) -> None:
+        for codes, labels, name in splits:
+            check = collapse_check(unpack_bits(codes, self.bits), labels)
+            if check["collapsed"]:
+                if not self.collapsed_epochs:
+                    warn(f"epoch {epoch + 1}, {name}: {check['message']}")
+                self.collapsed_epochs.append(epoch + 1)
+                return
 
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:
@@ -66,12 +84,14 @@ class RetrievalValidation(keras.callbacks.Callback):
     def get_state(self) -> dict:
         """JSON-able selection state (for TrainingBackup)."""
         return {"best_map": None if self.best_epoch is None else float(self.best_map),
-                "best_epoch": self.best_epoch, "history": list(self.history)}
+                "best_epoch": self.best_epoch, "history": list(self.history),
+                "collapsed_epochs": list(self.collapsed_epochs)}
 
     def set_state(self, state: dict, best_weights=None) -> None:
         self.best_epoch = state.get("best_epoch")
         self.best_map = -np.inf if state.get("best_map") is None else state["best_map"]
         self.history = list(state.get("history", []))
+        self.collapsed_epochs = list(state.get("collapsed_epochs", []))
         self._best_weights = best_weights
 
 
@@ -249,6 +269,8 @@ class HashingTensorBoard(keras.callbacks.Callback):
     * ``bits/quantization_error``: mean |h - b|, continuous code vs its binary value;
     * ``bits/mean_correlation``: mean |correlation| between pairs of bits;
     * ``bits/unique_code_fraction``;
+    * ``bits/distinct_codes`` and ``bits/collapsed`` (1 where ``evaluation.collapse_check``
+      finds the sample's codes collapsed);
     * histograms ``code/activations`` (all of h) and ``bits/ones_rate`` (per bit).
 
     At the end of training it writes the Embedding Projector files (Keras 3's
@@ -282,6 +304,7 @@ class HashingTensorBoard(keras.callbacks.Callback):
         h = np.asarray(out["code"], np.float32)
         bits = np.asarray(out["bits"], np.uint8)
         stats = code_statistics(bits)
+        collapse = collapse_check(bits, self.labels)
         target = np.asarray(model.quantization_target(h, bits), np.float32)
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.hashing_dir)
@@ -290,6 +313,8 @@ class HashingTensorBoard(keras.callbacks.Callback):
             tf.summary.scalar("bits/constant_bits", stats["constant_bits"])
             tf.summary.scalar("bits/mean_correlation", stats["mean_bit_correlation"])
             tf.summary.scalar("bits/unique_code_fraction", stats["unique_code_fraction"])
+            tf.summary.scalar("bits/distinct_codes", collapse["distinct_codes"])
+            tf.summary.scalar("bits/collapsed", float(collapse["collapsed"]))
             tf.summary.scalar("bits/quantization_error", float(np.abs(h - target).mean()))
             tf.summary.histogram("code/activations", h)
             tf.summary.histogram("bits/ones_rate", bits.mean(axis=0))

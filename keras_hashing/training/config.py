@@ -66,6 +66,10 @@ DEFAULTS = {
     # mode), then the backbone trains at learning_rate x backbone_lr_multiplier
     "backbone_warmup_epochs": 0,
     "backbone_lr_multiplier": 1.0,
+    # re-estimate BatchNormalization statistics on training batches at each epoch end:
+    # "auto" where a layer's moving averages still hold over 5% of their start (momentum
+    # 0.999 layers before 3,000 steps; training.batchnorm), true every epoch, false never
+    "recalibrate_batchnorm": "auto",
     "image_size": None,
     "channels": None,
     "on_bad_image": "fail",
@@ -220,6 +224,9 @@ def validate(cfg: dict) -> dict:
     for key in ("download", "mixed_precision"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["recalibrate_batchnorm"] not in (True, False, "auto"):
+        raise ConfigError(f"recalibrate_batchnorm must be auto, true or false, got "
+                          f"{cfg['recalibrate_batchnorm']!r}")
     from keras_hashing.data.images import BAD_IMAGE_POLICIES
 
     if cfg["on_bad_image"] not in BAD_IMAGE_POLICIES:

@@ -255,6 +255,7 @@ def _with_data_errors(fn, *args):
 def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=None) -> Run:
     """fit's training, evaluation and (on the chief, which has a RunWriter) the run files;
     ``work`` is where logs go (the run, or a worker's scratch folder)."""
+    from keras_hashing.training.batchnorm import RecalibrateBatchNorm
     from keras_hashing.training.callbacks import RetrievalValidation, TrainingBackup
 
     chief = writer is not None
@@ -298,6 +299,10 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
     seconds_here = time.time() - start
     metrics = _run_metrics(cfg, model, splits, strategy, validation, after_fit,
                            initial_epoch, seconds_here, backup.seconds_before)
+    recalibration = [c for c in callbacks if isinstance(c, RecalibrateBatchNorm)]
+    # the epochs of this process (a resumed run does not list those before its resume)
+    metrics["batchnorm_recalibrated_epochs"] = (recalibration[0].recalibrated_epochs
+                                                if recalibration else [])
     if chief:
         writer.finish(model, metrics)
     return Run(out, model, cfg, metrics)
@@ -315,7 +320,8 @@ def _run_metrics(cfg, model, splits, strategy, validation, after_fit, initial_ep
         **splits.summary(),
         "query": evaluate_model(model, splits),
         "validation": {"best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
-                       "map_all_per_epoch": validation.history},
+                       "map_all_per_epoch": validation.history,
+                       "collapsed_epochs": validation.collapsed_epochs},
         "epochs_run": len(validation.history),
         "resumed_from_epoch": initial_epoch or None,
         **({"after_fit": after_fit} if after_fit else {}),
@@ -327,6 +333,20 @@ def _run_metrics(cfg, model, splits, strategy, validation, after_fit, initial_ep
     }
 
 
+def batchnorm_callback(cfg, splits):
+    """The epoch-end BatchNormalization recalibration of cfg's ``recalibrate_batchnorm``,
+    on un-augmented training batches."""
+    from keras_hashing.training.batchnorm import RecalibrateBatchNorm
+
+    steps = cfg["steps_per_epoch"] or -(-len(splits.train) // cfg["batch_size"])
+
+    def batches():  # shuffled: a folder's files come sorted by class
+        return (images for images, _ in make_tf_dataset(
+            splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"], cache=False))
+
+    return RecalibrateBatchNorm(batches, steps, always=cfg["recalibrate_batchnorm"] is True)
+
+
 def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
     """fit's callbacks, in the order they must run."""
     from keras_hashing.training.callbacks import BackboneWarmup, HashingTensorBoard, StopOnNonFinite
@@ -336,6 +356,8 @@ def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
     callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
                  HashingTensorBoard(logs, splits.val, splits.class_names,
                                     max_samples=cfg["tensorboard_samples"])]
+    if cfg["recalibrate_batchnorm"]:  # before validation, which infers with the statistics
+        callbacks.insert(0, batchnorm_callback(cfg, splits))
     if cfg["backbone_warmup_epochs"]:
         callbacks.insert(0, BackboneWarmup(cfg["backbone_warmup_epochs"]))
     if cfg["patience"]:
@@ -376,6 +398,21 @@ def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch
                          else None),
         epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
         verbose=verbose, shuffle=False, steps_per_epoch=fit_steps)
+
+
+def collapse_report(splits: dict) -> dict:
+    """``evaluation.collapse_check`` of each named split's (bits, labels), with one warning
+    line per collapsed split; ``collapsed`` is True when any is."""
+    from keras_hashing.data.images import warn
+
+    report = {}
+    for name, (bits, labels) in splits.items():
+        check = evaluation.collapse_check(bits, labels)
+        if check["collapsed"]:
+            warn(f"{name}: {check['message']}")
+        report[name] = check
+    report["collapsed"] = any(check["collapsed"] for check in report.values())
+    return report
 
 
 PRECISION_KS = (1, 10, 50, 100, 200, 500, 1000)
@@ -419,6 +456,8 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     metrics["pr_curve"] = {key: [round(float(v), 5) for v in values]
                            for key, values in metrics["pr_curve"].items()}
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
+    metrics["collapse"] = collapse_report(
+        {"query": (np.asarray(query_out["bits"], np.uint8), query_y), "database": (db_bits, db_y)})
     metrics["class_spread"] = evaluation.class_distance_spread(query_codes, query_y, model.bits)
     ablations = model.query_ablations()
     if ablations:
