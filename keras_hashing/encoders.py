@@ -29,8 +29,10 @@ import numpy as np
 
 from keras_hashing import codes as codes_lib
 from keras_hashing.data.images import check_readable, warn, warn_skipped
+from keras_hashing.data.splits import split_digest
 from keras_hashing.evaluation import collapse_check
 from keras_hashing.errors import DataError
+from keras_hashing.fileio import open_regular
 
 
 class Encoder(Protocol):
@@ -139,7 +141,7 @@ def serving_batches(client, split, batch_size=32, concurrency=4, verbose=0):
 
     def read(path):
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "rb") as f:
                 return f.read()
         except OSError:
             return None
@@ -256,10 +258,12 @@ def index_from_serving(client, split, out, source: dict, batch_size=32, concurre
 
 
 def _fingerprint(encoder, bits, split, source) -> dict:
-    """What an interrupted build must share with its resume: encoder, inputs, length."""
-    paths = split.paths
+    """What an interrupted build must share with its resume: encoder, source, and the
+    whole input list (a digest of every path and label, in order: an image moved to
+    another class folder, added or removed changes it)."""
     return {"encoder": encoder, "bits": bits, "count": len(split), "source": source,
-            "first": str(paths[0]) if paths is not None and len(split) else None}
+            "inputs": split_digest(split)}
+
 
 
 def save_codes(path, codes, bits, split, kept) -> None:

@@ -130,6 +130,46 @@ def retrieval_metrics(query_codes, database_codes, query_labels, database_labels
     return out
 
 
+def asymmetric_map(signed_queries, database_codes, query_labels, database_labels, bits,
+                   map_at=(None,)) -> dict:
+    """mAP@k of the asymmetric ranking: the database (packed bits b) ordered for each
+    query by <s, 2b - 1>, its real-valued signed code s against the bits (highest first,
+    ties by position), with the module's mAP@k conventions. This is re-ranking with the
+    whole database as candidates (``HammingIndex.search(rerank=...)`` re-ranks a Hamming
+    top R). Returns ``{"map_all_asym": ..., "map_<k>_asym": ...}``.
+
+    Example:
+        >>> import numpy as np
+        >>> db = codes_lib.pack_bits([[0, 1], [1, 0], [0, 0]])
+        >>> s = np.array([[0.9, -0.1]])            # bits 10: item 1 first, then 2, then 0
+        >>> asymmetric_map(s, db, [1], [0, 0, 1], bits=2)
+        {'map_all_asym': 0.5}
+    """
+    signed = np.asarray(signed_queries, np.float32)
+    d = codes_lib.as_packed(database_codes, bits)
+    ql, dl = np.asarray(query_labels), np.asarray(database_labels)
+    nq, n = signed.shape[0], d.shape[0]
+    if nq == 0 or n == 0 or signed.shape[1] != bits or len(ql) != nq or len(dl) != n:
+        raise HashingError(f"asymmetric mAP needs (Q, {bits}) signed codes and matching "
+                           f"labels, got {signed.shape} for {n} database items")
+    pm1 = codes_lib.unpack_bits(d, bits).astype(np.float32) * 2.0 - 1.0
+    ks = [n if k is None else min(int(k), n) for k in map_at]
+    ap_sums = np.zeros(len(ks))
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, nq, chunk):
+        rows = np.arange(start, min(nq, start + chunk))
+        order = np.argsort(-(signed[rows] @ pm1.T), axis=1, kind="stable")
+        rel_sorted = np.take_along_axis(relevance(ql[rows], dl), order, axis=1)
+        hits = np.cumsum(rel_sorted, axis=1, dtype=np.int64)
+        precision = hits / np.arange(1, n + 1)
+        for j, k in enumerate(ks):
+            found = hits[:, k - 1]
+            ap = (precision[:, :k] * rel_sorted[:, :k]).sum(axis=1)
+            ap_sums[j] += np.divide(ap, found, out=np.zeros(len(rows)), where=found > 0).sum()
+    return {("map_all" if k is None else f"map_{int(k)}") + "_asym": float(total / nq)
+            for k, total in zip(map_at, ap_sums)}
+
+
 def _add_pr_curve(dist, rel, bins, p_sum, r_sum) -> None:
     """Add a chunk's per-radius precision and recall sums into ``p_sum`` / ``r_sum``."""
     rows = dist.shape[0]

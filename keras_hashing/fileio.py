@@ -15,8 +15,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 
 from keras_hashing.errors import HashingError, OutputError
@@ -115,11 +117,69 @@ def check_output_dir(path) -> None:
         raise OutputError(f"{path}: the folder is not writable")
 
 
+_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotRegularFileError(OSError):
+    """A path that names a pipe, socket or device where a file is read: reading it could
+    block forever, so it is refused like an unreadable file (an OSError)."""
+
+
+def open_regular(path, mode="rb", encoding=None, newline=None):
+    """``open(path, mode)`` for reading, refusing what is not a regular file without
+    blocking: a named pipe, socket or device raises NotRegularFileError (an OSError, so
+    the caller's ``except OSError`` reports it in one line), a folder IsADirectoryError.
+
+    The file is opened non-blocking and checked with fstat, so nothing can swap the path
+    between the check and the read.
+
+    Example:
+        >>> import tempfile, os
+        >>> d = tempfile.mkdtemp(); os.mkfifo(os.path.join(d, "pipe.png"))
+        >>> open_regular(os.path.join(d, "pipe.png"))
+        Traceback (most recent call last):
+        ...
+        keras_hashing.fileio.NotRegularFileError: [Errno 22] not a regular file (a named pipe): ...
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; elsewhere a plain open
+    fd = os.open(path, os.O_RDONLY | nonblocking)
+    try:
+        check_regular(path, os.fstat(fd).st_mode)
+        if nonblocking:  # a regular file ignores the flag; clear it all the same
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, encoding=encoding, newline=newline)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_regular(path, mode=None) -> None:
+    """Raise NotRegularFileError (IsADirectoryError for a folder) unless ``path`` (of
+    ``st_mode`` ``mode``, stat-ed when None) is a regular file; a missing path raises
+    FileNotFoundError."""
+    mode = os.stat(path).st_mode if mode is None else mode
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    raise NotRegularFileError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+
+
+def is_regular_file(path) -> bool:
+    """True for a regular file (symbolic links followed); False for anything else."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def file_starts_with(prefix: bytes):
     """A ``kind`` test for ``check_output_path``: files whose first bytes are ``prefix``."""
     def kind(path) -> bool:
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "rb") as f:
                 return f.read(len(prefix)) == prefix
         except OSError:
             return False
@@ -143,7 +203,7 @@ def write_json(path, obj) -> None:
 def read_json(path):
     """Read a JSON file; a missing or malformed file raises HashingError naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, "r", encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise HashingError(f"{path}: file not found") from None

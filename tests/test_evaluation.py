@@ -148,3 +148,33 @@ def test_map_by_class_weights_back_to_the_overall_map_and_refuses_multi_label():
         ev.mean_average_precision(q, db, q_labels, db_labels, 16))
     with pytest.raises(HashingError, match="single-label"):
         ev.map_by_class(q, db, np.eye(4)[q_labels], np.eye(4)[db_labels], 16)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_asymmetric_map_is_the_map_of_the_score_ranking(multi_label):
+    rng = np.random.default_rng(1)
+    bits, n, nq = 8, 150, 12  # 8 bits: many equal scores, ties broken by position
+    d_bits = rng.integers(0, 2, (n, bits))
+    signed = rng.choice([-1.0, -0.5, 0.5, 1.0], size=(nq, bits)).astype(np.float32)
+    if multi_label:
+        ql, dl = rng.integers(0, 2, (nq, 4)), rng.integers(0, 2, (n, 4))
+    else:
+        ql, dl = rng.integers(0, 3, nq), rng.integers(0, 3, n)
+    got = ev.asymmetric_map(signed, pack_bits(d_bits), ql, dl, bits, map_at=(None, 20))
+    aps, aps_k = [], []
+    for i in range(nq):
+        score = [float(signed[i] @ (2 * d_bits[j] - 1)) for j in range(n)]
+        order = sorted(range(n), key=lambda j: (-score[j], j))
+        rel = [bool(np.any(ql[i] & dl[j])) if multi_label else ql[i] == dl[j] for j in order]
+
+        def ap(cut):
+            hits, total = 0, 0.0
+            for rank, r in enumerate(rel[:cut], 1):
+                if r:
+                    hits += 1
+                    total += hits / rank
+            return total / hits if hits else 0.0
+        aps.append(ap(n))
+        aps_k.append(ap(20))
+    assert got["map_all_asym"] == pytest.approx(np.mean(aps), abs=1e-9)
+    assert got["map_20_asym"] == pytest.approx(np.mean(aps_k), abs=1e-9)

@@ -232,3 +232,31 @@ def test_radius_above_the_code_length_returns_everything(method):
     index.add(pack_bits(np.random.default_rng(0).integers(0, 2, (50, 16))))
     lims, dist, ids = index.range_search(np.zeros((2, 2), np.uint8), 10**12)
     assert lims.tolist() == [0, 50, 100] and sorted(ids[:50].tolist()) == list(range(50))
+
+
+@pytest.mark.parametrize("method", ["flat", "mih"])
+def test_rerank_orders_the_hamming_top_r_by_the_asymmetric_score(method):
+    rng = np.random.default_rng(0)
+    bits, n, k, depth = 16, 400, 5, 40
+    index = HammingIndex(bits, method=method)
+    index.add(pack_bits(rng.integers(0, 2, (n, bits))))
+    signed = rng.normal(size=(7, bits)).astype(np.float32)
+    queries = pack_bits(signed >= 0)
+    dist, ids = index.search(queries, k, rerank=signed, depth=depth)
+    # independently: the Hamming top `depth` (ties by position), then the highest scores
+    db = np.unpackbits(index.codes, axis=1, count=bits).astype(np.float32)
+    q_bits = (signed >= 0).astype(np.float32)
+    hamming = (q_bits[:, None, :] != db[None]).sum(-1)
+    for i in range(len(signed)):
+        candidates = sorted(range(n), key=lambda j: (hamming[i, j], j))[:depth]
+        score = {j: float(signed[i] @ (2 * db[j] - 1)) for j in candidates}
+        expected = sorted(candidates, key=lambda j: (-score[j], candidates.index(j)))[:k]
+        assert ids[i].tolist() == expected
+        assert dist[i].tolist() == [int(hamming[i, j]) for j in expected]
+    # without re-ranking, the Hamming order; a depth below k is refused
+    assert index.search(queries, k)[1][:, 0].tolist() == [
+        sorted(range(n), key=lambda j: (hamming[i, j], j))[0] for i in range(len(signed))]
+    with pytest.raises(HashingError, match="depth"):
+        index.search(queries, k, rerank=signed, depth=k - 1)
+    with pytest.raises(HashingError, match="shape"):
+        index.search(queries, k, rerank=signed[:, :4])

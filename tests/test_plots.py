@@ -57,6 +57,22 @@ def test_cli_plot_writes_every_picture(trained_run, tmp_path, capsys):
         assert _png(p)[0][0] > 200
 
 
+def test_cli_plot_refuses_runs_of_other_data_in_one_line(trained_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run.path, other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics.update(dataset="fashion_mnist", protocol="fmnist")
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    code = cli.main(["plot", "--run", trained_run.path, "--runs", str(other),
+                     "--out", str(tmp_path / "plots")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"digits: {trained_run.path}" in err and f"fashion_mnist (fmnist): {other}" in err
+    assert not (tmp_path / "plots").exists()
+
+
 def test_cli_config_show_prints_method_defaults(capsys):
     assert cli.main(["config", "show", "--method", "ssdh", "--set", "bits=12"]) == 0
     out = capsys.readouterr().out

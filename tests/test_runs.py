@@ -63,11 +63,30 @@ def test_a_folder_that_is_not_a_run_is_never_written_without_force(tmp_path, cap
     assert "not a run" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert (out / "config.yaml").read_text() == "mine: true\n"
     assert sorted(os.listdir(out)) == ["backup", "config.yaml"]
-    # with --force the run is written beside the user's files, and none of theirs goes
+    # --force writes beside the user's files, never over them: their config.yaml would be
+    # replaced, so it is refused, naming the file
+    for name, text in (("config.yaml", "mine: true\n"), ("metrics.json", "{}"),
+                       ("model.keras", "mine"), ("run.json", "[]")):
+        (out / name).write_text(text)
+        assert cli.main(["fit", "--out", str(out), "--force", *FAST]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{out / name} is not a keras-hashing run" in err
+        assert (out / name).read_text() == text
+        (out / name).rename(out / f"mine-{name}")
+    (out / "logs").mkdir()
+    (out / "logs" / "notes.txt").write_text("mine")
     assert cli.main(["fit", "--out", str(out), "--force", *FAST]) == 0
     assert (out / "backup" / "precious.txt").read_text() == "keep"
     assert runs.load_run(str(out)).metrics["epochs_run"] == 1
     assert sorted(os.listdir(out / "backup")) == ["precious.txt"]
+    assert (out / "mine-config.yaml").read_text() == "mine: true\n"
+    # a restart removes the run's own logs and outputs; the user's files under logs/ stay
+    events = sorted(p for p in (out / "logs").rglob("events.out.tfevents*"))
+    assert events
+    assert cli.main(["fit", "--out", str(out), "--restart", *FAST]) == 0
+    assert (out / "logs" / "notes.txt").read_text() == "mine"
+    assert not any(p.exists() for p in events)  # replaced by the new run's event files
+    assert (out / "mine-model.keras").read_text() == "mine"
 
 
 def test_a_resume_must_have_the_settings_the_run_started_with(tmp_path):
@@ -94,12 +113,16 @@ def test_restart_trains_a_finished_run_again(tmp_path, capsys):
     assert cli.main(["fit", "--out", str(out), *FAST]) == 0
     first = runs.load_run(str(out)).metrics["train_seconds"]
     (out / "plots").mkdir()  # the user's own outputs in the run stay
+    (out / "logs" / "notes.txt").write_text("what I tried")  # also under logs/
+    (out / "logs" / "train" / "mine.csv").write_text("1,2")
     assert cli.main(["fit", "--out", str(out), *FAST]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
     assert cli.main(["fit", "--out", str(out), "--restart", *FAST, "--seed", "5"]) == 0
     again = runs.load_run(str(out))
     assert again.config["seed"] == 5 and again.metrics["train_seconds"] != first
     assert (out / "plots").is_dir()
+    assert (out / "logs" / "notes.txt").read_text() == "what I tried"
+    assert (out / "logs" / "train" / "mine.csv").read_text() == "1,2"
 
 
 LOCK_HOLDER = """

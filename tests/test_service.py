@@ -81,7 +81,7 @@ def test_search_by_codes_images_and_ids_is_what_the_index_gives(client, collecti
 
 BAD_REQUESTS = [
     ("code of the wrong length", {"codes": [[1, 2, 3, 4]], "k": 3}, 400, "bytes"),
-    ("code byte out of range", {"codes": [[300, 0, 0]], "k": 3}, 400, "0..255"),
+    ("code byte out of range", {"codes": [[300, 0, 0]], "k": 3}, 400, "255"),
     ("no query", {"k": 3}, 400, "exactly one of"),
     ("two kinds of query", {"codes": [[0, 0, 0]], "ids": [1]}, 400, "exactly one of"),
     ("k zero", {"codes": [[0, 0, 0]], "k": 0}, 400, "k must be"),
@@ -95,6 +95,16 @@ BAD_REQUESTS = [
      "could not be decoded"),
     ("too many queries", {"ids": list(range(65))}, 400, "queries"),
     ("unknown id", {"ids": [10**6]}, 404, "not in the index"),
+    # numbers beyond what numpy holds: refused before they reach it
+    ("code byte past int64", {"codes": [[10**30, 0, 0]], "k": 3}, 400, "codes"),
+    ("negative code byte", {"codes": [[-(10**30), 0, 0]], "k": 3}, 400, "codes"),
+    ("id past int64", {"ids": [10**30]}, 400, "ids"),
+    ("id below int64", {"ids": [-(10**30)]}, 400, "ids"),
+    ("k past int64", {"codes": [[0, 0, 0]], "k": 10**30}, 400, "k"),
+    ("radius past int64", {"codes": [[0, 0, 0]], "radius": 10**30}, 400, "radius"),
+    ("radius past the longest code", {"codes": [[0, 0, 0]], "radius": 5000}, 400, "radius"),
+    ("k a float", {"codes": [[0, 0, 0]], "k": 2.5}, 400, "k"),
+    ("code byte a float", {"codes": [[1e30, 0, 0]], "k": 3}, 400, "codes"),
 ]
 
 
@@ -103,6 +113,16 @@ def test_client_mistakes_are_json_errors_never_500(client, case):
     _, body, status, message = case
     r = client.post("/v1/search", json=body)
     assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("url", [f"/v1/items/{10**30}/thumbnail",
+                                 f"/v1/items/{-(10**30)}/thumbnail", "/v1/items?seed=-1",
+                                 f"/v1/items?seed={10**30}",
+                                 f"/v1/items?sample={10**30}", "/v1/items?sample=0",
+                                 "/v1/items/abc/thumbnail", "/v1/items?seed=1e3"])
+def test_numbers_in_paths_and_queries_out_of_range_are_400(client, url):
+    r = client.get(url)
+    assert r.status_code == 400 and "error" in r.json(), r.text
 
 
 def test_bodies_and_images_are_capped_before_decoding(client):
@@ -127,7 +147,10 @@ def test_bodies_and_images_are_capped_before_decoding(client):
 
 
 def test_health_metrics_and_schema(client):
-    assert client.get("/healthz").json() == {"status": "ready", "items": 36}
+    assert client.get("/healthz").json() == {"status": "ready", "items": 36,
+                                             "index_swap_refused": None}
+    head = client.head("/healthz")  # probes use HEAD: it answers as GET, without a body
+    assert head.status_code == 200 and head.content == b""
     client.post("/v1/search", json={"ids": [1], "k": 2})
     text = client.get("/metrics").text
     assert 'keras_hashing_requests_total{route="/v1/search",status="200"}' in text
@@ -150,6 +173,11 @@ def test_a_token_guards_every_route_but_healthz(trained_run, collection):
         ok = c.post("/v1/search", json={"ids": [0]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert c.get("/v1/items/0/thumbnail?token=s3cret").status_code == 200
+        assert c.get("/?token=s3cret").status_code == 200
+        # elsewhere a token in the URL (logged by proxies) is not accepted
+        for path in ("/v1/index", "/metrics", "/v1/items", "/openapi.json"):
+            assert c.get(f"{path}?token=s3cret").status_code == 401, path
+        assert c.post("/v1/search?token=s3cret", json={"ids": [0]}).status_code == 401
         assert c.get("/healthz").status_code == 200
         # without an encoder, images are refused and codes or ids still work
         r = c.post("/v1/search", json={"images": [{"b64": "AAAA"}]},
@@ -244,6 +272,60 @@ def test_replacing_the_index_file_under_load_drops_no_request(collection, tmp_pa
         info = httpx.get(url + "/v1/index").json()
     assert failures == [] and answers[0] > 20
     assert info["ntotal"] == 2 * len(base) and info["swaps"] >= 1
+
+
+def test_a_swap_passes_the_start_up_checks_or_keeps_the_old_index(trained_run, collection,
+                                                                   tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from keras_hashing.training.runs import check_index_matches_run
+
+    _, khi = collection
+    live = tmp_path / "live.khi"
+    shutil.copy(khi, live)
+    good = HammingIndex.load(khi)
+    app = service.create_app(
+        live, KerasEncoder(trained_run.model), poll_seconds=3600,
+        check_index=lambda index: check_index_matches_run(trained_run, index, "the index"))
+    holder = app.state.holder
+    other_model = HammingIndex.merge([good])  # same bits, another model's codes
+    other_model.metadata = {**good.metadata, "model_sha256": "0" * 64, "run": "/elsewhere"}
+    wider = HammingIndex(good.bits + 8)
+    wider.add(np.zeros((3, (good.bits + 15) // 8), np.uint8))
+    replacements = [("another model's index", lambda: other_model.save(live), "another model"),
+                    ("an empty index", lambda: HammingIndex(good.bits).save(live), "no items"),
+                    ("other code length", lambda: wider.save(live), "bit"),
+                    ("a corrupt file", lambda: live.write_bytes(b"KHI garbage"), str(live))]
+    with TestClient(app) as client:
+        for refused, (what, replace, reason) in enumerate(replacements, 1):
+            replace()
+            assert holder.refresh() is False, what
+            assert holder.current is not None and len(holder.current) == len(good), what
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(
+                "keras-hashing: warning: index swap refused") and reason in err[0], (what, err)
+            assert holder.refresh() is False and capsys.readouterr().err == ""  # once
+            health = client.get("/healthz")
+            assert health.status_code == 200 and reason in health.json()["index_swap_refused"]
+            assert f"keras_hashing_index_swaps_refused {float(refused)}" in \
+                client.get("/metrics").text
+            answer = client.post("/v1/search", json={"ids": [0], "k": 1})
+            assert answer.status_code == 200
+        shutil.copy(khi, tmp_path / "fresh.khi")
+        os.replace(tmp_path / "fresh.khi", live)  # a good file again: swapped in
+        assert holder.refresh() is True and holder.last_refusal is None
+        assert client.get("/healthz").json()["index_swap_refused"] is None
+
+
+def test_serve_on_a_port_in_use_is_one_line(collection, capsys):
+    _, khi = collection
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--index", str(khi), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"127.0.0.1:{port}: in use" in err, err
 
 
 def _shifted(index, offset):

@@ -19,6 +19,7 @@ from keras_hashing import encoders as streaming
 from keras_hashing.models import prediction
 from keras_hashing.training.config import resolve_config
 from keras_hashing.errors import DataError, IndexFileError
+from keras_hashing.search.index import HammingIndex
 
 COLOURS = np.array([[220, 30, 30], [30, 220, 30], [30, 30, 220]])
 
@@ -267,6 +268,66 @@ def test_interrupted_index_build_resumes_to_the_same_file(tmp_path, photo_run, c
     np.testing.assert_array_equal(a.codes, b.codes)
     assert a.paths == b.paths and a.labels.tolist() == b.labels.tolist()
     assert not os.path.exists(str(out) + ".partial")
+
+
+def test_a_resumed_index_build_refuses_a_changed_file_list(tmp_path, photo_run, collection,
+                                                          monkeypatch):
+    """Killed, then an indexed image moves to another class folder: the rerun must not
+    mix the two lists (the old path indexed, the new one missing)."""
+    import shutil
+
+    folder = tmp_path / "folder"
+    shutil.copytree(collection / "folder", folder)
+    model_batches = streaming.model_batches
+
+    def dying(model, split, batch_size=256, verbose=0):
+        def batches(start):
+            for i, batch in enumerate(model_batches(model, split, 4)(start)):
+                if i == 2:
+                    raise KeyboardInterrupt
+                yield batch
+        return batches
+
+    out = tmp_path / "i.khi"
+    spec = f"folder:{folder}"
+    monkeypatch.setattr(streaming, "model_batches", dying)
+    assert cli.main(["index", "build", "--run", photo_run.path, "--images", spec,
+                     "--out", str(out), "--quiet"]) == 130  # as Ctrl-C
+    monkeypatch.setattr(streaming, "model_batches", model_batches)
+    (folder / "blue" / "0.jpg").rename(folder / "green" / "moved.jpg")
+    assert cli.main(["index", "build", "--run", photo_run.path, "--images", spec,
+                     "--out", str(out), "--quiet"]) == 2
+    assert not out.exists() and os.path.isdir(f"{out}.partial")
+    # the same list as before resumes
+    (folder / "green" / "moved.jpg").rename(folder / "blue" / "0.jpg")
+    assert cli.main(["index", "build", "--run", photo_run.path, "--images", spec,
+                     "--out", str(out), "--quiet"]) == 0
+    assert len(HammingIndex.load(out)) == 30
+
+
+def test_evaluate_refuses_a_folder_that_changed_since_the_run(tmp_path, photo_run, collection,
+                                                              capsys):
+    import shutil
+
+    import yaml
+
+    folder, run = tmp_path / "folder", tmp_path / "run"
+    shutil.copytree(collection / "folder", folder)
+    shutil.copytree(photo_run.path, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["dataset"] = f"folder:{folder}"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # a moved copy of the same images re-splits exactly as the run did
+    assert cli.main(["evaluate", "--run", str(run)]) == 0
+    capsys.readouterr()
+    shutil.copy(folder / "red" / "0.jpg", folder / "red" / "new.jpg")
+    assert cli.main(["evaluate", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "changed since" in err and "split differs" in err
+    (folder / "red" / "new.jpg").unlink()
+    (folder / "red" / "1.jpg").rename(folder / "green" / "1b.jpg")  # moved to another class
+    assert cli.main(["evaluate", "--run", str(run)]) == 2
+    assert "changed since" in capsys.readouterr().err
 
 
 def test_index_build_through_tf_serving_matches_the_model(tmp_path, photo_run, collection):

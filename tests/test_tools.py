@@ -168,7 +168,7 @@ def test_quality_spread_reports_a_deterministic_case(capsys, monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     import quality_spread
 
-    quality_spread.main(["--cases", "itq", "--seeds", "0"])
+    quality_spread.main(["--cases", "itq", "--seeds", "0", "--jobs", "2"])
     row = capsys.readouterr().out.splitlines()[-1].split("|")
     assert row[1].strip() == "itq" and row[5].strip() == "2"
     assert row[3] == row[4] and 0.2 < float(row[3]) < 1

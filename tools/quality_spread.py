@@ -71,22 +71,29 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each is its own process)")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         return run_one(args.one[0], int(args.one[1]))
+    from concurrent.futures import ThreadPoolExecutor
+
+    def measure(case, onednn, seed):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        out = subprocess.run([sys.executable, __file__, "--one", case, str(seed)],
+                             capture_output=True, text=True, env=env, cwd=ROOT)
+        if out.returncode != 0:
+            raise SystemExit(f"{case} seed {seed} oneDNN {onednn} failed:\n"
+                             f"{out.stderr[-2000:]}")
+        return json.loads(out.stdout.splitlines()[-1])["map_all"]
+
     print("| case | bar | lowest | highest | runs |\n|---|---:|---:|---:|---:|")
     for case in args.cases:
-        values = []
-        for onednn in ("0", "1"):
-            for seed in args.seeds:
-                env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "3"}
-                out = subprocess.run([sys.executable, __file__, "--one", case, str(seed)],
-                                     capture_output=True, text=True, env=env, cwd=ROOT)
-                if out.returncode != 0:
-                    raise SystemExit(f"{case} seed {seed} oneDNN {onednn} failed:\n"
-                                     f"{out.stderr[-2000:]}")
-                values.append(json.loads(out.stdout.splitlines()[-1])["map_all"])
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            values = list(pool.map(lambda run: measure(case, *run),
+                                   [(onednn, seed) for onednn in ("0", "1")
+                                    for seed in args.seeds]))
         bar = CASES[case][2]
         print(f"| {case} | {bar} | {min(values):.3f} | {max(values):.3f} | {len(values)} |",
               flush=True)

@@ -206,6 +206,9 @@ def _search_parser(sub, common) -> None:
     s.add_argument("--images", nargs="+", required=True,
                    help="image files, or one .npy array of images (N, H, W, C)")
     s.add_argument("-k", type=int, default=10)
+    s.add_argument("--rerank", type=int, metavar="R",
+                   help="re-rank the Hamming top R (>= k) by each query's real-valued code "
+                        "(asymmetric distance; with --run)")
     s.add_argument("--index-method", choices=("flat", "mih"), default="flat",
                    help="exhaustive scan (default) or multi-index hashing; both exact")
     s.add_argument("--mmap", action="store_true",
@@ -437,11 +440,12 @@ def cmd_plot(args) -> int:
     from keras_hashing.training import plots
     from keras_hashing.training.runs import metric_rows
 
+    # runs of other data are refused before anything is drawn
+    rows = metric_rows([args.run, *args.runs]) if args.runs else None
     run, splits = _run_and_splits(args)
     out = args.out or os.path.join(args.run, "plots")
     paths = plots.plot_run(run, splits, out)
-    if args.runs:
-        rows = metric_rows([args.run, *args.runs])
+    if rows:
         paths["map_vs_bits"] = plots.plot_map_vs_bits(rows, os.path.join(out, "map_vs_bits.png"))
     emit(json.dumps(paths, indent=2))
     return 0
@@ -479,7 +483,7 @@ def cmd_search(args) -> int:
     serving = _serving_client(args, wait=False) if args.serving_url else None
     rows = search_images(args.index, args.images, args.k, run_path=args.run, serving=serving,
                          show=args.show, mmap=args.mmap, method=args.index_method,
-                         verbose=_verbose_startup, wait=args.wait)
+                         verbose=_verbose_startup, wait=args.wait, rerank=args.rerank)
     for row in rows:
         emit(json.dumps(row))
     return 0
@@ -491,6 +495,7 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise HashingError(f"--port must be in 1..65535, got {args.port}")
     token = args.token or os.environ.get(service.TOKEN_ENV) or None
+    check_index = None
     if args.serving_url:
         encoder = _serving_client(args)
     elif args.run:
@@ -498,20 +503,25 @@ def cmd_serve(args) -> int:
         from keras_hashing.training.runs import check_index_matches_run, load_run
 
         run = load_run(args.run)
-        check_index_matches_run(run, service.IndexHolder(args.index).current,
-                                f"index {args.index}")
         from keras_hashing.encoders import KerasEncoder
 
         encoder = KerasEncoder(run.model)
+
+        def check_index(index):  # at start-up and on every swap of the file
+            check_index_matches_run(run, index, f"index {args.index}")
     else:
         encoder = None  # codes and database ids only
-    app = service.create_app(args.index, encoder, token=token, method=args.index_method)
+    app = service.create_app(args.index, encoder, token=token, method=args.index_method,
+                             check_index=check_index)
     import uvicorn
 
+    # bound here, so a port in use (or a host that is not this machine's) is one line
+    sock = service.listening_socket(args.host, args.port)
     print(f"keras-hashing: serving {args.index} on http://{args.host}:{args.port}/"
           + ("" if token else " (no token: anyone who can reach it may search)"),
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
     return 0
 
 

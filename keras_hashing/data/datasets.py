@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -40,12 +41,14 @@ import zlib
 
 import numpy as np
 
+from keras_hashing.data import benchmarks
 from keras_hashing.data import sources
 from keras_hashing.data import images
 from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE, FileSplit, load_images
 from keras_hashing.data.tfds import tfds_splits
 from keras_hashing.data.splits import ArraySplit, DatasetSplits, carve, stratified_take
 from keras_hashing.errors import DataError
+from keras_hashing.fileio import open_regular
 
 # Pixels are uint8 0..255 everywhere until a model (or a pixel-space baseline) scales
 # them to [0, 1] by this, the one place the factor is written.
@@ -66,9 +69,9 @@ IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
 PROTOCOLS = {
     "digits": ("digits",),
     "fashion_mnist": ("fmnist", "fmnist-reduced", "fmnist-unseen", "fmnist-unseen-all"),
-    "tfds": ("standard",),
+    "tfds": ("standard", *benchmarks.CIFAR10_PROTOCOLS),
     "folder": ("standard",),
-    "list": ("standard",),
+    "list": ("standard", *benchmarks.LIST_PROTOCOLS),
     "csv": ("standard",),
 }
 
@@ -103,6 +106,10 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
     if protocol not in PROTOCOLS[kind]:
         raise DataError(f"protocol {protocol!r} does not apply to {name}; choose from "
                         f"{', '.join(PROTOCOLS[kind])}")
+    if protocol in benchmarks.LIST_PROTOCOLS and not (
+            kind == "list" and os.path.isdir(name.split(":", 1)[1])):
+        raise DataError(f"the {protocol} protocol reads DeepHash-pytorch's three lists: use "
+                        "--dataset list:DIR (train.txt, test.txt, database.txt)")
     rng = np.random.default_rng(seed)
     if kind == "digits":
         x, y = _load_digits()
@@ -119,10 +126,13 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
         splits, num_classes, class_names = tfds_splits(
-            name.split(":", 1)[1], data_dir, rng, image_size, channels, download)
+            name.split(":", 1)[1], data_dir, rng, image_size, channels, download, protocol)
     else:
         splits, num_classes, class_names = _file_splits(name, data_dir, rng, image_size,
                                                         channels, on_bad_image)
+        if protocol in benchmarks.LIST_PROTOCOLS:
+            benchmarks.check_list_protocol(protocol, num_classes,
+                                           splits["train"].y.ndim == 2, name)
     result = DatasetSplits(name=name, protocol=protocol, num_classes=num_classes,
                            class_names=class_names, multi_label=splits["train"].y.ndim == 2,
                            **splits)
@@ -256,9 +266,9 @@ def _find(data_dir, stem):
 
 def read_idx(path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) of unsigned bytes; errors name the file."""
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with open_regular(path, "rb") as raw, (gzip.open(raw) if path.endswith(".gz")
+                                               else contextlib.nullcontext(raw)) as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None

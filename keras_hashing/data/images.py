@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from keras_hashing.errors import DataError
+from keras_hashing.fileio import is_regular_file
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
 
@@ -101,7 +102,7 @@ def load_images_dataset(paths_ds, image_size, channels, deterministic=True):
 
     def one(path, *extras):
         good = tf.data.Dataset.from_tensors(path).map(
-            lambda p: (decode_image(tf.io.read_file(p), image_size, channels), True))
+            lambda p: (decode_image(read_regular_file(p), image_size, channels), True))
         bad = tf.data.Dataset.from_tensors((tf.zeros(shape, tf.uint8), False))
         return good.ignore_errors().concatenate(bad).take(1).map(
             lambda img, ok: (img, ok, path, *extras))
@@ -109,6 +110,22 @@ def load_images_dataset(paths_ds, image_size, channels, deterministic=True):
     return paths_ds.interleave(one, cycle_length=16, block_length=1,
                                num_parallel_calls=tf.data.AUTOTUNE,
                                deterministic=deterministic)
+
+
+def read_regular_file(path):
+    """``tf.io.read_file`` of a regular file; a named pipe, socket or device fails at once
+    (tf.io.read_file would block on a pipe, beyond Ctrl-C). Remote paths (``gs://``, ...)
+    are TensorFlow's to check."""
+    import tensorflow as tf
+
+    regular = tf.numpy_function(_regular_or_remote, [path], tf.bool, stateful=False)
+    with tf.control_dependencies([tf.debugging.Assert(regular, ["not a regular file", path])]):
+        return tf.io.read_file(path)
+
+
+def _regular_or_remote(path: bytes) -> bool:
+    path = path.decode("utf-8", "surrogateescape")
+    return "://" in path or is_regular_file(path)
 
 
 def handle_bad_images(ds, on_bad_image):

@@ -11,7 +11,8 @@ Sources (``--dataset`` / ``--images``):
   as class ids) or a single class id or name. Relative paths resolve against
   ``data_dir``, else the list file's folder. ``list:DIR`` with DeepHash-pytorch's
   ``train.txt``, ``test.txt`` and ``database.txt`` uses them as the train, query and
-  database splits.
+  database splits. Fields are split on whitespace, so a path cannot hold spaces; blank
+  lines and ``#`` comments are skipped.
 * ``csv:FILE``: a header row with a path column (``path``, ``filename``, ``file`` or
   ``image``) and optionally a label column (``label``, ``labels``, ``class`` or
   ``classes``); several labels in one cell are separated by ``|`` or spaces
@@ -42,6 +43,7 @@ from keras_hashing.data.images import (check_policy, handle_bad_images, load_ima
                                        warn)
 from keras_hashing.data.splits import StreamedSplit
 from keras_hashing.errors import DataError
+from keras_hashing.fileio import open_regular
 
 DEFAULT_IMAGE_SIZE = (32, 32)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jxl")
@@ -113,17 +115,19 @@ def read_folder(path, on_bad_image="fail") -> Collection:
     files, labels, others = [], [], []
     for label, cls in enumerate(class_names):
         with os.scandir(os.path.join(path, cls)) as entries:
-            names = sorted(e.name for e in entries if not e.name.startswith("."))
-        for fname in names:
+            # is_file() follows links and is False for a pipe, socket or device: reading
+            # one would block, so it counts as a file that is not an image
+            names = sorted((e.name, e.is_file()) for e in entries if not e.name.startswith("."))
+        for fname, regular in names:
             full = os.path.join(path, cls, fname)
-            if fname.lower().endswith(IMAGE_EXTENSIONS):
+            if regular and fname.lower().endswith(IMAGE_EXTENSIONS):
                 files.append(full)
                 labels.append(label)
             else:
                 others.append(full)
     if others:
         if check_policy(on_bad_image) == "fail":
-            raise DataError(f"{others[0]}: not an image file (expected one of "
+            raise DataError(f"{others[0]}: not an image file (a regular file named one of "
                             f"{', '.join(IMAGE_EXTENSIONS)}); remove it from the folder or "
                             "pass --on-bad-image skip")
         warn(f"skipping {len(others)} file(s) that are not images, e.g. {others[0]}")
@@ -133,12 +137,14 @@ def read_folder(path, on_bad_image="fail") -> Collection:
 
 
 def read_list_file(path, data_dir=None) -> Collection:
-    """One image a line: ``path [labels...]`` (DeepHash-pytorch's format)."""
+    """One image a line: ``path [labels...]`` split on whitespace (DeepHash-pytorch's
+    format), so a path cannot hold spaces (a CSV can); every line has the same number of
+    label fields. Blank lines and lines starting with ``#`` are skipped, and a UTF-8
+    byte-order mark is ignored."""
     lines = _read_lines(path)
     base = data_dir or os.path.dirname(os.path.abspath(path))
     paths, rows = [], []
     for number, line in lines:
-        # A path may hold spaces only if it is the whole line (no labels).
         fields = line.split()
         paths.append(_resolve(fields[0], base))
         rows.append(fields[1:])
@@ -167,7 +173,7 @@ def read_csv_file(path, data_dir=None) -> Collection:
     """A CSV with a header: a path column and optionally a label column."""
     base = data_dir or os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open_regular(path, "r", newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
             rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
@@ -243,7 +249,8 @@ def concatenate(collections) -> Collection:
 
 def _read_lines(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first path
+        with open_regular(path, "r", encoding="utf-8-sig") as f:
             lines = [(i + 1, line.strip()) for i, line in enumerate(f)]
     except FileNotFoundError:
         raise DataError(f"list file {path} does not exist") from None
@@ -360,7 +367,8 @@ def read_query_images(paths, shape=None):
     """
     if len(paths) == 1 and str(paths[0]).endswith(".npy"):
         try:
-            images = np.load(paths[0], allow_pickle=False)
+            with open_regular(paths[0], "rb") as f:
+                images = np.load(f, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise DataError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
         if images.size == 0 or images.ndim == 0 or (images.ndim < 3 and
@@ -375,7 +383,7 @@ def read_query_images(paths, shape=None):
     blobs = []
     for p in paths:
         try:
-            with open(p, "rb") as f:
+            with open_regular(p, "rb") as f:
                 blobs.append(f.read())
         except OSError as e:
             raise DataError(f"{p}: cannot read image ({e.strerror})") from None

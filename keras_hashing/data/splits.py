@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
+import os
 
 import numpy as np
 
@@ -168,3 +170,29 @@ def carve(whole, q_idx, db_idx, val_fraction, rng):
                                           pool=db_idx)
     return {"query": whole.subset(q_idx), "database": whole.subset(db_idx),
             "val": whole.subset(val_idx), "train": whole.subset(train_idx)}
+
+
+def split_digest(split) -> str:
+    """sha256 of a split's image paths (or pixels, in memory) and labels, in order: what
+    a run records to notice later that its images changed.
+
+    Example:
+        >>> import numpy as np
+        >>> a = ArraySplit(np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 1]))
+        >>> split_digest(a) == split_digest(a.subset([1, 0]))
+        False
+    """
+    digest = hashlib.sha256()
+    if split.paths is not None:
+        # the last two parts (class folder, file name): a moved copy of a collection
+        # matches; an image moved to another class, added or removed does not
+        for path in split.paths:
+            head, name = os.path.split(str(path))
+            digest.update(f"{os.path.basename(head)}/{name}".encode("utf-8", "surrogateescape")
+                          + b"\0")
+    elif split.in_memory:
+        digest.update(np.ascontiguousarray(split.x).tobytes())
+    if split.y is not None:
+        labels = np.ascontiguousarray(split.y)
+        digest.update(str(labels.dtype).encode() + str(labels.shape).encode() + labels.tobytes())
+    return digest.hexdigest()

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from keras_hashing.data.benchmarks import CIFAR10_PROTOCOLS, cifar10_positions
 from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE
 from keras_hashing.data.splits import StreamedSplit, stratified_take
 from keras_hashing.errors import DataError
@@ -44,9 +45,12 @@ class TfdsSplit(StreamedSplit):
         return ds
 
 
-def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download):
+def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download,
+                protocol="standard"):
     """Streamed splits of a TensorFlow Datasets dataset: train -> train/val/database,
-    test (or validation) -> query. Only the labels are read here (images skipped)."""
+    test (or validation) -> query; or, for ``tfds:cifar10``, one of the CIFAR-10
+    benchmark protocols (``data.benchmarks``) over train + test. Only the labels are
+    read here (images skipped)."""
     import tensorflow_datasets as tfds
 
     try:
@@ -73,6 +77,15 @@ def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download):
         return TfdsSplit(tfds_name, split, np.arange(len(y)), y, label_key, num_classes,
                          size, channels, data_dir)
 
+    if protocol in CIFAR10_PROTOCOLS:
+        if tfds_name.split(":")[0].split("/")[0] != "cifar10":
+            raise DataError(f"the {protocol} protocol is CIFAR-10's: use --dataset "
+                            f"tfds:cifar10, not tfds:{tfds_name}")
+        both = whole("train+test")
+        is_test = np.arange(len(both)) >= len(whole("train").y)
+        positions = cifar10_positions(both.y, is_test, protocol, rng)
+        return ({name: both.subset(rows) for name, rows in positions.items()}, num_classes,
+                names)
     # Split names come from trying them: builder.info.splits is empty under
     # tfds.testing.mock_data and for some prepared-by-hand datasets.
     database = whole("train")

@@ -101,20 +101,26 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     if not name or os.sep in name or name.startswith("."):
         raise HashingError(f"model name {name!r} must be a plain folder name")
     model_dir = os.path.join(base, name)
-    check_output_dir(model_dir)
+    # every refusal comes before a folder is made: a refused export leaves nothing behind
     version = next_version(model_dir) if version is None else int(version)
     if version < 1:
         raise HashingError(f"version must be a positive integer, got {version}")
     final = os.path.join(model_dir, str(version))
-    if os.path.exists(final):
+    if os.path.lexists(final):
         raise HashingError(f"{final} already exists; TF Serving versions are immutable, pass "
                            f"another --version (next free: {next_version(model_dir)})")
+    created = _first_missing(model_dir)
+    check_output_dir(model_dir)
     tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir)
     try:
         export_dir = os.path.join(tmp, "export")
         build_archive(model).write_out(export_dir, verbose=False)
         os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
         os.replace(export_dir, final)
+    except BaseException:
+        if created:  # the folders this export made, and nothing else
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta = {"name": name, "latest_version": version, "method": model.method_name,
@@ -127,6 +133,14 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
             "keras_hashing_version": __version__, **(metadata or {})}
     write_json(os.path.join(model_dir, METADATA_FILE), meta)
     return final
+
+
+def _first_missing(path):
+    """The outermost folder of ``path`` that does not exist yet, or None."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def export_run(run_dir, base="saved_models", name=None, version=None) -> str:

@@ -14,22 +14,29 @@ from keras_hashing.errors import HashingError
 
 
 def search_images(index_path, images, k=10, run_path=None, serving=None, show=None,
-                  mmap=False, method="flat", verbose=False, wait=60.0) -> list:
+                  mmap=False, method="flat", verbose=False, wait=60.0, rerank=None) -> list:
     """One row per query file: {"query", "ids", "distances"[, "labels"]}.
 
     Exactly one encoder: ``run_path`` (a trained run, checked to be the model that built
     the index) or ``serving`` (a ``serving.client.TFServingClient``, checked against the
     served model the index records, then waited for up to ``wait`` seconds). ``show``
     writes a PNG grid of each query and its neighbours (never over the index or a query).
+    ``rerank`` (an int R >= k, with ``run_path``) re-ranks the Hamming top R by the
+    asymmetric score of each query's real-valued code (``HammingIndex.search``).
     """
+    from keras_hashing.codes import pack_bits
     from keras_hashing.data.sources import read_query_images
     from keras_hashing.search.index import HammingIndex
-    from keras_hashing.serving.client import RetrievalClient
+    from keras_hashing.serving.client import QueryResult, RetrievalClient
 
     # fail fast, before any model loads
     index = HammingIndex.load(index_path, mmap=mmap, method=method)
     if k < 1:
         raise HashingError(f"-k must be >= 1, got {k}")
+    if rerank is not None and (rerank < k or serving is not None):
+        raise HashingError(f"--rerank R needs R >= k ({k}), got {rerank}" if rerank < k else
+                           "--rerank needs each query's real-valued code: encode with --run "
+                           "(TF Serving's answers here carry the bits only)")
     if len(index) == 0:
         raise HashingError(f"index {index_path} is empty; nothing to search")
     if show:
@@ -60,7 +67,15 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
     else:
         raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
                            "query images")
-    result = RetrievalClient(encoder, index).query(images=pixels, image_bytes=blobs, k=k)
+    if rerank is not None:
+        outputs = run.model.predict_arrays(pixels)
+        codes = pack_bits(outputs["bits"])
+        dist, ids = index.search(codes, k, rerank=run.model.signed_code(outputs["code"]),
+                                 depth=int(rerank))
+        labels = None if index.labels is None else index.labels[index.positions_of(ids)]
+        result = QueryResult(ids=ids, distances=dist, labels=labels)
+    else:
+        result = RetrievalClient(encoder, index).query(images=pixels, image_bytes=blobs, k=k)
     if show:
         from keras_hashing.data.datasets import images_of_index
         from keras_hashing.data.sources import load_images

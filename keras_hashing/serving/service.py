@@ -25,16 +25,20 @@ Example:
 
 import asyncio
 import contextlib
+import errno
 import io
 import os
+import sys
 import time
 from importlib import resources
 
 import numpy as np
 
-from keras_hashing.errors import HashingError
+from keras_hashing.errors import HashingError, IndexFileError
 from keras_hashing.search.index import HammingIndex
-from keras_hashing.serving.service_api import (ClientError, image_size_of)
+from keras_hashing.serving.service_api import (INT64_MAX, INT64_MIN, ClientError,
+                                               image_size_of)
+from keras_hashing.fileio import open_regular
 
 MAX_BODY_BYTES = 8 << 20
 THUMBNAIL_PX = 128
@@ -45,15 +49,32 @@ TOKEN_ENV = "KERAS_HASHING_TOKEN"
 class IndexHolder:
     """The current index of a file, memory-mapped; ``refresh`` loads the file again when
     it was replaced (another inode, size or mtime). Readers take ``current`` once per
-    request, so a swap never changes the index under a search."""
+    request, so a swap never changes the index under a search.
 
-    def __init__(self, path, method="flat"):
+    Every index, the first and each replacement, passes the same checks: it loads, holds
+    items, and passes ``check`` (the service's: codes of its encoder's model). A refused
+    replacement keeps the old index, logs one line, and is counted (``refused``) and
+    described (``last_refusal``) until a good one is swapped in.
+    """
+
+    def __init__(self, path, method="flat", check=None):
         self.path = os.fspath(path)
         self.method = method
+        self.check = check
         self.swaps = 0
+        self.refused = 0
+        self.last_refusal = None
         self._stamp = self._file_stamp()
-        # the first load raises (IndexFileError) on a missing or bad file
-        self.current = HammingIndex.load(self.path, mmap=True, method=method)
+        # the first load raises (IndexFileError, ...) on a missing or bad file
+        self.current = self._load()
+
+    def _load(self) -> HammingIndex:
+        index = HammingIndex.load(self.path, mmap=True, method=self.method)
+        if not len(index):
+            raise IndexFileError(f"{self.path} holds no items")
+        if self.check is not None:
+            self.check(index)
+        return index
 
     def _file_stamp(self):
         try:
@@ -64,17 +85,46 @@ class IndexHolder:
 
     def refresh(self) -> bool:
         """Load the file if it changed; True when a new index was swapped in. A file that
-        does not load (yet) keeps the old index."""
+        does not load or fails a check keeps the old index (once per version of it)."""
         stamp = self._file_stamp()
         if stamp is None or stamp == self._stamp:
             return False
+        self._stamp = stamp
         try:
-            index = HammingIndex.load(self.path, mmap=True, method=self.method)
-        except HashingError:
+            index = self._load()
+        except HashingError as e:
+            self.refused += 1
+            self.last_refusal = str(e)
+            print(f"keras-hashing: warning: index swap refused, still serving the previous "
+                  f"index: {e}", file=sys.stderr, flush=True)
             return False
-        self.current, self._stamp = index, stamp
+        self.current, self.last_refusal = index, None
         self.swaps += 1
         return True
+
+
+def listening_socket(host: str, port: int):
+    """A TCP socket bound to (host, port), as uvicorn would bind it; HashingError in one
+    line when the port is taken or the host is not an address of this machine."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise HashingError(f"--host {host}: not an address of this machine ({e.strerror})") \
+            from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        reason = ("in use by another process" if e.errno == errno.EADDRINUSE
+                  else e.strerror or str(e))
+        raise HashingError(f"cannot listen on {host}:{port}: {reason}; choose another "
+                           "--port or --host") from None
+    return sock
 
 
 # -- encoders -------------------------------------------------------------------------------
@@ -131,7 +181,7 @@ def thumbnail_png(index, item_id: int, cache: dict) -> bytes:
         if root is None or os.path.commonpath([root, path]) != root:
             raise ClientError(f"item {item_id}'s file lies outside the collection", status=404)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "rb") as f:
                 blob = f.read()
         except OSError:
             raise ClientError(f"item {item_id}'s file cannot be read", status=404) from None
@@ -169,17 +219,26 @@ def _dataset_pixels(index, position, cache):
 
 # -- the app --------------------------------------------------------------------------------
 def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
-               poll_seconds=1.0, method="flat", max_delay=0.005):
+               poll_seconds=1.0, method="flat", max_delay=0.005, check_index=None):
     """The FastAPI app serving ``index_path``; ``encoder`` (any ``encoders.Encoder``, or
     None: codes and ids only) encodes query images, those of concurrent requests in one
     call (waiting up to ``max_delay`` seconds for company); ``token`` guards every route
-    but /healthz."""
+    but /healthz. ``check_index(index)`` raises HashingError for an index the encoder did
+    not make; it runs on the first index and on every replacement of the file (an
+    encoder's code length is always checked)."""
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
     from keras_hashing import __version__
 
-    holder = IndexHolder(index_path, method=method)
+    def check(index):
+        if encoder is not None and index.bits != encoder.bits:
+            raise IndexFileError(f"{index_path} holds {index.bits}-bit codes but the encoder "
+                                 f"makes {encoder.bits}-bit codes")
+        if check_index is not None:
+            check_index(index)
+
+    holder = IndexHolder(index_path, method=method, check=check)
 
     async def watch_index():
         while True:
@@ -218,6 +277,9 @@ class ServiceMetrics:
                            registry=self.registry)
         self.swaps = Gauge("keras_hashing_index_swaps", "Index files swapped in",
                            registry=self.registry)
+        self.refused = Gauge("keras_hashing_index_swaps_refused",
+                             "Index file replacements refused (the previous index stays)",
+                             registry=self.registry)
 
     def observe(self, path, status, seconds) -> None:
         route = path if path in ROUTES else (
@@ -230,6 +292,7 @@ class ServiceMetrics:
 
         self.items.set(len(holder.current))
         self.swaps.set(holder.swaps)
+        self.refused.set(holder.refused)
         return generate_latest(self.registry).decode()
 
 
@@ -276,6 +339,7 @@ def _add_guards(app, token, max_body, metrics) -> None:
 
 
 def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
+    from fastapi import Path, Query
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.concurrency import run_in_threadpool
@@ -302,7 +366,8 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
                 "metadata": {k: v for k, v in index.metadata.items() if k != "run"}}
 
     @app.get("/v1/items")
-    async def sample_items(sample: int = 12, seed: int = 0):
+    async def sample_items(sample: int = Query(12, ge=INT64_MIN, le=INT64_MAX),
+                           seed: int = Query(0, ge=0, le=INT64_MAX)):
         """Ids of a few database items (the page shows them to click)."""
         index = holder.current
         if not 1 <= sample <= 100:
@@ -314,19 +379,22 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
         return {"ids": index.ids[take].tolist(), "labels": labels}
 
     @app.get("/v1/items/{item_id}/thumbnail")
-    async def thumbnail(item_id: int):
+    async def thumbnail(item_id: int = Path(ge=INT64_MIN, le=INT64_MAX)):
         """A PNG thumbnail of a database item, by id only."""
         png = await run_in_threadpool(thumbnail_png, holder.current, item_id, thumbnails)
         return Response(png, media_type="image/png",
                         headers={"Cache-Control": "private, max-age=60"})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
-        """200 once the index is loaded and the encoder answers, else 503."""
+        """200 once the index is loaded and the encoder answers, else 503; a refused
+        replacement of the index file shows as ``index_swap_refused`` (still 200: the
+        previous index is served)."""
         index = holder.current
         ok = index is not None and (encoder is None or await run_in_threadpool(encoder.ready))
         body = {"status": "ready" if ok else "not ready",
-                "items": 0 if index is None else len(index)}
+                "items": 0 if index is None else len(index),
+                "index_swap_refused": holder.last_refusal}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -343,10 +411,18 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
 ROUTES = ("/v1/search", "/v1/index", "/v1/items", "/healthz", "/metrics", "/", "/openapi.json")
 
 
+def _takes_query_token(path: str) -> bool:
+    """The routes a browser opens without a header: the page (typed into the address bar)
+    and the thumbnails (``<img src>``). Elsewhere a token in the URL is not accepted: URLs
+    end up in logs and histories."""
+    return path == "/" or (path.startswith("/v1/items/") and path.endswith("/thumbnail"))
+
+
 def _authorized(request, token) -> bool:
     import hmac
 
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else \
-        request.query_params.get("token", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not given and request.method in ("GET", "HEAD") and _takes_query_token(request.url.path):
+        given = request.query_params.get("token", "")
     return hmac.compare_digest(given.encode(), str(token).encode())

@@ -9,7 +9,7 @@ import base64
 import binascii
 import io
 import warnings
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,6 +19,10 @@ from keras_hashing.errors import DataError
 
 MAX_QUERIES = 64
 MAX_K = 1000
+# Every number a client sends is bounded here, so none can overflow numpy (an answer 500)
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+Byte = Annotated[int, Field(ge=0, le=255)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
 
 
@@ -79,12 +83,13 @@ class SearchRequest(BaseModel):
     """Exactly one of ``codes``, ``images``, ``ids``; ``k`` (default 10) or ``radius``."""
 
     model_config = ConfigDict(extra="forbid")
-    codes: Optional[List[List[int]]] = Field(
+    codes: Optional[List[List[Byte]]] = Field(
         None, description="packed codes, ceil(bits / 8) bytes each (as np.packbits)")
     images: Optional[List[EncodedImage]] = Field(None, description="query image files")
-    ids: Optional[List[int]] = Field(None, description="database items used as queries")
-    k: Optional[int] = Field(None, description=f"neighbours per query, 1..{MAX_K}")
-    radius: Optional[int] = Field(None, description="all items within this Hamming radius")
+    ids: Optional[List[Int64]] = Field(None, description="database items used as queries")
+    k: Optional[Int64] = Field(None, description=f"neighbours per query, 1..{MAX_K}")
+    radius: Optional[Int64] = Field(
+        None, description=f"all items within this Hamming radius, 0..{codes_lib.MAX_BITS}")
 
     @model_validator(mode="after")
     def one_query_kind(self):
@@ -98,8 +103,8 @@ class SearchRequest(BaseModel):
             raise ValueError("give k or radius, not both")
         if self.k is not None and not 1 <= self.k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
-        if self.radius is not None and self.radius < 0:
-            raise ValueError(f"radius must be >= 0, got {self.radius}")
+        if self.radius is not None and not 0 <= self.radius <= codes_lib.MAX_BITS:
+            raise ValueError(f"radius must be in 0..{codes_lib.MAX_BITS}, got {self.radius}")
         return self
 
 

@@ -37,10 +37,11 @@ class RetrievalValidation(keras.callbacks.Callback):
         restore_best: restore the best epoch's weights at the end.
     """
 
-    def __init__(self, queries, database, bits, restore_best=True):
+    def __init__(self, queries, database, bits, restore_best=True, map_k=None):
         super().__init__()
         self.queries, self.database = queries, database
         self.bits = bits
+        self.map_k = map_k  # the protocol's mAP@k, logged as val_map_at_k
         self.restore_best = restore_best
         self.best_map = -np.inf
         self.best_epoch = None
@@ -54,11 +55,14 @@ class RetrievalValidation(keras.callbacks.Callback):
         q_codes, q_kept = encode_split(self.model, self.queries)
         db_codes, db_kept = encode_split(self.model, self.database)
         metrics = retrieval_metrics(q_codes, db_codes, self.queries.y[q_kept],
-                                    self.database.y[db_kept], self.bits, map_at=(None,),
+                                    self.database.y[db_kept], self.bits,
+                                    map_at=(None,) if self.map_k is None else (None, self.map_k),
                                     radius=2)
         if logs is not None:
             logs["val_map"] = metrics["map_all"]
             logs["val_p_r2"] = metrics["p_r2"]
+            if self.map_k is not None:
+                logs["val_map_at_k"] = metrics[f"map_{self.map_k}"]
         self.history.append(metrics["map_all"])
         self._check_collapse(epoch, (q_codes, self.queries.y[q_kept], "validation queries"),
                              (db_codes, self.database.y[db_kept], "validation database"))

@@ -20,6 +20,7 @@ import re
 import yaml
 
 from keras_hashing.errors import ConfigError
+from keras_hashing.fileio import open_regular
 
 
 class _Loader(yaml.SafeLoader):
@@ -36,8 +37,33 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _yaml_load(stream):
-    return yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+# A config is a few dozen values. YAML aliases can make a small file expand without
+# bound ("billion laughs": 9 levels of 10 aliases are 10^9 values) or into a cycle, and
+# everything that walks the result (merging, dumping, validating) would run for minutes.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _yaml_load(stream, source="config"):
+    data = yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    if expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_VALUES:,} values "
+                          "through YAML aliases (&anchor / *alias); refused")
+    return data
+
+
+def expanded_size(data, limit: int) -> int:
+    """How many values ``data`` holds once every alias is expanded, counting stops just
+    past ``limit`` (a cycle is unbounded)."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return count
 
 
 DEFAULTS = {
@@ -124,8 +150,8 @@ def recipe_path(method: str, dataset: str):
 def load_yaml(path) -> dict:
     """A YAML mapping from ``path``; errors name the file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = _yaml_load(f)
+        with open_regular(path, "r", encoding="utf-8") as f:
+            data = _yaml_load(f, str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:

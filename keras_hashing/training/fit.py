@@ -23,7 +23,7 @@ from keras_hashing import __version__
 from keras_hashing.training import custom_loop
 
 from keras_hashing import evaluation
-from keras_hashing.data.splits import DatasetSplits
+from keras_hashing.data.splits import SPLIT_NAMES, DatasetSplits, split_digest
 from keras_hashing.data.datasets import flat_pixels
 from keras_hashing.data.pipeline import make_tf_dataset
 from keras_hashing.training.config import load_splits
@@ -266,7 +266,8 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
                       jit_compile=jit_compile_default())
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
-    validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"])
+    validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"],
+                                     map_k=protocol_k(splits.protocol, len(db_idx)))
     # Workers other than the chief resume from the chief's backup (a shared --out) and
     # never write it.
     backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief)
@@ -318,6 +319,8 @@ def _run_metrics(cfg, model, splits, strategy, validation, after_fit, initial_ep
     return {
         "method": cfg["method"], "bits": cfg["bits"], "keras_hashing_version": __version__,
         **splits.summary(),
+        # what later commands check before they re-split the data (runs.check_splits)
+        "split_digests": {name: split_digest(splits.split(name)) for name in SPLIT_NAMES},
         "query": evaluate_model(model, splits),
         "validation": {"best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
                        "map_all_per_epoch": validation.history,
@@ -415,6 +418,17 @@ def collapse_report(splits: dict) -> dict:
     return report
 
 
+def protocol_k(protocol, num_database: int) -> int:
+    """The k of the protocol's mAP@k (``data.benchmarks.PROTOCOL_K``): the database size
+    for an mAP@all protocol, 1000 for a protocol that names none."""
+    from keras_hashing.data.benchmarks import PROTOCOL_K
+
+    if protocol in PROTOCOL_K:
+        k = PROTOCOL_K[protocol]
+        return num_database if k is None else k
+    return 1000
+
+
 PRECISION_KS = (1, 10, 50, 100, 200, 500, 1000)
 # Euclidean ground truth of unsupervised methods: the nearest pixel-space neighbours, 1,000
 # or 2% of the database if fewer (the BDNN code leaves K unstated; 1,000 is 1.7% of the
@@ -450,11 +464,22 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
     query_y, db_y = splits.query.y[query_kept], splits.database.y[db_kept]
     db_bits = np.asarray(db_out["bits"], np.uint8)
     query_codes, db_codes = pack_bits(np.asarray(query_out["bits"], np.uint8)), pack_bits(db_bits)
+    # the protocol's own mAP@k beside mAP@all and @1000 (CIFAR-10: the whole database;
+    # NUS-WIDE and COCO: 5000; others: 1000)
+    k = protocol_k(splits.protocol, len(db_codes))
     metrics = evaluation.retrieval_metrics(
         query_codes, db_codes, query_y, db_y, model.bits,
-        map_at=(None, 1000), radius=2, precision_ks=precision_ks, pr_curve=True)
+        map_at=tuple(dict.fromkeys((None, 1000, k))), radius=2, precision_ks=precision_ks,
+        pr_curve=True)
+    metrics["map_at_k"], metrics["k"] = metrics[f"map_{k}"], k
     metrics["pr_curve"] = {key: [round(float(v), 5) for v in values]
                            for key, values in metrics["pr_curve"].items()}
+    # the query keeps its real-valued code, the database its bits: the asymmetric ranking
+    # that re-ranking (HammingIndex.search(rerank=...)) approaches
+    metrics.update(evaluation.asymmetric_map(model.signed_code(query_out["code"]), db_codes,
+                                             query_y, db_y, model.bits,
+                                             map_at=tuple(dict.fromkeys((None, 1000, k)))))
+    metrics["map_at_k_asym"] = metrics[f"map_{k}_asym"]
     metrics["code_stats"] = evaluation.code_statistics(db_bits)
     metrics["collapse"] = collapse_report(
         {"query": (np.asarray(query_out["bits"], np.uint8), query_y), "database": (db_bits, db_y)})

@@ -32,7 +32,7 @@ import shutil
 
 from keras_hashing import __version__
 from keras_hashing.errors import RunDirError
-from keras_hashing.fileio import read_json, write_json, write_text
+from keras_hashing.fileio import open_regular, read_json, write_json, write_text
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.yaml"
@@ -171,6 +171,10 @@ class RunWriter:
         if kind in ("training", "finished") and restart:
             _remove_run_files(self.path)
         self.resuming = kind == "training" and not restart and has_backup(self.path)
+        # Files under logs/ that are not the run's (a --force folder's, or a user's notes
+        # in a restarted run): kept in run.json, so a later --restart leaves them alone.
+        self.user_files = (_recorded(self.path, "user_files") if self.resuming
+                           else _files_under(self.path, LOGS_DIR))
         for name in (STATE_FILE, CONFIG_FILE, LOGS_DIR):
             if not os.path.exists(os.path.join(self.path, name)):
                 self._added.append(name)
@@ -198,16 +202,19 @@ class RunWriter:
                               "process; wait for it or choose another --out") from None
         self._lock_fd = fd
 
-    def _write_state(self, state: str) -> None:
+    def _write_state(self, state: str, own_files=None) -> None:
         write_json(os.path.join(self.path, STATE_FILE),
                    {"format": RUN_FORMAT, "state": state,
                     "keras_hashing_version": __version__,
-                    "method": self.cfg["method"], "bits": self.cfg["bits"]})
+                    "method": self.cfg["method"], "bits": self.cfg["bits"],
+                    "user_files": self.user_files,
+                    **({} if own_files is None else {"own_files": own_files})})
 
     def finish(self, model, metrics: dict) -> None:
         """Write the finished run; the backup goes only once the run is on disk."""
         save_run(self.path, model, self.cfg, metrics)
-        self._write_state("finished")
+        own = sorted(set(_files_under(self.path, LOGS_DIR)) - set(self.user_files))
+        self._write_state("finished", own_files=own)
         remove_backup(self.path)
         # Unlinked while still held: a writer that comes later locks a new file and
         # then finds the run finished.
@@ -252,6 +259,13 @@ def check_writable(path, cfg: dict, restart=False, force=False) -> str:
                           "the run into it")
     if kind == "foreign" and not os.path.isdir(path):
         raise RunDirError(f"{path} is a file; a run is a folder")
+    if kind == "foreign":  # --force: write beside the folder's files, never over them
+        for name in (STATE_FILE, CONFIG_FILE, MODEL_FILE, METRICS_FILE,
+                     os.path.join(BACKUP_DIR, "state.json")):
+            if os.path.lexists(os.path.join(path, name)):
+                raise RunDirError(f"{os.path.join(path, name)} is not a keras-hashing run's "
+                                  "and a run would replace it; move it or choose another "
+                                  "--out")
     if kind == "training" and not restart and has_backup(path):
         changed = config_differences(path, cfg)
         if changed:
@@ -295,11 +309,47 @@ def remove_backup(path) -> None:
 
 
 def _remove_run_files(path) -> None:
-    """A restart: the run's own outputs go; plots and anything else stay."""
+    """A restart: the run's own outputs go; plots, a user's notes and anything else
+    stay. Under logs/ a finished run removes the files it recorded as its own; an
+    interrupted one every file but those recorded as the user's when it started."""
     for name in (MODEL_FILE, METRICS_FILE):
         _unlink(os.path.join(path, name))
     remove_backup(path)
-    shutil.rmtree(os.path.join(path, LOGS_DIR), ignore_errors=True)
+    own = _recorded(path, "own_files", None)
+    if own is None:
+        keep = set(_recorded(path, "user_files"))
+        own = [f for f in _files_under(path, LOGS_DIR) if f not in keep]
+    for name in own:
+        _unlink(os.path.join(path, name))
+    _prune_empty_folders(os.path.join(path, LOGS_DIR))
+
+
+def _files_under(path, folder) -> list:
+    """Files under ``path/folder``, as sorted paths relative to ``path``."""
+    found = []
+    for root, _, names in os.walk(os.path.join(path, folder)):
+        found += [os.path.relpath(os.path.join(root, n), path) for n in names]
+    return sorted(found)
+
+
+def _recorded(path, key, default=()):
+    """A list that run.json records (``user_files``, ``own_files``), or ``default``."""
+    try:
+        value = read_json(os.path.join(path, STATE_FILE)).get(key, default)
+    except Exception:  # noqa: BLE001 - no state file, or an unreadable one: nothing recorded
+        return list(default) if default is not None else None
+    if value is None:
+        return None
+    return [v for v in value if isinstance(v, str) and not os.path.isabs(v)
+            and ".." not in v.split(os.sep)]
+
+
+def _prune_empty_folders(top) -> None:
+    for root, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(root)  # only an empty folder goes
+        except OSError:
+            pass
 
 
 def _is_orphan(name) -> bool:
@@ -370,7 +420,7 @@ def model_digest(path) -> str:
     """sha256 of a run's model.keras: which model made an index's codes."""
     digest = hashlib.sha256()
     try:
-        with open(os.path.join(path, MODEL_FILE), "rb") as f:
+        with open_regular(os.path.join(path, MODEL_FILE), "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     except OSError as e:
@@ -420,12 +470,33 @@ def load_run_with_splits(path, dataset=None, data_dir=None):
     if splits.input_shape != run.model.image_shape:
         raise DataError(f"dataset {cfg['dataset']} has images of shape {splits.input_shape} "
                         f"but the model expects {run.model.image_shape}")
+    if not dataset:  # the run's own data: it must still split as it did
+        check_splits(run, splits)
     return run, splits
 
 
+def check_splits(run: Run, splits) -> None:
+    """Raise DataError when ``splits`` differ from those ``run`` recorded when it trained
+    (images added, removed or moved between classes re-split a folder: training images
+    would become queries); runs from before the record pass."""
+    from keras_hashing.data.splits import SPLIT_NAMES, split_digest
+    from keras_hashing.errors import DataError
+
+    recorded = run.metrics.get("split_digests") or {}
+    for name in SPLIT_NAMES:
+        if name in recorded and recorded[name] != split_digest(splits.split(name)):
+            then = run.metrics.get(f"num_{name}")
+            raise DataError(
+                f"the images of {run.config['dataset']} changed since {run.path} was trained: "
+                f"its {name} split differs ({len(splits.split(name))} images now, {then} "
+                "then), so the run's splits cannot be rebuilt; restore the files as they "
+                "were, or train a new run on the new ones")
+
+
 def metric_rows(paths, metric="map_all") -> list:
-    """One {"method", "bits", metric} row per finished run (for mAP against bits)."""
-    rows = []
+    """One {"method", "bits", metric} row per finished run (for mAP against bits); runs
+    of different datasets or protocols cannot share a plot and raise RunDirError."""
+    rows, data = [], {}
     for path in paths:
         metrics = read_json(os.path.join(path, METRICS_FILE))
         try:
@@ -434,4 +505,11 @@ def metric_rows(paths, metric="map_all") -> list:
         except (KeyError, TypeError, ValueError):
             raise RunDirError(f"{path}/{METRICS_FILE} lacks method, bits or query "
                               f"{metric}") from None
+        dataset, protocol = metrics.get("dataset"), metrics.get("protocol")
+        name = f"{dataset}" + (f" ({protocol})" if protocol and protocol != dataset else "")
+        data.setdefault(name, []).append(os.fspath(path))
+    if len(data) > 1:
+        groups = "; ".join(f"{name}: {', '.join(p)}" for name, p in data.items())
+        raise RunDirError(f"the runs were trained on different data ({groups}); their mAP "
+                          "is not comparable: plot each group separately")
     return rows

@@ -1,0 +1,146 @@
+"""The standard benchmark protocols (CIFAR-10's three splits, NUS-WIDE, COCO, ImageNet-100)
+on mock data: split counts, seeds, class checks, and each protocol's mAP@k."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_hashing.data import benchmarks
+from keras_hashing.data import datasets as data
+from keras_hashing.errors import DataError
+
+
+def _cifar_labels():
+    """CIFAR-10's layout: 50,000 train then 10,000 test images, 6,000 per class."""
+    rng = np.random.default_rng(5)
+    y = np.concatenate([rng.permutation(np.repeat(np.arange(10), 5000)),
+                        rng.permutation(np.repeat(np.arange(10), 1000))])
+    return y, np.arange(60000) >= 50000
+
+
+@pytest.mark.parametrize("protocol, sizes", [
+    ("cifar10", {"query": 1000, "train": 4500, "val": 500, "database": 54000}),
+    ("cifar10-1", {"query": 1000, "train": 4500, "val": 500, "database": 59000}),
+    ("cifar10-2", {"query": 10000, "train": 45000, "val": 5000, "database": 50000}),
+])
+def test_cifar10_splits_have_the_papers_counts(protocol, sizes):
+    y, is_test = _cifar_labels()
+    parts = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0))
+    assert {name: len(rows) for name, rows in parts.items()} == sizes
+    # class-balanced: every class the same share of each split
+    for name, rows in parts.items():
+        assert len(set(np.bincount(y[rows], minlength=10))) == 1, name
+    query, database, train, val = (set(parts[n]) for n in ("query", "database", "train", "val"))
+    assert not query & database and not query & train and not train & val
+    if protocol == "cifar10":  # the training images are not in the database
+        assert not (train | val) & database and len(query | database | train | val) == 60000
+    elif protocol == "cifar10-1":  # every image but the queries
+        assert (train | val) <= database and len(query | database) == 60000
+    else:  # the test set queries the training set
+        assert query == set(np.flatnonzero(is_test)) and (train | val) == database
+    # seeded: the same seed gives the same split, another seed another one
+    again = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0))
+    other = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(1))
+    assert all(np.array_equal(parts[n], again[n]) for n in parts)
+    assert protocol == "cifar10-2" or not np.array_equal(parts["query"], other["query"])
+
+
+def test_cifar10_protocols_over_tfds_stream_train_and_test_as_one(monkeypatch):
+    """tfds:cifar10 with a protocol reads "train+test" (one numbering over the 60,000
+    images) and cuts it by position; labels come from TFDS, patched here (no download)."""
+    from keras_hashing.data import tfds as tfds_data
+
+    pytest.importorskip("tensorflow_datasets")
+    y, is_test = _cifar_labels()
+    by_split = {"train": y[~is_test], "test": y[is_test], "train+test": y}
+    monkeypatch.setattr(tfds_data, "_tfds_labels",
+                        lambda name, split, *args: by_split[split])
+    splits = data.load_dataset("tfds:cifar10", protocol="cifar10-1", download=False)
+    assert {s: len(splits.split(s)) for s in ("query", "train", "val", "database")} == {
+        "query": 1000, "train": 4500, "val": 500, "database": 59000}
+    assert splits.query.split == "train+test" and splits.input_shape == (32, 32, 3)
+    expected = benchmarks.cifar10_positions(y, is_test, "cifar10-1", np.random.default_rng(0))
+    np.testing.assert_array_equal(splits.query.rows, expected["query"])
+    np.testing.assert_array_equal(splits.query.y, y[expected["query"]])
+    with pytest.raises(DataError, match="tfds:cifar10"):
+        data.load_dataset("tfds:mnist", protocol="cifar10", download=False)
+
+
+def _lists(folder, classes, multi_label, per_split):
+    """DeepHash-pytorch's three lists over tiny PNGs (multi-hot or one-hot rows)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True)
+    for name, count in zip(("train.txt", "test.txt", "database.txt"), per_split):
+        lines = []
+        for i in range(count):
+            path = folder / "img" / f"{name[:-4]}{i}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+            row = np.zeros(classes, int)
+            row[i % classes] = 1
+            if multi_label:
+                row[(i * 7 + 3) % classes] = 1
+            lines.append(f"img/{path.name} " + " ".join(map(str, row)))
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("protocol, classes, multi_label", [
+    ("nuswide", 21, True), ("coco", 80, True), ("imagenet100", 100, False)])
+def test_list_protocols_check_their_class_count(protocol, classes, multi_label, tmp_path):
+    sizes = (10 * classes, 10, 2 * classes)  # 10 training images a class: 1 for validation
+    lists = _lists(tmp_path / "ok", classes, multi_label, per_split=sizes)
+    splits = data.load_dataset(f"list:{lists}", protocol=protocol)
+    assert splits.num_classes == classes and splits.multi_label is multi_label
+    wrong = _lists(tmp_path / "wrong", classes - 1, multi_label, per_split=sizes)
+    with pytest.raises(DataError, match=f"{classes} classes but the lists"):
+        data.load_dataset(f"list:{wrong}", protocol=protocol)
+    with pytest.raises(DataError, match="list:DIR"):
+        data.load_dataset(f"list:{lists / 'train.txt'}",
+                          protocol=protocol)
+
+
+def test_a_protocol_reports_its_map_at_k_beside_map_all(tmp_path, capsys):
+    """ImageNet-100's mAP@1000 (the database here is smaller: k is capped at it), in
+    metrics.json and evaluate's output, with the asymmetric mAP beside it."""
+    from keras_hashing.cli.main import main
+
+    lists = _lists(tmp_path / "in100", 100, False, per_split=(1000, 40, 300))
+    run = tmp_path / "run"
+    assert main(["fit", "--dataset", f"list:{lists}", "--protocol", "imagenet100", "--bits",
+                 "16", "--epochs", "1", "--image-size", "16", "--out", str(run), "--quiet",
+                 "--set", "tensorboard_samples=20", "--set", "steps_per_epoch=3",
+                 "--set", "val_database_size=100", "--set", "recalibrate_batchnorm=false"]) == 0
+    query = json.loads((run / "metrics.json").read_text())["query"]
+    assert query["k"] == 1000
+    assert query["map_at_k"] == query["map_1000"]
+    assert 0 <= query["map_at_k_asym"] <= 1 and "map_all_asym" in query
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["map_at_k"] == pytest.approx(query["map_at_k"])
+
+
+def test_protocol_k_of_each_benchmark():
+    from keras_hashing.training.fit import protocol_k
+
+    assert protocol_k("cifar10", 54000) == 54000 and protocol_k("cifar10-1", 59000) == 59000
+    assert protocol_k("nuswide", 10**5) == 5000 == protocol_k("coco", 10**5)
+    assert protocol_k("imagenet100", 10**5) == 1000 == protocol_k("fmnist", 10**5)
+
+
+def test_recipes_for_the_standard_benchmarks_resolve():
+    from keras_hashing.training.config import resolve_config
+
+    for name in sorted(os.listdir(benchmarks_configs())):
+        cfg = resolve_config(config_file=os.path.join(benchmarks_configs(), name))
+        assert cfg["backbone"] in ("applications:VGG16", "applications:ResNet50"), name
+        assert cfg["weights"] == "imagenet" and cfg["image_size"] == [224, 224], name
+        assert cfg["protocol"] in benchmarks.PROTOCOL_K, name
+
+
+def benchmarks_configs():
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "benchmarks")
