@@ -324,3 +324,35 @@ def test_version_labels(served, trained_run, digits):
             client(server, label="beta").status()
     finally:
         server.labels.clear()
+
+
+def test_rerank_through_tf_serving_equals_the_run_in_process(served, trained_run, digits,
+                                                             tmp_path, capsys):
+    """The export's `signed` output is the run's signed code: `search --rerank` gives the
+    same neighbours through TF Serving as with the run in this process."""
+    from PIL import Image
+
+    server, export_path, index = served
+    index.save(tmp_path / "db.khi")
+    paths = []
+    for i in range(3):
+        Image.fromarray(digits.query.x[i, :, :, 0]).save(tmp_path / f"q{i}.png")
+        paths.append(str(tmp_path / f"q{i}.png"))
+    common = ["search", "--index", str(tmp_path / "db.khi"), "--images", *paths, "-k", "5",
+              "--rerank", "40"]
+    assert cli.main([*common, "--serving-url", server.url, "--model", "digits"]) == 0
+    served_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cli.main([*common, "--run", trained_run.path]) == 0
+    local_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["ids"] for r in served_rows] == [r["ids"] for r in local_rows]
+    signed = SavedModelEncoder(export_path)._images(
+        images=np.asarray(digits.query.x[:3], np.float32))["signed"].numpy()
+    model = trained_run.model
+    np.testing.assert_allclose(
+        signed, np.asarray(model.signed_code(model.embed(digits.query.x[:3]))), atol=1e-5)
+    # and the answer is the index's re-ranking of those signed codes
+    codes = SavedModelEncoder(export_path).encode(digits.query.x[:3])
+    expected = index.search(codes, 5, rerank=signed, depth=40)[1].tolist()
+    assert [r["ids"] for r in served_rows] == expected
+    assert cli.main([*common[:-1], "3", "--run", trained_run.path]) == 2  # R < k
+    assert "R >= k" in capsys.readouterr().err

@@ -208,7 +208,7 @@ def _search_parser(sub, common) -> None:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--rerank", type=int, metavar="R",
                    help="re-rank the Hamming top R (>= k) by each query's real-valued code "
-                        "(asymmetric distance; with --run)")
+                        "(asymmetric distance)")
     s.add_argument("--index-method", choices=("flat", "mih"), default="flat",
                    help="exhaustive scan (default) or multi-index hashing; both exact")
     s.add_argument("--mmap", action="store_true",

@@ -217,6 +217,35 @@ class TFServingClient:
             parts.append(self._codes_from(out, len(chunk)))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.uint8)
 
+    def encode_bytes_signed(self, blobs, batch_size=32):
+        """(packed codes, signed codes float32 (N, bits)) of encoded image files: the
+        export's ``codes`` and ``signed`` outputs, for asymmetric re-ranking."""
+        blobs = list(blobs)
+        codes, signed = [], []
+        for start in range(0, len(blobs), batch_size):
+            chunk = [{"b64": base64.b64encode(b).decode("ascii")}
+                     for b in blobs[start:start + batch_size]]
+            out = self.predict(instances=chunk, signature_name=BYTES_SIGNATURE)
+            codes.append(self._codes_from(out, len(chunk)))
+            signed.append(self._signed_from(out, len(chunk)))
+        if not codes:
+            return np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.float32)
+        return np.concatenate(codes), np.concatenate(signed)
+
+    def _signed_from(self, response, n) -> np.ndarray:
+        try:
+            rows = ([p["signed"] for p in response["predictions"]] if "predictions" in response
+                    else response["outputs"]["signed"])
+            signed = np.asarray(rows, np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise MalformedResponseError(
+                "predict answer has no 'signed' output (exported before keras-hashing "
+                "returned it? export the run again)") from None
+        if signed.shape != (n, self.bits) or not np.all(np.isfinite(signed)):
+            raise MalformedResponseError(f"'signed' must be {n} rows of {self.bits} finite "
+                                         f"numbers, got shape {signed.shape}")
+        return signed
+
     def _codes_from(self, response, n) -> np.ndarray:
         try:
             if "predictions" in response:

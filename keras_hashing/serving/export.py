@@ -9,7 +9,8 @@ Two named signatures (not Keras' anonymous ``args_0`` / ``output_0``):
 
 * ``serving_default``: ``images`` float32 [None, H, W, C] raw pixels 0..255 ->
   ``codes`` uint8 [None, ceil(K/8)] (``np.packbits`` order), ``bits`` int8 [None, K]
-  (0/1), ``embedding`` float32 [None, K] (the continuous code);
+  (0/1), ``embedding`` float32 [None, K] (the continuous code), ``signed`` float32
+  [None, K] (the code whose signs are the bits: asymmetric re-ranking scores with it);
 * ``encode_bytes``: ``image_bytes`` string [None] (encoded PNG/JPEG/GIF/BMP) -> the same
   outputs; decoding and resizing to H x W happen inside the graph, so a REST client can
   send ``{"b64": ...}``.
@@ -42,6 +43,7 @@ from keras_hashing.serving.client import BYTES_SIGNATURE, SERVING_SIGNATURE
 from keras_hashing.data.images import decode_image
 
 METADATA_FILE = "metadata.json"
+OUTPUTS = ["codes", "bits", "embedding", "signed"]
 
 
 def pack_bits_tf(bits, num_bits):
@@ -58,7 +60,9 @@ def _outputs(model, images):
     code = model(images, training=False)["code"]
     bits = tf.cast(model.binarize(code), tf.int8)
     return {"codes": pack_bits_tf(bits, model.bits), "bits": bits,
-            "embedding": tf.cast(code, tf.float32)}
+            "embedding": tf.cast(code, tf.float32),
+            # the code whose signs are the bits: what asymmetric re-ranking scores with
+            "signed": tf.cast(model.signed_code(tf.cast(code, tf.float32)), tf.float32)}
 
 
 def build_archive(model) -> keras.export.ExportArchive:
@@ -126,10 +130,8 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     meta = {"name": name, "latest_version": version, "method": model.method_name,
             "bits": model.bits, "code_bytes": code_bytes(model.bits),
             "input_shape": list(model.image_shape), "input_dtype": "float32",
-            "signatures": {SERVING_SIGNATURE: {"inputs": ["images"],
-                                               "outputs": ["codes", "bits", "embedding"]},
-                           BYTES_SIGNATURE: {"inputs": ["image_bytes"],
-                                             "outputs": ["codes", "bits", "embedding"]}},
+            "signatures": {SERVING_SIGNATURE: {"inputs": ["images"], "outputs": OUTPUTS},
+                           BYTES_SIGNATURE: {"inputs": ["image_bytes"], "outputs": OUTPUTS}},
             "keras_hashing_version": __version__, **(metadata or {})}
     write_json(os.path.join(model_dir, METADATA_FILE), meta)
     return final

@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
+
 from keras_hashing.errors import HashingError
 
 
@@ -33,10 +35,8 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
     index = HammingIndex.load(index_path, mmap=mmap, method=method)
     if k < 1:
         raise HashingError(f"-k must be >= 1, got {k}")
-    if rerank is not None and (rerank < k or serving is not None):
-        raise HashingError(f"--rerank R needs R >= k ({k}), got {rerank}" if rerank < k else
-                           "--rerank needs each query's real-valued code: encode with --run "
-                           "(TF Serving's answers here carry the bits only)")
+    if rerank is not None and rerank < k:
+        raise HashingError(f"--rerank R needs R >= k ({k}), got {rerank}")
     if len(index) == 0:
         raise HashingError(f"index {index_path} is empty; nothing to search")
     if show:
@@ -68,10 +68,16 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
         raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
                            "query images")
     if rerank is not None:
-        outputs = run.model.predict_arrays(pixels)
-        codes = pack_bits(outputs["bits"])
-        dist, ids = index.search(codes, k, rerank=run.model.signed_code(outputs["code"]),
-                                 depth=int(rerank))
+        if serving is not None:  # the export's `signed` output
+            if blobs is None:
+                raise HashingError("--rerank through TF Serving encodes image files; give "
+                                   "their paths, not a .npy array")
+            codes, signed = serving.encode_bytes_signed(blobs)
+        else:
+            outputs = run.model.predict_arrays(pixels)
+            codes = pack_bits(outputs["bits"])
+            signed = np.asarray(run.model.signed_code(np.asarray(outputs["code"], np.float32)))
+        dist, ids = index.search(codes, k, rerank=signed, depth=int(rerank))
         labels = None if index.labels is None else index.labels[index.positions_of(ids)]
         result = QueryResult(ids=ids, distances=dist, labels=labels)
     else:

@@ -476,7 +476,8 @@ def evaluate_model(model, splits: DatasetSplits, precision_ks=PRECISION_KS,
                            for key, values in metrics["pr_curve"].items()}
     # the query keeps its real-valued code, the database its bits: the asymmetric ranking
     # that re-ranking (HammingIndex.search(rerank=...)) approaches
-    metrics.update(evaluation.asymmetric_map(model.signed_code(query_out["code"]), db_codes,
+    signed = np.asarray(model.signed_code(np.asarray(query_out["code"], np.float32)))
+    metrics.update(evaluation.asymmetric_map(signed, db_codes,
                                              query_y, db_y, model.bits,
                                              map_at=tuple(dict.fromkeys((None, 1000, k)))))
     metrics["map_at_k_asym"] = metrics[f"map_{k}_asym"]

@@ -214,12 +214,13 @@ class HashingModel(keras.Model):
         """0/1 bits of a continuous code, as a bool tensor. Default: code >= 0."""
         return code >= 0
 
-    def signed_code(self, code) -> np.ndarray:
-        """The real-valued code whose signs are the bits (bit 1 where >= 0), numpy in and
-        out: what asymmetric re-ranking scores database bits with
-        (``HammingIndex.search(rerank=...)``). Default: the code itself; a method whose
-        ``binarize`` thresholds elsewhere (SSDH at 0.5) or rotates (SDSH) overrides it."""
-        return np.asarray(code, np.float32)
+    def signed_code(self, code):
+        """The real-valued code whose signs are the bits (bit 1 where >= 0): what
+        asymmetric re-ranking scores database bits with (``HammingIndex.search(rerank=
+        ...)``), and the export's ``signed`` output. Takes and gives numpy arrays or
+        tensors (Keras ops). Default: the code itself; a method whose ``binarize``
+        thresholds elsewhere (SSDH at 0.5) or rotates (SDSH) overrides it."""
+        return code
 
     def query_ablations(self) -> dict:
         """Other ways to binarise the model's outputs, scored on the query set beside the

@@ -87,7 +87,7 @@ class SDSH(HashingModel):
         return ops.matmul(code, ops.cast(self.rotation, code.dtype)) >= 0
 
     def signed_code(self, code):
-        return np.asarray(code, np.float32) @ np.asarray(self.rotation, np.float32)
+        return ops.matmul(code, ops.cast(self.rotation, "float32"))
 
     def query_ablations(self):
         return {"sign_without_rotation": lambda out: out["code"] >= 0}

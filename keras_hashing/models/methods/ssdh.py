@@ -29,7 +29,6 @@ Departures from the authors' code, and why:
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from keras_hashing.models import losses
 from keras_hashing.models.layers import PACKAGE, SigmoidLatent
@@ -83,7 +82,7 @@ class SSDH(HashingModel):
         return code > 0.5
 
     def signed_code(self, code):
-        return np.asarray(code, np.float32) - 0.5
+        return code - 0.5
 
     def quantization_target(self, code, bits):
         return bits.astype("float32")
