@@ -17,6 +17,7 @@ from keras_hashing.cli import main as cli
 from keras_hashing.encoders import KerasEncoder
 
 from keras_hashing.serving import service
+from keras_hashing.codes import pack_bits
 from keras_hashing.search.index import HammingIndex
 
 K = 5
@@ -105,6 +106,12 @@ BAD_REQUESTS = [
     ("radius past the longest code", {"codes": [[0, 0, 0]], "radius": 5000}, 400, "radius"),
     ("k a float", {"codes": [[0, 0, 0]], "k": 2.5}, 400, "k"),
     ("code byte a float", {"codes": [[1e30, 0, 0]], "k": 3}, 400, "codes"),
+    ("rerank without signed queries", {"codes": [[0, 0, 0]], "k": 3, "rerank": 10}, 400,
+     "signed"),
+    ("rerank below k", {"signed": [[0.5] * 24], "k": 5, "rerank": 4}, 400, "rerank"),
+    ("rerank past its cap", {"signed": [[0.5] * 24], "rerank": 10**6}, 400, "rerank"),
+    ("signed of the wrong length", {"signed": [[0.5] * 5], "k": 3}, 400, "24 numbers"),
+    ("signed past any float", {"signed": [[1e300] * 24]}, 400, "signed"),
 ]
 
 
@@ -123,6 +130,24 @@ def test_client_mistakes_are_json_errors_never_500(client, case):
 def test_numbers_in_paths_and_queries_out_of_range_are_400(client, url):
     r = client.get(url)
     assert r.status_code == 400 and "error" in r.json(), r.text
+
+
+def test_signed_queries_are_re_ranked_as_the_index_does(client, collection, trained_run):
+    """The request field: signed codes (the export's `signed` output) and rerank R."""
+    photos, khi = collection
+    index = HammingIndex.load(khi)
+    images = np.stack([np.asarray(Image.open(index.paths[i])) for i in (2, 30)])[..., None]
+    model = trained_run.model
+    signed = np.asarray(model.signed_code(model.embed(images)), np.float32)
+    answer = client.post("/v1/search", json={"signed": signed.tolist(), "k": 3,
+                                             "rerank": 20})
+    assert answer.status_code == 200, answer.text
+    dist, ids = index.search(pack_bits(signed >= 0), 3, rerank=signed, depth=20)
+    assert [r["ids"] for r in answer.json()["results"]] == ids.tolist()
+    assert [r["distances"] for r in answer.json()["results"]] == dist.tolist()
+    plain = client.post("/v1/search", json={"signed": signed.tolist(), "k": 3}).json()
+    assert [r["ids"] for r in plain["results"]] == index.search(
+        pack_bits(signed >= 0), 3)[1].tolist()
 
 
 def test_bodies_and_images_are_capped_before_decoding(client):

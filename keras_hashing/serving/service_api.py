@@ -23,6 +23,8 @@ MAX_K = 1000
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 Byte = Annotated[int, Field(ge=0, le=255)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e30, le=1e30)]
+MAX_RERANK = 10_000
 MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
 
 
@@ -87,15 +89,22 @@ class SearchRequest(BaseModel):
         None, description="packed codes, ceil(bits / 8) bytes each (as np.packbits)")
     images: Optional[List[EncodedImage]] = Field(None, description="query image files")
     ids: Optional[List[Int64]] = Field(None, description="database items used as queries")
+    signed: Optional[List[List[Finite]]] = Field(
+        None, description="real-valued codes whose signs are the bits (the export's "
+                          "'signed' output), bits numbers each; needed by rerank")
     k: Optional[Int64] = Field(None, description=f"neighbours per query, 1..{MAX_K}")
     radius: Optional[Int64] = Field(
         None, description=f"all items within this Hamming radius, 0..{codes_lib.MAX_BITS}")
+    rerank: Optional[Int64] = Field(
+        None, description=f"re-rank the Hamming top R (k..{MAX_RERANK}) by the asymmetric "
+                          "score of the signed queries")
 
     @model_validator(mode="after")
     def one_query_kind(self):
-        given = [name for name in ("codes", "images", "ids") if getattr(self, name) is not None]
+        given = [name for name in ("codes", "images", "ids", "signed")
+                 if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of codes, images or ids")
+            raise ValueError("give exactly one of codes, images, ids or signed")
         queries = getattr(self, given[0])
         if not 1 <= len(queries) <= MAX_QUERIES:
             raise ValueError(f"give 1..{MAX_QUERIES} queries, got {len(queries)}")
@@ -105,6 +114,12 @@ class SearchRequest(BaseModel):
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
         if self.radius is not None and not 0 <= self.radius <= codes_lib.MAX_BITS:
             raise ValueError(f"radius must be in 0..{codes_lib.MAX_BITS}, got {self.radius}")
+        if self.rerank is not None:
+            if self.signed is None or self.radius is not None:
+                raise ValueError("rerank re-orders a top k by signed queries: give signed "
+                                 "(and k), not codes, images, ids or radius")
+            if not (self.k or 10) <= self.rerank <= MAX_RERANK:
+                raise ValueError(f"rerank must be in k..{MAX_RERANK}, got {self.rerank}")
         return self
 
 
@@ -113,6 +128,10 @@ async def query_codes(body: SearchRequest, index, encodes) -> np.ndarray:
     MicroBatcher over an Encoder, or None) encodes query images."""
     if body.codes is not None:
         return check_codes(body.codes, index.bits)
+    if body.signed is not None:
+        if any(len(row) != index.bits for row in body.signed):
+            raise ClientError(f"each signed code must have {index.bits} numbers")
+        return codes_lib.pack_bits(np.asarray(body.signed, np.float32) >= 0)
     if body.ids is not None:
         try:
             return np.asarray(index.codes[index.positions_of(body.ids)])
@@ -145,7 +164,11 @@ async def search(body: SearchRequest, index, encodes=None, searches=None) -> dic
                 for i in range(len(codes))]
     else:
         k = int(body.k or 10)
-        if searches is None:
+        if body.rerank is not None:
+            dist, ids = await asyncio.to_thread(
+                index.search, codes, k, rerank=np.asarray(body.signed, np.float32),
+                depth=int(body.rerank))
+        elif searches is None:
             dist, ids = await asyncio.to_thread(index.search, codes, k)
         else:
             dist, ids = await searches.submit((index, codes, k))
