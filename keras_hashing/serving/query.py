@@ -26,10 +26,9 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
     ``rerank`` (an int R >= k, with ``run_path``) re-ranks the Hamming top R by the
     asymmetric score of each query's real-valued code (``HammingIndex.search``).
     """
-    from keras_hashing.codes import pack_bits
     from keras_hashing.data.sources import read_query_images
     from keras_hashing.search.index import HammingIndex
-    from keras_hashing.serving.client import QueryResult, RetrievalClient
+    from keras_hashing.serving.client import RetrievalClient
 
     # fail fast, before any model loads
     index = HammingIndex.load(index_path, mmap=mmap, method=method)
@@ -68,30 +67,12 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
         raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
                            "query images")
     if rerank is not None:
-        if serving is not None:  # the export's `signed` output
-            if blobs is None:
-                raise HashingError("--rerank through TF Serving encodes image files; give "
-                                   "their paths, not a .npy array")
-            codes, signed = serving.encode_bytes_signed(blobs)
-        else:
-            outputs = run.model.predict_arrays(pixels)
-            codes = pack_bits(outputs["bits"])
-            signed = np.asarray(run.model.signed_code(np.asarray(outputs["code"], np.float32)))
-        dist, ids = index.search(codes, k, rerank=signed, depth=int(rerank))
-        labels = None if index.labels is None else index.labels[index.positions_of(ids)]
-        result = QueryResult(ids=ids, distances=dist, labels=labels)
+        result = _reranked(index, k, int(rerank), pixels, blobs,
+                           None if serving is not None else run.model, serving)
     else:
         result = RetrievalClient(encoder, index).query(images=pixels, image_bytes=blobs, k=k)
     if show:
-        from keras_hashing.data.datasets import images_of_index
-        from keras_hashing.data.sources import load_images
-        from keras_hashing.training import plots
-
-        neighbours, labels, class_names = images_of_index(index, result.ids)
-        if pixels is None:  # encoded by TF Serving: decode the queries for the picture
-            pixels = load_images(names, neighbours.shape[-3:-1], neighbours.shape[-1])
-        plots.plot_retrieval_grid(pixels, neighbours, show, None, labels, class_names,
-                                  result.distances)
+        _show(index, result, pixels, names, show)
     rows = []
     for i, name in enumerate(names):
         row = {"query": name, "ids": result.ids[i].tolist(),
@@ -100,3 +81,36 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
             row["labels"] = result.labels[i].tolist()
         rows.append(row)
     return rows
+
+
+def _reranked(index, k, depth, pixels, blobs, model=None, serving=None):
+    """The QueryResult of asymmetric re-ranking: the queries' signed codes from the run's
+    model in this process, or from the export's ``signed`` output through TF Serving."""
+    from keras_hashing.codes import pack_bits
+    from keras_hashing.serving.client import QueryResult
+
+    if serving is not None:
+        if blobs is None:
+            raise HashingError("--rerank through TF Serving encodes image files; give their "
+                               "paths, not a .npy array")
+        codes, signed = serving.encode_bytes_signed(blobs)
+    else:
+        outputs = model.predict_arrays(pixels)
+        codes = pack_bits(outputs["bits"])
+        signed = np.asarray(model.signed_code(np.asarray(outputs["code"], np.float32)))
+    dist, ids = index.search(codes, k, rerank=signed, depth=depth)
+    labels = None if index.labels is None else index.labels[index.positions_of(ids)]
+    return QueryResult(ids=ids, distances=dist, labels=labels)
+
+
+def _show(index, result, pixels, names, path) -> None:
+    """The PNG grid of each query and its neighbours."""
+    from keras_hashing.data.datasets import images_of_index
+    from keras_hashing.data.sources import load_images
+    from keras_hashing.training import plots
+
+    neighbours, labels, class_names = images_of_index(index, result.ids)
+    if pixels is None:  # encoded by TF Serving: decode the queries for the picture
+        pixels = load_images(names, neighbours.shape[-3:-1], neighbours.shape[-1])
+    plots.plot_retrieval_grid(pixels, neighbours, path, None, labels, class_names,
+                              result.distances)
