@@ -338,8 +338,9 @@ def _recorded(path, key, default=()):
         value = read_json(os.path.join(path, STATE_FILE)).get(key, default)
     except Exception:  # noqa: BLE001 - no state file, or an unreadable one: nothing recorded
         return list(default) if default is not None else None
-    if value is None:
-        return None
+    if not isinstance(value, list):  # None (never recorded), or not ours to trust
+        return None if value is None or default is None else list(default)
+    # only paths inside the run: a hand-edited run.json cannot aim a restart elsewhere
     return [v for v in value if isinstance(v, str) and not os.path.isabs(v)
             and ".." not in v.split(os.sep)]
 
