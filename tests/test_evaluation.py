@@ -66,22 +66,24 @@ def test_multi_label_relevance_is_any_shared_label():
     assert rel.tolist() == [[True, False, True]]
 
 
+def average_precision(rel, cut):
+    """AP of a ranked relevance list within its first ``cut`` ranks, from the definition."""
+    hits, total = 0, 0.0
+    for rank, r in enumerate(rel[:cut], 1):
+        if r:
+            hits += 1
+            total += hits / rank
+    return total / hits if hits else 0.0
+
+
 def brute_force_metrics(q_bits, d_bits, ql, dl, k):
     dist = (q_bits[:, None, :] != d_bits[None, :, :]).sum(-1)
     aps, aps_k, prs = [], [], []
     for i in range(len(q_bits)):
         order = sorted(range(len(d_bits)), key=lambda j: (dist[i, j], j))
         rel = [ql[i] == dl[j] for j in order]
-
-        def ap(cut):
-            hits, s = 0, 0.0
-            for rank, r in enumerate(rel[:cut], 1):
-                if r:
-                    hits += 1
-                    s += hits / rank
-            return s / hits if hits else 0.0
-        aps.append(ap(len(rel)))
-        aps_k.append(ap(k))
+        aps.append(average_precision(rel, len(rel)))
+        aps_k.append(average_precision(rel, k))
         within = [j for j in range(len(d_bits)) if dist[i, j] <= 2]
         prs.append(sum(ql[i] == dl[j] for j in within) / len(within) if within else 0.0)
     return np.mean(aps), np.mean(aps_k), np.mean(prs)
@@ -166,15 +168,7 @@ def test_asymmetric_map_is_the_map_of_the_score_ranking(multi_label):
         score = [float(signed[i] @ (2 * d_bits[j] - 1)) for j in range(n)]
         order = sorted(range(n), key=lambda j: (-score[j], j))
         rel = [bool(np.any(ql[i] & dl[j])) if multi_label else ql[i] == dl[j] for j in order]
-
-        def ap(cut):
-            hits, total = 0, 0.0
-            for rank, r in enumerate(rel[:cut], 1):
-                if r:
-                    hits += 1
-                    total += hits / rank
-            return total / hits if hits else 0.0
-        aps.append(ap(n))
-        aps_k.append(ap(20))
+        aps.append(average_precision(rel, n))
+        aps_k.append(average_precision(rel, 20))
     assert got["map_all_asym"] == pytest.approx(np.mean(aps), abs=1e-9)
     assert got["map_20_asym"] == pytest.approx(np.mean(aps_k), abs=1e-9)

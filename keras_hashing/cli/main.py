@@ -195,12 +195,7 @@ def _search_parser(sub, common) -> None:
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="encode in-process with this run's model")
     where.add_argument("--serving-url", help="encode with TF Serving at this URL")
-    s.add_argument("--model", help="served model name (with --serving-url)")
-    s.add_argument("--model-version", type=int, help="served version (default latest)")
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                   help="wait this long for the served model to become available (a server "
-                        "that is still starting or loading)")
+    _served_model_args(s)
     s.add_argument("--show", metavar="PNG", help="also draw queries and neighbours to a PNG "
                    "(needs an index made by `index build`, which records its dataset)")
     s.add_argument("--images", nargs="+", required=True,
@@ -213,6 +208,18 @@ def _search_parser(sub, common) -> None:
                    help="exhaustive scan (default) or multi-index hashing; both exact")
     s.add_argument("--mmap", action="store_true",
                    help="memory-map the index instead of reading it (huge indexes)")
+
+
+def _served_model_args(parser, timeout=10.0) -> None:
+    """--model, --model-version, --timeout and --wait: the TF Serving model behind
+    --serving-url (search, serve, index build)."""
+    parser.add_argument("--model", help="served model name (with --serving-url)")
+    parser.add_argument("--model-version", type=int, help="served version (default latest)")
+    parser.add_argument("--timeout", type=float, default=timeout,
+                        help="seconds per TF Serving call")
+    parser.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                        help="wait this long for the served model to become available (a "
+                             "server that is still starting or loading)")
 
 
 def _serve_parser(sub, common) -> None:
@@ -228,11 +235,7 @@ def _serve_parser(sub, common) -> None:
     encoder = sv.add_mutually_exclusive_group()
     encoder.add_argument("--run", help="encode query images with this run's model")
     encoder.add_argument("--serving-url", help="encode query images with TF Serving")
-    sv.add_argument("--model", help="served model name (with --serving-url)")
-    sv.add_argument("--model-version", type=int, help="served version (default latest)")
-    sv.add_argument("--timeout", type=float, default=10.0, help="seconds per TF Serving call")
-    sv.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                    help="wait this long for the served model at start-up")
+    _served_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1",
                     help="interface to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8080)
@@ -262,13 +265,9 @@ def _add_split_args(p, serving=False) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if serving:
         p.add_argument("--serving-url", help="encode --images with TF Serving at this URL")
-        p.add_argument("--model", help="served model name (with --serving-url)")
-        p.add_argument("--model-version", type=int, help="served version (default latest)")
+        _served_model_args(p, timeout=30.0)
         p.add_argument("--concurrency", type=int, default=4,
                        help="requests in flight to TF Serving (default 4)")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-        p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                       help="wait this long for the served model to become available")
 
 
 def main(argv=None) -> int:
