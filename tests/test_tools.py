@@ -30,6 +30,8 @@ def test_reproduce_writes_rows_table_and_figures_and_resumes(tmp_path):
     assert itq["map_all"] == round(metrics["query"]["map_all"], 4)
     assert itq["command"].startswith("keras-hashing fit --method itq --dataset digits")
     assert "map_all_euclidean" in itq  # unsupervised: Euclidean ground truth too
+    # the machine's load while the cell ran, so busy minutes are not read as a timing
+    assert itq["cores"] == os.cpu_count() and 0 <= itq["load_median"] < 1000
     table = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert f"| itq | {itq['map_all']:.4f} |" in table
     assert (tmp_path / "docs" / "figures" / "pr_digits_16b.png").stat().st_size > 1000
@@ -69,6 +71,21 @@ def test_reproduce_marks_training_time_known_only_after_a_resume(monkeypatch):
     assert reproduce.train_minutes_cell(row) == "1.5"
     assert reproduce.train_minutes_cell({**row, "train_minutes_after_resume_only": True}) \
         == "≥ 1.5"
+
+
+def test_reproduce_marks_minutes_of_a_shared_machine(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    quiet = {"method": "csq", "bits": 48, "map_all": 0.9, "epochs": 20, "train_minutes": 16.0,
+             "load_median": 2.1, "cores": 2}
+    busy = {**quiet, "bits": 32, "train_minutes": 23.9, "load_median": 3.9}
+    unknown = {**quiet, "bits": 24}
+    del unknown["load_median"]
+    # over the budget on a quiet machine is the method's time; on a busy one it is not
+    assert reproduce.map_all_cells([quiet, busy, unknown]) == {
+        ("csq", 48): "0.9000 (16.0 min)", ("csq", 32): "0.9000",
+        ("csq", 24): "0.9000 (16.0 min)"}
+    assert reproduce.train_minutes_cell(busy) == "23.9 (shared)"
+    assert reproduce.train_minutes_cell(quiet) == "16.0"
 
 
 def test_reproduce_marks_cells_trained_longer_than_their_table(monkeypatch):
