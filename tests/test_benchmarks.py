@@ -144,3 +144,89 @@ def test_recipes_for_the_standard_benchmarks_resolve():
 
 def benchmarks_configs():
     return os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "benchmarks")
+
+
+def _serve_weights_for_keras_applications(monkeypatch, tmp_path):
+    """Keras's ImageNet download, answered offline: ``urlretrieve`` writes a generated
+    no-top weights file of the backbone the URL names (its hash check is skipped: the real
+    file's hash is a literal in keras.applications). Returns the URLs fetched."""
+    import h5py
+    import keras
+    from keras.src.backend import config as keras_config
+    from keras.src.legacy.saving import legacy_h5_format
+    from keras.src.utils import file_utils
+
+    # it must exist: Keras falls back to /tmp/.keras for a home it cannot write to
+    (tmp_path / "keras").mkdir()
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras"))
+    fetched = []
+
+    def urlretrieve(url, target, *args, **kwargs):
+        fetched.append(url)
+        app = {"vgg16": keras.applications.VGG16,
+               "resnet50": keras.applications.ResNet50}[os.path.basename(url).split("_")[0]]
+        keras.utils.set_random_seed(11)
+        net = app(include_top=False, weights=None, input_shape=(32, 32, 3))
+        with h5py.File(target, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, net)
+
+    monkeypatch.setattr(file_utils, "urlretrieve", urlretrieve)
+    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
+    return fetched
+
+
+# every recipe as shipped, only scaled down: 32 px, batch 8, 2 steps, 2 epochs (the first
+# trains the head on the frozen backbone, the second the backbone at its multiplier);
+# no BatchNormalization recalibration, whose 100 eager ResNet50 batches would triple the
+# time (it has its own tests)
+SCALED_DOWN = ["--image-size", "32", "--epochs", "2", "--quiet",
+               "--set", "batch_size=8", "--set", "steps_per_epoch=2",
+               "--set", "tensorboard_samples=16", "--set", "val_database_size=64",
+               "--set", "recalibrate_batchnorm=false"]
+
+
+# In the suite: one recipe per kind of data (VGG16, about 20 s each); the ResNet50 ones
+# (80-130 s each on 2 cores) and the rest with --runslow.
+SUITE_RECIPES = ("cifar10_vgg16.yaml", "nuswide_vgg16.yaml")
+
+
+@pytest.mark.parametrize("recipe", [
+    name if name in SUITE_RECIPES else pytest.param(name, marks=pytest.mark.slow)
+    for name in sorted(os.listdir(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "benchmarks")))])
+def test_each_benchmark_recipe_runs_end_to_end_on_mock_data(recipe, tmp_path, monkeypatch):
+    """The recipe's backbone with "ImageNet" weights fetched as Keras does, its protocol's
+    splits and its mAP@k, on data of the real layout scaled down: tfds.testing.mock_data
+    for CIFAR-10 (with fewer queries and training images per class), generated lists with
+    the real label widths for NUS-WIDE, COCO and ImageNet-100."""
+    import tensorflow_datasets as tfds
+
+    from keras_hashing.cli.main import main
+    from keras_hashing.training.config import resolve_config
+
+    fetched = _serve_weights_for_keras_applications(monkeypatch, tmp_path)
+    path = os.path.join(benchmarks_configs(), recipe)
+    cfg = resolve_config(config_file=path)
+    run = tmp_path / "run"
+    argv = ["fit", "--config", path, "--out", str(run), *SCALED_DOWN]
+    if cfg["protocol"] in benchmarks.CIFAR10_PROTOCOLS:
+        monkeypatch.setattr(benchmarks, "CIFAR10_QUERIES_PER_CLASS", 2)
+        monkeypatch.setattr(benchmarks, "CIFAR10_TRAIN_PER_CLASS", 10)
+        with tfds.testing.mock_data(num_examples=200):
+            assert main(argv) == 0
+        sizes = {"query": 20, "train": 90, "val": 10}
+    else:
+        classes = benchmarks.LIST_PROTOCOLS[cfg["protocol"]]
+        lists = _lists(tmp_path / "lists", classes, cfg["protocol"] != "imagenet100",
+                       per_split=(10 * classes, 12, 2 * classes))
+        assert main([*argv, "--dataset", f"list:{lists}"]) == 0
+        sizes = {"query": 12, "train": 9 * classes, "val": classes}
+    backbone = cfg["backbone"].split(":")[1].lower()
+    assert len(fetched) == 1 and os.path.basename(fetched[0]).startswith(backbone)
+    assert (tmp_path / "keras" / "models" / os.path.basename(fetched[0])).is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {s: metrics[f"num_{s}"] for s in sizes} == sizes
+    query = metrics["query"]
+    assert query["k"] == (benchmarks.PROTOCOL_K[cfg["protocol"]] or metrics["num_database"])
+    assert 0 <= query["map_at_k"] <= 1 and 0 <= query["map_at_k_asym"] <= 1
+    assert metrics["epochs_run"] == 2
