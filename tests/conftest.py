@@ -1,7 +1,9 @@
+import gzip
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -35,3 +37,32 @@ def trained_run(tmp_path_factory):
                          sets=["params.warmup_steps=60"])
     out = tmp_path_factory.mktemp("runs") / "ssdh_digits"
     return fit(cfg, out=str(out), verbose=0)
+
+
+def write_idx(path, array):
+    """An IDX file as Fashion-MNIST ships them (gzip, uint8)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(s).to_bytes(4, "big") for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fmnist_files(folder, train=6000, test=1500):
+    """Fashion-MNIST's four files in ``folder``: random pixels, labels 0-9 in turn."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+@pytest.fixture
+def fmnist_files():
+    """write_fmnist_files, for a test that needs other sizes."""
+    return write_fmnist_files
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+    """Fashion-MNIST's files with 6,000 training and 1,500 test images of random pixels."""
+    return write_fmnist_files(tmp_path)

@@ -1,4 +1,4 @@
-import gzip
+import json
 import os
 
 import numpy as np
@@ -25,22 +25,6 @@ def test_splits_are_reproducible_by_seed():
     c = data.load_dataset("digits", seed=4)
     np.testing.assert_array_equal(a.query.y, b.query.y)
     assert not np.array_equal(a.query.x, c.query.x)
-
-
-def _write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(s).to_bytes(4, "big") for s in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def fake_fmnist(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 6000), ("t10k", 1500)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return tmp_path
 
 
 def test_fashion_mnist_protocols_on_idx_files_in_data_dir(fake_fmnist):
@@ -84,11 +68,8 @@ def test_fmnist_unseen_all_searches_every_class_with_unseen_queries(fake_fmnist)
         np.testing.assert_array_equal(getattr(s, name).y, getattr(unseen_only, name).y)
 
 
-def test_too_few_images_for_a_protocol_is_a_clear_error(tmp_path):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 1200), ("t10k", 300)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+def test_too_few_images_for_a_protocol_is_a_clear_error(tmp_path, fmnist_files):
+    fmnist_files(tmp_path, train=1200, test=300)
     with pytest.raises(DataError, match="split 'train' is empty"):
         data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
 
@@ -209,3 +190,37 @@ def test_fit_with_augmentation_in_the_config_learns(tmp_path):
     # chance is about 0.1; lowest over seeds 0-2, oneDNN on and off: 0.664 (AMD EPYC, AVX2;
     # tools/quality_spread.py --cases ssdh-augmentation)
     assert run.metrics["query"]["map_all"] > 0.4
+
+
+def test_one_fmnist_unseen_run_is_scored_under_fmnist_unseen_all(fake_fmnist, tmp_path, capsys):
+    """fmnist-unseen and fmnist-unseen-all train on the same images, so evaluate
+    --protocol scores one trained model under both; a protocol that trains on other images
+    (its queries could be training images) is refused, and so is a run without a record."""
+    from keras_hashing.cli.main import main
+    from keras_hashing.training.fit import evaluate_model
+    from keras_hashing.training.runs import load_run
+
+    run = tmp_path / "run"
+    assert main(["fit", "--method", "pcah", "--dataset", "fashion_mnist", "--data-dir",
+                 str(fake_fmnist), "--protocol", "fmnist-unseen", "--bits", "16",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--protocol", "fmnist-unseen-all",
+                 "--data-dir", str(fake_fmnist)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    whole = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist),
+                              protocol="fmnist-unseen-all")
+    expected = evaluate_model(load_run(str(run)).model, whole)
+    assert scored["map_all"] == pytest.approx(expected["map_all"])
+    own = json.loads((run / "metrics.json").read_text())["query"]
+    assert scored["map_all"] != pytest.approx(own["map_all"])  # 6,000 images, not 1,200
+
+    assert main(["evaluate", "--run", str(run), "--protocol", "fmnist",
+                 "--data-dir", str(fake_fmnist)]) == 2
+    assert "the fmnist protocol trains on other images" in capsys.readouterr().err
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["split_digests"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["evaluate", "--run", str(run), "--protocol", "fmnist-unseen-all",
+                 "--data-dir", str(fake_fmnist)]) == 2
+    assert "does not record its training split" in capsys.readouterr().err

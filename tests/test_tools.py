@@ -189,3 +189,37 @@ def test_quality_spread_reports_a_deterministic_case(capsys, monkeypatch):
     row = capsys.readouterr().out.splitlines()[-1].split("|")
     assert row[1].strip() == "itq" and row[5].strip() == "2"
     assert row[3] == row[4] and 0.2 < float(row[3]) < 1
+
+
+def test_reproduce_scores_unseen_all_cells_with_the_unseen_runs(tmp_path, fake_fmnist):
+    """An fmnist-unseen-all cell is the fmnist-unseen run (fitted once) scored by
+    evaluate --protocol: its row carries both commands, and the fmnist-unseen cell then
+    records the same run without training again."""
+    def reproduce(*cells):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "tools", "reproduce.py"), "--dataset",
+             "fashion_mnist", "--set", f"data_dir={fake_fmnist}", "--runs",
+             str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--resume",
+             "--cells", *cells],
+            capture_output=True, text=True, timeout=600,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    proc = reproduce("pcah:16:fmnist-unseen-all")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[reproduce] keras-hashing fit") == 1
+    (row,) = json.loads((tmp_path / "docs" / "results.json").read_text())
+    trained = tmp_path / "runs" / "fmnist-unseen" / "pcah_16b"
+    scored = json.loads((tmp_path / "runs" / "fmnist-unseen-all" / "pcah_16b" /
+                         "evaluation.json").read_text())
+    assert row["protocol"] == "fmnist-unseen-all" and row["map_all"] == round(scored["map_all"], 4)
+    assert "--protocol fmnist-unseen " in row["command"]
+    assert f"&& keras-hashing evaluate --run {trained} --protocol fmnist-unseen-all" \
+        in row["command"]
+    own = json.loads((trained / "metrics.json").read_text())["query"]
+    assert own["map_all"] != scored["map_all"]  # a database of every class, not two
+
+    again = reproduce("pcah:16:fmnist-unseen")
+    assert again.returncode == 0 and "[reproduce] keras-hashing fit" not in again.stdout
+    rows = json.loads((tmp_path / "docs" / "results.json").read_text())
+    unseen = next(r for r in rows if r["protocol"] == "fmnist-unseen")
+    assert unseen["map_all"] == round(own["map_all"], 4)

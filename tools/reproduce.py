@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import fcntl
+import json
 import os
 import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,6 +75,10 @@ VARIANCE_CELL = ("ssdh", 32, "fmnist")
 VARIANCE_SEEDS = (1, 2)
 # How often a cell's machine load is sampled (its median marks minutes of a shared machine).
 LOAD_SAMPLE_SECONDS = 15
+# protocol -> the protocol it trains as: fmnist-unseen-all trains on fmnist-unseen's
+# images, so its cells score the fmnist-unseen runs (``evaluate --protocol``) instead of
+# training the same model twice
+SCORED_FROM = {"fmnist-unseen-all": "fmnist-unseen"}
 
 
 def default_cells(protocols, methods=None, bits=DEFAULT_BITS) -> list:
@@ -137,9 +143,11 @@ def run_dir(label, bits, protocol, seed, args) -> str:
     return os.path.join(args.runs, protocol, f"{label}_{bits}b{suffix}")
 
 
-def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall) -> dict:
+def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall, query_path=None) -> dict:
+    """The results row of a finished run; ``query_path``: its scores under another
+    protocol (evaluate's output) instead of those fit recorded."""
     metrics = read_json(os.path.join(path, "metrics.json"))
-    q = metrics["query"]
+    q = read_json(query_path) if query_path else metrics["query"]
     seconds, complete = train_seconds(metrics)
     row = {
         "method": label, "bits": bits, "protocol": protocol, "seed": seed,
@@ -180,14 +188,37 @@ def train_seconds(metrics) -> tuple:
 
 
 def run_cell(label, bits, protocol, seed, args) -> dict:
+    if protocol in SCORED_FROM:
+        return run_scored_cell(label, bits, protocol, seed, args)
     cmd = fit_command(label, bits, protocol, seed, args)
     path = run_dir(label, bits, protocol, seed, args)
     start = time.time()
-    if not os.path.isfile(os.path.join(path, "metrics.json")):  # else: finished, not recorded
-        print(f"[reproduce] {shlex.join(cmd)}", flush=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        argv = [sys.executable, "-m", "keras_hashing"] + cmd[1:] + ["--quiet"]
-        child = subprocess.Popen(argv, env=env, cwd=ROOT)
+    loads = fit_unless_finished(label, bits, protocol, cmd, path)
+    row = row_from_run(label, bits, protocol, seed, cmd, path, time.time() - start)
+    return with_load(row, loads)
+
+
+def fit_unless_finished(label, bits, protocol, cmd, path) -> list:
+    """Run the cell's fit (resuming from its backup) unless its metrics.json is there
+    (finished, not recorded); the machine's load while it ran."""
+    if os.path.isfile(os.path.join(path, "metrics.json")):
+        return []
+    print(f"[reproduce] {shlex.join(cmd)}", flush=True)
+    argv = [sys.executable, "-m", "keras_hashing"] + cmd[1:] + ["--quiet"]
+    code, loads, _ = run_sampling_load(argv)
+    if code != 0:
+        raise RuntimeError(f"cell {label}:{bits}:{protocol} failed "
+                           f"(exit {code}): {shlex.join(cmd)}")
+    return loads
+
+
+def run_sampling_load(argv, stdout=None) -> tuple:
+    """(exit code, the machine's 1-minute load sampled while ``argv`` ran, its stdout
+    when ``stdout`` is subprocess.PIPE)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with tempfile.TemporaryFile() as out:
+        child = subprocess.Popen(argv, env=env, cwd=ROOT,
+                                 stdout=out if stdout == subprocess.PIPE else None)
         loads = []
         while child.poll() is None:
             loads.append(os.getloadavg()[0])
@@ -195,10 +226,37 @@ def run_cell(label, bits, protocol, seed, args) -> dict:
                 child.wait(timeout=LOAD_SAMPLE_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
-        if child.returncode != 0:
-            raise RuntimeError(f"cell {label}:{bits}:{protocol} failed "
-                               f"(exit {child.returncode}): {shlex.join(cmd)}")
-    row = row_from_run(label, bits, protocol, seed, cmd, path, time.time() - start)
+        out.seek(0)
+        return child.returncode, loads, out.read().decode("utf-8", "replace")
+
+
+def run_scored_cell(label, bits, protocol, seed, args) -> dict:
+    """A protocol that trains as another one does (``SCORED_FROM``): that protocol's run
+    (fitted first if missing), scored under this one by ``evaluate --protocol``, which
+    refuses a run whose training split differs."""
+    trained_as = SCORED_FROM[protocol]
+    fit_cmd = fit_command(label, bits, trained_as, seed, args)
+    trained = run_dir(label, bits, trained_as, seed, args)
+    start = time.time()
+    loads = fit_unless_finished(label, bits, trained_as, fit_cmd, trained)
+    eval_cmd = ["keras-hashing", "evaluate", "--run", trained, "--protocol", protocol]
+    print(f"[reproduce] {shlex.join(eval_cmd)}", flush=True)
+    code, more, out = run_sampling_load(
+        [sys.executable, "-m", "keras_hashing"] + eval_cmd[1:] + ["--quiet"],
+        stdout=subprocess.PIPE)
+    if code != 0:
+        raise RuntimeError(f"cell {label}:{bits}:{protocol} failed (exit {code}): "
+                           f"{shlex.join(eval_cmd)}")
+    path = run_dir(label, bits, protocol, seed, args)
+    os.makedirs(path, exist_ok=True)
+    write_json(os.path.join(path, "evaluation.json"), json.loads(out))
+    row = row_from_run(label, bits, protocol, seed, fit_cmd, trained, time.time() - start,
+                       query_path=os.path.join(path, "evaluation.json"))
+    row["command"] = f"{shlex.join(fit_cmd)} && {shlex.join(eval_cmd)}"
+    return with_load(row, loads + more)
+
+
+def with_load(row, loads) -> dict:
     if loads:
         row["load_median"] = round(statistics.median(loads), 2)
         row["cores"] = os.cpu_count()
@@ -287,7 +345,9 @@ PROTOCOL_NOTES = {
                      "relevance is still the same class, so a random ranking scores about "
                      "0.5 mAP@all.",
     "fmnist-unseen-all": "Unseen classes against everything (DSH_Analysis' unseen@all): "
-                         "trained as fmnist-unseen on classes 0-7, the same 2,000 queries "
+                         "the fmnist-unseen runs themselves (trained on classes 0-7; each "
+                         "row's command scores its run with `evaluate --protocol`), the "
+                         "same 2,000 queries "
                          "of classes 8 and 9, but the database holds all 60,000 training "
                          "images of every class, so a code must also keep the unseen "
                          "classes away from the seen ones (a random ranking scores about "

@@ -117,6 +117,9 @@ def _evaluate_parser(sub, common) -> None:
                        epilog="example: keras-hashing evaluate --run runs/digits48")
     e.add_argument("--run", required=True)
     e.add_argument("--data-dir")
+    e.add_argument("--protocol", help="score under another protocol of the run's dataset "
+                   "that trains on the same images (e.g. fmnist-unseen-all for a "
+                   "fmnist-unseen run); refused where the training split differs")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -347,7 +350,8 @@ def cmd_evaluate(args) -> int:
     from keras_hashing.training.fit import evaluate
 
     emit(json.dumps(evaluate(args.run, getattr(args, "dataset", None),
-                             getattr(args, "data_dir", None), verbose=_verbose(args)), indent=2))
+                             getattr(args, "data_dir", None), verbose=_verbose(args),
+                             protocol=args.protocol), indent=2))
     return 0
 
 

@@ -437,15 +437,18 @@ EUCLIDEAN_K = 1000
 EUCLIDEAN_FRACTION = 0.02
 
 
-def evaluate(run_path, dataset=None, data_dir=None, verbose=0) -> dict:
+def evaluate(run_path, dataset=None, data_dir=None, verbose=0, protocol=None) -> dict:
     """The retrieval metrics of the run at ``run_path`` on its own splits (``dataset``
-    and ``data_dir`` point at a moved copy of its data); as ``evaluate_model``.
+    and ``data_dir`` point at a moved copy of its data; ``protocol``: another protocol
+    with the same training split); as ``evaluate_model``.
 
     Example:
-        >>> evaluate("runs/d32")["query"]["map_all"]                # doctest: +SKIP
+        >>> evaluate("runs/d32")["map_all"]                          # doctest: +SKIP
         0.93
+        >>> evaluate("runs/unseen48", protocol="fmnist-unseen-all")["map_all"]  # doctest: +SKIP
+        0.41
     """
-    run, splits = load_run_with_splits(run_path, dataset, data_dir)
+    run, splits = load_run_with_splits(run_path, dataset, data_dir, protocol)
     return evaluate_model(run.model, splits, verbose=verbose)
 
 

@@ -455,9 +455,11 @@ def check_index_matches_run(run: Run, index, what: str) -> None:
                           f"or rebuild it with `keras-hashing index build --run {run.path}`")
 
 
-def load_run_with_splits(path, dataset=None, data_dir=None):
+def load_run_with_splits(path, dataset=None, data_dir=None, protocol=None):
     """(Run, splits of its dataset), or of ``dataset`` instead; the images must have the
-    shape the model takes."""
+    shape the model takes. ``protocol``: the run's dataset split by another protocol that
+    trains on the same images (fmnist-unseen's model judged by fmnist-unseen-all), so
+    one trained model is scored under both without training twice."""
     from keras_hashing.training.config import load_splits
     from keras_hashing.errors import DataError
 
@@ -467,13 +469,38 @@ def load_run_with_splits(path, dataset=None, data_dir=None):
         cfg["dataset"], cfg["protocol"] = dataset, None
     if data_dir:
         cfg["data_dir"] = data_dir
+    if protocol:
+        cfg["protocol"] = protocol
     splits = load_splits(cfg)
     if splits.input_shape != run.model.image_shape:
         raise DataError(f"dataset {cfg['dataset']} has images of shape {splits.input_shape} "
                         f"but the model expects {run.model.image_shape}")
-    if not dataset:  # the run's own data: it must still split as it did
+    if protocol and protocol != run.config.get("protocol"):
+        check_same_training(run, splits, protocol)
+    elif not dataset:  # the run's own data: it must still split as it did
         check_splits(run, splits)
     return run, splits
+
+
+def check_same_training(run: Run, splits, protocol) -> None:
+    """Raise DataError unless ``splits`` (the run's dataset under ``protocol``) train and
+    validate on exactly the images the run did: otherwise its queries or database could
+    hold images it trained on, and its scores would not be the protocol's."""
+    from keras_hashing.data.splits import split_digest
+    from keras_hashing.errors import DataError
+
+    recorded = run.metrics.get("split_digests") or {}
+    if not all(name in recorded for name in ("train", "val")):
+        raise DataError(f"{run.path} does not record its training split (trained before "
+                        "runs did), so it cannot be checked against the "
+                        f"{protocol} protocol; train a run with --protocol {protocol}")
+    for name in ("train", "val"):
+        if recorded[name] != split_digest(splits.split(name)):
+            verb = "trains" if name == "train" else "validates"
+            raise DataError(
+                f"the {protocol} protocol {verb} on other images than {run.path} "
+                f"(protocol {run.config.get('protocol')}) did, so the run cannot be scored "
+                f"under it; train a run with --protocol {protocol}")
 
 
 def check_splits(run: Run, splits) -> None:
