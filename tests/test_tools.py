@@ -34,6 +34,9 @@ def test_reproduce_writes_rows_table_and_figures_and_resumes(tmp_path):
     assert itq["cores"] == os.cpu_count() and 0 <= itq["load_median"] < 1000
     table = (tmp_path / "docs" / "RESULTS.md").read_text()
     assert f"| itq | {itq['map_all']:.4f} |" in table
+    # the asymmetric score of the same run beside its Hamming one
+    assert (f"| digits | 16 | itq | {itq['map_all']:.4f} | {itq['map_all_asym']:.4f} | "
+            f"{itq['map_all_asym'] - itq['map_all']:+.4f} |") in table
     assert (tmp_path / "docs" / "figures" / "pr_digits_16b.png").stat().st_size > 1000
     # --resume: cells already in results.json are not run again
     before = os.path.getmtime(tmp_path / "runs" / "digits" / "itq_16b" / "metrics.json")
