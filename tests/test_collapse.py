@@ -184,5 +184,6 @@ def test_recalibration_saves_a_mobilenet_fine_tune_from_collapse(tmp_path, capsy
     fixed_metrics = json.loads((fixed / "metrics.json").read_text())
     assert not fixed_metrics["query"]["collapse"]["collapsed"]
     assert fixed_metrics["batchnorm_recalibrated_epochs"] == [1, 2]
-    # measured: 0.66 collapsed (ties in file order), 0.84 recalibrated
-    assert fixed_metrics["query"]["map_all"] > metrics["query"]["map_all"] + 0.1
+    # measured over seeds 0-3 and three runs of seed 0 (8 queries, so noisy): 0.657 every
+    # time collapsed (ties in file order); recalibrated 0.708 to 0.972, never below +0.05
+    assert fixed_metrics["query"]["map_all"] > metrics["query"]["map_all"] + 0.02
