@@ -11,7 +11,7 @@ Example:
     >>> cfg["bits"], kh.HammingIndex(bits=32).bits
     (32, 32)
     >>> run = kh.fit(cfg, out="runs/d32")                          # doctest: +SKIP
-    >>> kh.evaluate("runs/d32")["query"]["map_all"]                # doctest: +SKIP
+    >>> kh.evaluate("runs/d32")["map_all"]                          # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
