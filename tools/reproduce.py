@@ -380,7 +380,10 @@ STANDARD_BENCHMARKS = """
 The field's tables use these protocols (the lists of DeepHash-pytorch, HashNet, CSQ and
 FIRe). Each is one command on a machine with a GPU and internet; the recipes in
 `configs/benchmarks/` (CSQ, VGG16 or ResNet50 with ImageNet weights, 224 px) are tested
-end to end only on scaled-down mock data here, so **no number below was measured by
+end to end only on scaled-down mock data here (`tfds.testing.mock_data` for CIFAR-10,
+generated lists with the real label widths for the others, the ImageNet weights fetched
+through Keras's own download; two recipes in every test run, all eight with `pytest
+--runslow tests/test_benchmarks.py`), so **no number below was measured by
 keras-hashing**: they are the published ones to compare a run with.
 
 | protocol | data | command | mAP@k |
