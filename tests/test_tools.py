@@ -10,11 +10,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _reproduce(tmp_path, *cells):
+def _reproduce(tmp_path, *cells_and_flags):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "reproduce.py"), "--dataset", "digits",
          "--protocols", "digits", "--runs", str(tmp_path / "runs"), "--docs",
-         str(tmp_path / "docs"), "--resume", "--cells", *cells],
+         str(tmp_path / "docs"), "--resume", "--cells", *cells_and_flags],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
@@ -43,6 +43,21 @@ def test_reproduce_writes_rows_table_and_figures_and_resumes(tmp_path):
     again = _reproduce(tmp_path, "itq:16")
     assert again.returncode == 0 and "[reproduce] keras-hashing fit" not in again.stdout
     assert os.path.getmtime(tmp_path / "runs" / "digits" / "itq_16b" / "metrics.json") == before
+
+    # --rescore: the same run scored again (a row from before a metric existed gains it);
+    # what came from training stays, and a cell without a row is a failure, not a fit
+    rows = [{**r, "map_all": 0.0} for r in rows]
+    for r in rows:
+        del r["map_all_asym"]
+    (tmp_path / "docs" / "results.json").write_text(json.dumps(rows))
+    rescored = _reproduce(tmp_path, "itq:16", "pcah:16", "--rescore")
+    assert rescored.returncode == 1 and "pcah:16:digits has no row" in rescored.stdout
+    assert "[reproduce] keras-hashing fit" not in rescored.stdout
+    new = next(r for r in json.loads((tmp_path / "docs" / "results.json").read_text())
+               if r["method"] == "itq")
+    assert new["map_all"] == itq["map_all"] and new["map_all_asym"] == itq["map_all_asym"]
+    assert new["train_minutes"] == itq["train_minutes"] and new["command"] == itq["command"]
+    assert "rescored" in new
 
 
 def _load_reproduce(monkeypatch):

@@ -11,6 +11,7 @@ Examples:
     python tools/reproduce.py --cells ssdh:32:fmnist:1 --resume   # seed 1
     python tools/reproduce.py --protocols fmnist-reduced --bits 12 24 --resume
     python tools/reproduce.py --report-only                  # re-render table + figures
+    python tools/reproduce.py --cells csq:48:fmnist --rescore   # new metrics, same run
 
 Cells are written ``METHOD:BITS``, ``METHOD:BITS:PROTOCOL`` or
 ``METHOD:BITS:PROTOCOL:SEED``; METHOD may be a variant such as ``dmrh-n2`` (DMRH on a
@@ -240,20 +241,52 @@ def run_scored_cell(label, bits, protocol, seed, args) -> dict:
     start = time.time()
     loads = fit_unless_finished(label, bits, trained_as, fit_cmd, trained)
     eval_cmd = ["keras-hashing", "evaluate", "--run", trained, "--protocol", protocol]
+    path = run_dir(label, bits, protocol, seed, args)
+    more = evaluate_into(label, bits, protocol, eval_cmd, os.path.join(path, "evaluation.json"))
+    row = row_from_run(label, bits, protocol, seed, fit_cmd, trained, time.time() - start,
+                       query_path=os.path.join(path, "evaluation.json"))
+    row["command"] = f"{shlex.join(fit_cmd)} && {shlex.join(eval_cmd)}"
+    return with_load(row, loads + more)
+
+
+# the fields of a row that come from scoring its run (the rest: from training it)
+SCORE_FIELDS = ("map_all", "map_1000", "p_r2", "precision_ks", "p_at_k", "pr_curve",
+                "map_all_euclidean", "map_1000_euclidean", "map_at_k", "map_all_asym",
+                "map_at_k_asym", "k")
+
+
+def rescore_cell(row, args) -> dict:
+    """``row`` with its scores from evaluating its finished run again with this version's
+    evaluation (new metrics for old runs); its training fields stay as they were."""
+    label, bits, protocol, seed = key(row)
+    if protocol in SCORED_FROM:  # already only a scoring
+        fresh = run_scored_cell(label, bits, protocol, seed, args)
+    else:
+        path = run_dir(label, bits, protocol, seed, args)
+        if not os.path.isfile(os.path.join(path, "metrics.json")):
+            raise RuntimeError(f"cell {label}:{bits}:{protocol} has no finished run in {path}")
+        scores = os.path.join(path, "evaluation.json")
+        evaluate_into(label, bits, protocol, ["keras-hashing", "evaluate", "--run", path],
+                      scores)
+        fresh = row_from_run(label, bits, protocol, seed, [], path, 0, query_path=scores)
+    return {**{k: v for k, v in row.items() if k not in SCORE_FIELDS},
+            **{k: fresh[k] for k in SCORE_FIELDS if k in fresh},
+            "rescored": datetime.date.today().isoformat()}
+
+
+def evaluate_into(label, bits, protocol, eval_cmd, target) -> list:
+    """Run ``eval_cmd`` (a keras-hashing evaluate) and write its JSON to ``target``; the
+    machine's load while it ran."""
     print(f"[reproduce] {shlex.join(eval_cmd)}", flush=True)
-    code, more, out = run_sampling_load(
+    code, loads, out = run_sampling_load(
         [sys.executable, "-m", "keras_hashing"] + eval_cmd[1:] + ["--quiet"],
         stdout=subprocess.PIPE)
     if code != 0:
         raise RuntimeError(f"cell {label}:{bits}:{protocol} failed (exit {code}): "
                            f"{shlex.join(eval_cmd)}")
-    path = run_dir(label, bits, protocol, seed, args)
-    os.makedirs(path, exist_ok=True)
-    write_json(os.path.join(path, "evaluation.json"), json.loads(out))
-    row = row_from_run(label, bits, protocol, seed, fit_cmd, trained, time.time() - start,
-                       query_path=os.path.join(path, "evaluation.json"))
-    row["command"] = f"{shlex.join(fit_cmd)} && {shlex.join(eval_cmd)}"
-    return with_load(row, loads + more)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    write_json(target, json.loads(out))
+    return loads
 
 
 def with_load(row, loads) -> dict:
@@ -552,6 +585,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="skip cells already in docs/results.json")
     p.add_argument("--report-only", action="store_true", help="only re-render RESULTS.md")
+    p.add_argument("--rescore", action="store_true",
+                   help="evaluate the finished runs of --cells again (this version's "
+                        "metrics) and update their rows' scores, not their training")
     args = p.parse_args(argv)
 
     os.makedirs(args.docs, exist_ok=True)
@@ -568,10 +604,17 @@ def main(argv=None) -> int:
             if VARIANTS[label][0] not in registered:
                 print(f"[reproduce] skip {label}: method not implemented", flush=True)
                 continue
-            if args.resume and any(key(r) == (label, bits, protocol, seed) for r in rows):
+            recorded = [r for r in rows if key(r) == (label, bits, protocol, seed)]
+            if args.resume and recorded and not args.rescore:
                 continue
             try:
-                row = run_cell(label, bits, protocol, seed, args)
+                if args.rescore:
+                    if not recorded:
+                        raise RuntimeError(f"cell {label}:{bits}:{protocol} has no row to "
+                                           "rescore")
+                    row = rescore_cell(recorded[0], args)
+                else:
+                    row = run_cell(label, bits, protocol, seed, args)
             except RuntimeError as e:  # one broken cell must not cost the rest of the table
                 print(f"[reproduce] {e}", flush=True)
                 failed.append(f"{label}:{bits}:{protocol}:{seed}")
