@@ -230,6 +230,7 @@ def test_reproduce_scores_unseen_all_cells_with_the_unseen_runs(tmp_path, fake_f
     scored = json.loads((tmp_path / "runs" / "fmnist-unseen-all" / "pcah_16b" /
                          "evaluation.json").read_text())
     assert row["protocol"] == "fmnist-unseen-all" and row["map_all"] == round(scored["map_all"], 4)
+    assert row["cores"] == os.cpu_count()  # the load its training ran under
     assert "--protocol fmnist-unseen " in row["command"]
     assert f"&& keras-hashing evaluate --run {trained} --protocol fmnist-unseen-all" \
         in row["command"]

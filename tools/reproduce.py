@@ -242,11 +242,16 @@ def run_scored_cell(label, bits, protocol, seed, args) -> dict:
     loads = fit_unless_finished(label, bits, trained_as, fit_cmd, trained)
     eval_cmd = ["keras-hashing", "evaluate", "--run", trained, "--protocol", protocol]
     path = run_dir(label, bits, protocol, seed, args)
-    more = evaluate_into(label, bits, protocol, eval_cmd, os.path.join(path, "evaluation.json"))
+    evaluate_into(label, bits, protocol, eval_cmd, os.path.join(path, "evaluation.json"))
     row = row_from_run(label, bits, protocol, seed, fit_cmd, trained, time.time() - start,
                        query_path=os.path.join(path, "evaluation.json"))
     row["command"] = f"{shlex.join(fit_cmd)} && {shlex.join(eval_cmd)}"
-    return with_load(row, loads + more)
+    if loads:
+        return with_load(row, loads)
+    # trained earlier: the load its minutes were measured under is the trained cell's
+    trained_row = next((r for r in load_rows(args.docs)
+                        if key(r) == (label, bits, trained_as, seed)), {})
+    return {**row, **{k: trained_row[k] for k in ("load_median", "cores") if k in trained_row}}
 
 
 # the fields of a row that come from scoring its run (the rest: from training it)
@@ -274,11 +279,10 @@ def rescore_cell(row, args) -> dict:
             "rescored": datetime.date.today().isoformat()}
 
 
-def evaluate_into(label, bits, protocol, eval_cmd, target) -> list:
-    """Run ``eval_cmd`` (a keras-hashing evaluate) and write its JSON to ``target``; the
-    machine's load while it ran."""
+def evaluate_into(label, bits, protocol, eval_cmd, target) -> None:
+    """Run ``eval_cmd`` (a keras-hashing evaluate) and write its JSON to ``target``."""
     print(f"[reproduce] {shlex.join(eval_cmd)}", flush=True)
-    code, loads, out = run_sampling_load(
+    code, _, out = run_sampling_load(
         [sys.executable, "-m", "keras_hashing"] + eval_cmd[1:] + ["--quiet"],
         stdout=subprocess.PIPE)
     if code != 0:
@@ -286,7 +290,6 @@ def evaluate_into(label, bits, protocol, eval_cmd, target) -> list:
                            f"{shlex.join(eval_cmd)}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     write_json(target, json.loads(out))
-    return loads
 
 
 def with_load(row, loads) -> dict:
