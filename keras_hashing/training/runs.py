@@ -486,7 +486,6 @@ def check_same_training(run: Run, splits, protocol) -> None:
     """Raise DataError unless ``splits`` (the run's dataset under ``protocol``) train and
     validate on exactly the images the run did: otherwise its queries or database could
     hold images it trained on, and its scores would not be the protocol's."""
-    from keras_hashing.data.splits import split_digest
     from keras_hashing.errors import DataError
 
     recorded = run.metrics.get("split_digests") or {}
@@ -494,31 +493,41 @@ def check_same_training(run: Run, splits, protocol) -> None:
         raise DataError(f"{run.path} does not record its training split (trained before "
                         "runs did), so it cannot be checked against the "
                         f"{protocol} protocol; train a run with --protocol {protocol}")
-    for name in ("train", "val"):
-        if recorded[name] != split_digest(splits.split(name)):
-            verb = "trains" if name == "train" else "validates"
-            raise DataError(
-                f"the {protocol} protocol {verb} on other images than {run.path} "
-                f"(protocol {run.config.get('protocol')}) did, so the run cannot be scored "
-                f"under it; train a run with --protocol {protocol}")
+    name = first_changed_split(run, splits, ("train", "val"))
+    if name:
+        verb = "trains" if name == "train" else "validates"
+        raise DataError(
+            f"the {protocol} protocol {verb} on other images than {run.path} "
+            f"(protocol {run.config.get('protocol')}) did, so the run cannot be scored "
+            f"under it; train a run with --protocol {protocol}")
 
 
 def check_splits(run: Run, splits) -> None:
     """Raise DataError when ``splits`` differ from those ``run`` recorded when it trained
     (images added, removed or moved between classes re-split a folder: training images
     would become queries); runs from before the record pass."""
-    from keras_hashing.data.splits import SPLIT_NAMES, split_digest
+    from keras_hashing.data.splits import SPLIT_NAMES
     from keras_hashing.errors import DataError
 
+    name = first_changed_split(run, splits, SPLIT_NAMES)
+    if name:
+        then = run.metrics.get(f"num_{name}")
+        raise DataError(
+            f"the images of {run.config['dataset']} changed since {run.path} was trained: "
+            f"its {name} split differs ({len(splits.split(name))} images now, {then} "
+            "then), so the run's splits cannot be rebuilt; restore the files as they "
+            "were, or train a new run on the new ones")
+
+
+def first_changed_split(run: Run, splits, names):
+    """The first of ``names`` whose images or labels in ``splits`` differ from what the
+    run recorded when it trained (splits it did not record are not compared), or None."""
+    from keras_hashing.data.splits import split_digest
+
     recorded = run.metrics.get("split_digests") or {}
-    for name in SPLIT_NAMES:
-        if name in recorded and recorded[name] != split_digest(splits.split(name)):
-            then = run.metrics.get(f"num_{name}")
-            raise DataError(
-                f"the images of {run.config['dataset']} changed since {run.path} was trained: "
-                f"its {name} split differs ({len(splits.split(name))} images now, {then} "
-                "then), so the run's splits cannot be rebuilt; restore the files as they "
-                "were, or train a new run on the new ones")
+    return next((name for name in names
+                 if name in recorded and recorded[name] != split_digest(splits.split(name))),
+                None)
 
 
 def metric_rows(paths, metric="map_all") -> list:
