@@ -3,7 +3,8 @@ library calls (the run folder is training's; the batching is ``encoders``').
 
 Example:
     >>> run, split, source = encoding_input("runs/d48")             # doctest: +SKIP
-    >>> index, skipped, _ = index_from_run("runs/d48", run.model, split, "d48.khi", source)
+    >>> index, skipped, _ = index_from_run(                          # doctest: +SKIP
+    ...     "runs/d48", run.model, split, "d48.khi", source)
 """
 
 from __future__ import annotations

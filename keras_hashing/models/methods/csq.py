@@ -44,7 +44,7 @@ class CSQ(LinearCodeModel):
     Example:
         >>> import numpy as np
         >>> m = CSQ(bits=16, input_shape=(8, 8, 1), num_classes=10)
-        >>> m.centers.shape, float(np.abs(m.centers.numpy()).min())
+        >>> tuple(m.centers.shape), float(np.abs(m.centers.numpy()).min())
         ((10, 16), 1.0)
     """
 
