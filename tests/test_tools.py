@@ -130,6 +130,19 @@ def test_class_spread_tool_measures_what_fit_recorded(trained_run, monkeypatch):
     assert recorded["within_mean"] < recorded["between_mean"]
 
 
+def test_bench_rerank_gain_is_what_fit_recorded(trained_run, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import bench_rerank
+
+    query = trained_run.metrics["query"]
+    gain = bench_rerank.run_gain(trained_run.path)
+    assert gain["map_all"] == round(query["map_all"], 4)
+    assert gain["map_all_asym"] == round(query["map_all_asym"], 4)
+    assert gain["gain"] == round(query["map_all_asym"] - query["map_all"], 4)
+    # the largest |component| over the mean: 1 for a code of equal magnitudes, at most K
+    assert 1.0 <= gain["peak_to_mean"] <= trained_run.model.bits
+
+
 def test_per_class_map_tool_averages_back_to_the_recorded_map(trained_run, monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     import per_class_map

@@ -30,12 +30,21 @@ from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
 
 
 def run_gain(path) -> dict:
-    from keras_hashing.training.fit import evaluate
+    """The run's Hamming and asymmetric query mAP@all, and how unevenly its query codes
+    spread their magnitude: ``peak_to_mean``, the median over queries of the largest
+    |component| of the signed code over its mean |component| (1 for a code of +-c, large
+    where a few components outvote the rest of the asymmetric inner product)."""
+    from keras_hashing.training.fit import evaluate_model
+    from keras_hashing.training.runs import load_run_with_splits
 
-    query = evaluate(path)
+    run, splits = load_run_with_splits(path)
+    query = evaluate_model(run.model, splits)
+    magnitude = np.abs(np.asarray(run.model.signed_code(run.model.embed(splits.query))))
+    peak = np.median(magnitude.max(axis=1) / np.maximum(magnitude.mean(axis=1), 1e-12))
     return {"run": path, "map_all": round(query["map_all"], 4),
             "map_all_asym": round(query["map_all_asym"], 4),
-            "gain": round(query["map_all_asym"] - query["map_all"], 4)}
+            "gain": round(query["map_all_asym"] - query["map_all"], 4),
+            "peak_to_mean": round(float(peak), 2)}
 
 
 def search_cost(items, bits, k, depth, queries, repeats, seed=0) -> dict:
