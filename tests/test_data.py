@@ -41,17 +41,56 @@ def test_fashion_mnist_protocols_on_idx_files_in_data_dir(fake_fmnist):
     assert not set(map(bytes, r.val.x)) & set(map(bytes, r.train.x))
 
 
-def test_fmnist_unseen_never_trains_on_the_query_classes(fake_fmnist):
-    s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol="fmnist-unseen")
-    unseen = set(data.FMNIST_UNSEEN_CLASSES)
+@pytest.mark.parametrize("fold", [0, 1, 2, 3, 4])
+def test_fmnist_unseen_never_trains_on_the_query_classes(fake_fmnist, fold):
+    s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol="fmnist-unseen",
+                          unseen_fold=fold)
+    unseen = set(data.FMNIST_UNSEEN_FOLDS[fold])
     assert set(np.unique(s.query.y)) == set(np.unique(s.database.y)) == unseen
-    assert not unseen & set(np.unique(s.train.y)) and not unseen & set(np.unique(s.val.y))
-    # heads are sized to the trained classes; query ids lie outside them
-    assert s.num_classes == 8 and s.train.y.max() == s.num_classes - 1
+    # training images come from the seen classes only (their pixels, whatever their ids)
+    x_tr, y_tr, _, _ = data.load_fashion_mnist(str(fake_fmnist))
+    by_image = {bytes(x): y for x, y in zip(x_tr, y_tr)}
+    trained_on = {by_image[bytes(x)] for x in np.concatenate([s.train.x, s.val.x])}
+    assert trained_on == set(range(10)) - unseen
+    # heads are sized to the trained classes, numbered 0-7 in class order; the seen id of
+    # an image is its class's rank among the seen classes
+    seen = sorted(set(range(10)) - unseen)
+    assert s.num_classes == 8 and set(np.unique(s.train.y)) == set(range(8))
+    assert all(seen[y] == by_image[bytes(x)] for x, y in zip(s.train.x[:200], s.train.y[:200]))
+    assert s.summary()["unseen_fold"] == fold
     # every test image of the unseen classes is a query, every training one in the database
     assert (len(s.query), len(s.database)) == (300, 1200)
     assert (len(s.val), len(s.train)) == (4000, 800)
     assert not set(map(bytes, s.val.x)) & set(map(bytes, s.train.x))
+
+
+def test_fmnist_unseen_folds_hold_out_every_class_once_and_fold_0_is_the_default(fake_fmnist):
+    held_out = [c for pair in data.FMNIST_UNSEEN_FOLDS for c in pair]
+    assert sorted(held_out) == list(range(10))
+    assert data.FMNIST_UNSEEN_FOLDS[0] == (8, 9)  # the rows measured before folds stay valid
+    plain = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol="fmnist-unseen")
+    fold0 = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist),
+                              protocol="fmnist-unseen", unseen_fold=0)
+    for name in ("train", "val", "query", "database"):
+        np.testing.assert_array_equal(plain.split(name).x, fold0.split(name).x)
+    for fold, protocol in ((5, "fmnist-unseen"), (-1, "fmnist-unseen"), ("1", "fmnist-unseen"),
+                           (True, "fmnist-unseen"), (1, "fmnist"), (0, "fmnist-reduced")):
+        with pytest.raises(DataError, match="unseen_fold"):
+            data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist), protocol=protocol,
+                              unseen_fold=fold)
+
+
+def test_unseen_fold_is_a_setting_fit_and_config_show_check_alike():
+    from keras_hashing.errors import ConfigError
+    from keras_hashing.training.config import resolve_config
+
+    cfg = resolve_config(overrides={"dataset": "fashion_mnist", "protocol": "fmnist-unseen"},
+                         sets=["unseen_fold=3"])
+    assert cfg["unseen_fold"] == 3
+    for protocol, fold in (("fmnist", "1"), ("fmnist-unseen", "7"), (None, "2")):
+        with pytest.raises(ConfigError, match="unseen_fold"):
+            resolve_config(overrides={"dataset": "fashion_mnist", "protocol": protocol},
+                           sets=[f"unseen_fold={fold}"])
 
 
 def test_fmnist_unseen_all_searches_every_class_with_unseen_queries(fake_fmnist):
@@ -59,7 +98,7 @@ def test_fmnist_unseen_all_searches_every_class_with_unseen_queries(fake_fmnist)
                                     protocol="fmnist-unseen")
     s = data.load_dataset("fashion_mnist", data_dir=str(fake_fmnist),
                           protocol="fmnist-unseen-all")
-    unseen = set(data.FMNIST_UNSEEN_CLASSES)
+    unseen = set(data.FMNIST_UNSEEN_FOLDS[0])
     assert set(np.unique(s.query.y)) == unseen and s.num_classes == 8
     assert set(np.unique(s.database.y)) == set(range(10))  # every training image
     assert len(s.database) == 6000

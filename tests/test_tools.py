@@ -51,7 +51,7 @@ def test_reproduce_writes_rows_table_and_figures_and_resumes(tmp_path):
         del r["map_all_asym"]
     (tmp_path / "docs" / "results.json").write_text(json.dumps(rows))
     rescored = _reproduce(tmp_path, "itq:16", "pcah:16", "--rescore")
-    assert rescored.returncode == 1 and "pcah:16:digits has no row" in rescored.stdout
+    assert rescored.returncode == 1 and "pcah:16:digits:0 has no row" in rescored.stdout
     assert "[reproduce] keras-hashing fit" not in rescored.stdout
     new = next(r for r in json.loads((tmp_path / "docs" / "results.json").read_text())
                if r["method"] == "itq")
@@ -175,39 +175,86 @@ def test_bench_serve_runs_the_service_and_drops_no_request(tmp_path):
 
 def test_reproduce_default_table_and_cell_syntax(monkeypatch):
     reproduce = _load_reproduce(monkeypatch)
-    cells = reproduce.default_cells(["fmnist", "fmnist-unseen"])
-    fmnist = {(m, b) for m, b, p, s in cells if p == "fmnist" and s == 0}
-    unseen = {(m, b) for m, b, p, s in cells if p == "fmnist-unseen"}
+    cells = reproduce.default_cells(["fmnist", "fmnist-unseen", "fmnist-unseen-all"])
+    first = [c for c in cells if not c.seed and not c.fold]
+    fmnist = {(c.label, c.bits) for c in first if c.protocol == "fmnist"}
+    unseen = {(c.label, c.bits) for c in first if c.protocol == "fmnist-unseen"}
     assert {("classifier-code", b) for b in (12, 24, 32, 48)} <= fmnist
     assert ("dmrh-n1", 32) in fmnist and ("dmrh-n1", 48) not in fmnist  # ablation at 32 only
     assert unseen == {(m, b) for m in (*reproduce.SEED_METHODS, *reproduce.MODERN_METHODS,
                                        "classifier-code", "itq") for b in (32, 48)}
-    unseen_all = {(m, b) for m, b, p, s in reproduce.default_cells(["fmnist-unseen-all"])}
-    assert unseen_all == {(m, 48) for m, _ in unseen}
-    assert [c for c in cells if c[3]] == [("ssdh", 32, "fmnist", 1), ("ssdh", 32, "fmnist", 2)]
-    assert reproduce.parse_cell("dsh:32:fmnist:2", ["x"]) == [("dsh", 32, "fmnist", 2)]
-    assert reproduce.parse_cell("dsh:32", ["a", "b"], seed=3) == [("dsh", 32, "a", 3),
-                                                                 ("dsh", 32, "b", 3)]
-    for bad in ("dsh", "nope:32", "dsh:32:fmnist:x"):
+    unseen_all = {(c.label, c.bits) for c in first if c.protocol == "fmnist-unseen-all"}
+    assert unseen_all == {(m, b) for m, b in unseen if b == 48 or m != "itq"}
+    # every deep method: seeds 0-2 on fmnist, folds 0-4 on both unseen protocols, at 32
+    deep = {*reproduce.SEED_METHODS, *reproduce.MODERN_METHODS, "classifier-code"}
+    for protocol, field, values in (("fmnist", "seed", {0, 1, 2}),
+                                    ("fmnist-unseen", "fold", {0, 1, 2, 3, 4}),
+                                    ("fmnist-unseen-all", "fold", {0, 1, 2, 3, 4})):
+        for method in deep:
+            runs = {getattr(c, field) for c in cells
+                    if (c.label, c.bits, c.protocol) == (method, 32, protocol)}
+            assert runs == values, (method, protocol)
+    assert not [c for c in cells if c.seed and c.fold]
+    assert len(set(cells)) == len(cells)
+    assert reproduce.parse_cell("dsh:32:fmnist:2", ["x"]) == [("dsh", 32, "fmnist", 2, 0)]
+    assert reproduce.parse_cell("dsh:32", ["a", "b"], seed=3) == [("dsh", 32, "a", 3, 0),
+                                                                 ("dsh", 32, "b", 3, 0)]
+    assert reproduce.parse_cell("dsh:32:fmnist-unseen:0:3", ["x"]) == [
+        ("dsh", 32, "fmnist-unseen", 0, 3)]
+    for bad in ("dsh", "nope:32", "dsh:32:fmnist:x", "dsh:32:fmnist:0:1",
+                "dsh:32:fmnist-unseen:0:x", "dsh:32:fmnist-unseen:0:1:2"):
         with pytest.raises(SystemExit, match="bad cell"):
             reproduce.parse_cell(bad, ["fmnist"])
 
 
-def test_reproduce_marks_over_budget_and_reports_seeds_and_unseen(monkeypatch):
+def test_reproduce_fold_cells_train_with_their_fold_and_a_run_folder_each(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    args = reproduce.argparse.Namespace(dataset="fashion_mnist", runs="R", epochs=None, set=[])
+    cell = reproduce.Cell("dsh", 32, "fmnist-unseen-all", 0, 3)
+    cmd = reproduce.fit_command(cell, args, "fmnist-unseen")
+    assert cmd[cmd.index("--protocol") + 1] == "fmnist-unseen"
+    assert "unseen_fold=3" in cmd and cmd[cmd.index("--out") + 1] == os.path.join(
+        "R", "fmnist-unseen", "dsh_32b_fold3")
+    fold0 = reproduce.fit_command(cell._replace(fold=0), args)
+    assert not any("unseen_fold" in part for part in fold0)  # today's commands unchanged
+    assert reproduce.key({"method": "dsh", "bits": 32, "protocol": "fmnist-unseen",
+                          "fold": 3}) == cell._replace(protocol="fmnist-unseen")
+    assert reproduce.cell_name(cell) == "dsh:32:fmnist-unseen-all:0:3"
+
+
+def test_reproduce_reports_spread_and_orders_only_what_welch_separates(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+
+    def rows(method, protocol, values, field):
+        return [{"method": method, "bits": 32, "protocol": protocol, "map_all": v,
+                 "epochs": 20, "train_minutes": 7.0, field: i} for i, v in enumerate(values)]
+
+    table = (rows("a", "fmnist", [0.91, 0.92, 0.93], "seed")
+             + rows("b", "fmnist", [0.80, 0.81, 0.82], "seed")
+             + rows("c", "fmnist", [0.905, 0.93, 0.91], "seed")
+             + rows("a", "fmnist-unseen", [0.6, 0.7, 0.8, 0.7, 0.7], "fold"))
+    assert reproduce.map_all_cells(table[:3])[("a", 32)] == "0.9200 ± 0.0100 (n = 3)"
+    ranked = reproduce.orderings(table, "fmnist", 32)
+    assert [m for m, _, _ in ranked] == ["a", "c", "b"]
+    assert ranked[0][2] == ["b"] and ranked[1][2] == ["b"]  # a and c overlap: tied
+    section = "\n".join(reproduce.orderings_section(table))
+    assert "| a | 0.9200 ± 0.0100 (n = 3) | b | c |" in section
+    spread = "\n".join(reproduce.spread_section(table))
+    assert "| a | 32 | fmnist-unseen | folds 0, 1, 2, 3, 4 |" in spread
+    assert "0.7000 ± 0.0707 |" in spread
+    unseen = "\n".join(reproduce.generalisation_section(table))
+    assert "| a | 32 | 0.9200 ± 0.0100 (n = 3) | 0.7000 ± 0.0707 (n = 5) | -0.2200 |" in unseen
+    assert reproduce.welch_p([0.9], [0.8, 0.7]) is None  # one run: no test
+    assert reproduce.welch_p([0.9, 0.9], [0.9, 0.9]) is None  # no spread: no test
+
+
+def test_reproduce_marks_over_budget(monkeypatch):
     reproduce = _load_reproduce(monkeypatch)
     over = reproduce.BUDGET_MINUTES + 2.5
     rows = [{"method": "dsh", "bits": 32, "protocol": "fmnist", "map_all": 0.87, "epochs": 20,
-             "train_minutes": over},
-            {"method": "dsh", "bits": 32, "protocol": "fmnist", "map_all": 0.85, "epochs": 20,
-             "train_minutes": 9.0, "seed": 1},
-            {"method": "dsh", "bits": 32, "protocol": "fmnist-unseen", "map_all": 0.6,
-             "epochs": 20, "train_minutes": 7.0}]
-    assert reproduce.map_all_cells(rows[:1])[("dsh", 32)] == f"0.8700 ({over:.1f} min)"
-    variance = "\n".join(reproduce.variance_section(rows))
-    assert "| dsh | 32 | fmnist | 0, 1 | 0.8700, 0.8500 | 0.8600 ± 0.0141 |" in variance
-    unseen = "\n".join(reproduce.generalisation_section([rows[0], rows[2]]))
-    assert "| dsh | 32 | 0.8700 | 0.6000 | -0.2700 |" in unseen
-    assert reproduce.generalisation_section(rows[:1]) == []  # no unseen cell, no table
+             "train_minutes": over}]
+    assert reproduce.map_all_cells(rows)[("dsh", 32)] == f"0.8700 ({over:.1f} min)"
+    assert reproduce.generalisation_section(rows) == []  # no unseen cell, no table
 
 
 def test_quality_spread_reports_a_deterministic_case(capsys, monkeypatch):

@@ -13,9 +13,13 @@ Examples:
     python tools/reproduce.py --report-only                  # re-render table + figures
     python tools/reproduce.py --cells csq:48:fmnist --rescore   # new metrics, same run
 
-Cells are written ``METHOD:BITS``, ``METHOD:BITS:PROTOCOL`` or
-``METHOD:BITS:PROTOCOL:SEED``; METHOD may be a variant such as ``dmrh-n2`` (DMRH on a
-2 x 2 grid). Without --cells the default table runs (``default_cells``).
+Cells are written ``METHOD:BITS``, ``METHOD:BITS:PROTOCOL``,
+``METHOD:BITS:PROTOCOL:SEED`` or ``METHOD:BITS:PROTOCOL:SEED:FOLD`` (FOLD: the pair of
+classes an unseen-class protocol holds out, ``--set unseen_fold``); METHOD may be a
+variant such as ``dmrh-n2`` (DMRH on a 2 x 2 grid). Without --cells the default table runs
+(``default_cells``). A results cell is the mean ± sd over its seeds (``fmnist``) or folds
+(the unseen protocols); an ordering of two methods is claimed only where Welch's t-test
+separates them at 5% (``welch_p``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -71,9 +76,14 @@ DEFAULT_PROTOCOLS = ("fmnist", "fmnist-unseen", "fmnist-unseen-all")
 # Every cell trains within this many minutes of fit on the 2-core reference machine (the
 # recipes' epochs are sized for it); a row over it is marked, not hidden.
 BUDGET_MINUTES = 15.0
-# The seed-variance cell: run again with these seeds beside seed 0.
-VARIANCE_CELL = ("ssdh", 32, "fmnist")
-VARIANCE_SEEDS = (1, 2)
+# Every deep method's spread at this length: seeds on fmnist, folds on the unseen
+# protocols (each fold holds out another pair of classes).
+SPREAD_BITS = 32
+SPREAD_SEEDS = (0, 1, 2)
+UNSEEN_FOLDS = (0, 1, 2, 3, 4)
+UNSEEN_PROTOCOLS = ("fmnist-unseen", "fmnist-unseen-all")
+# an ordering of two cells is claimed where Welch's t-test gives p below this
+ORDER_ALPHA = 0.05
 # How often a cell's machine load is sampled (its median marks minutes of a shared machine).
 LOAD_SAMPLE_SECONDS = 15
 # protocol -> the protocol it trains as: fmnist-unseen-all trains on fmnist-unseen's
@@ -82,76 +92,106 @@ LOAD_SAMPLE_SECONDS = 15
 SCORED_FROM = {"fmnist-unseen-all": "fmnist-unseen"}
 
 
+class Cell(NamedTuple):
+    """One results cell: a variant (``VARIANTS``) at a code length under a protocol, with
+    its seed and, for the unseen protocols, its fold (the held-out pair of classes)."""
+    label: str
+    bits: int
+    protocol: str
+    seed: int = 0
+    fold: int = 0
+
+
 def default_cells(protocols, methods=None, bits=DEFAULT_BITS) -> list:
-    """(label, bits, protocol, seed) of the full table, cheapest-to-read order.
+    """The full table's cells (``Cell``), cheapest-to-read order.
 
     ``fmnist``: every method at every length, DMRH's N = 1 and 3 only at 32 bits (the
-    grid ablation), and the seed-variance repeats. ``fmnist-unseen``: the seed and modern
-    methods, the classifier-code baseline and ITQ (a feature-free reference) at 32 and 48
-    bits; ``fmnist-unseen-all`` the same methods at 48 bits. Other protocols: every method
-    at every length.
+    grid ablation), and every deep method again with seeds 1 and 2 at ``SPREAD_BITS``.
+    ``fmnist-unseen``: the seed and modern methods, the classifier-code baseline and ITQ
+    (a feature-free reference) at 32 and 48 bits, and the deep ones over all five folds
+    at ``SPREAD_BITS``; ``fmnist-unseen-all`` the same methods scored on those runs (48
+    bits: fold 0; ``SPREAD_BITS``: every fold). Other protocols: every method at every
+    length.
     """
     cells = []
     unseen_labels = SEED_METHODS + MODERN_METHODS + ("classifier-code", "itq")
     for protocol in protocols:
         if protocol == "fmnist-unseen":
-            labels = unseen_labels
-            lengths = [b for b in bits if b in (32, 48)]
+            labels, lengths = unseen_labels, [b for b in bits if b in (32, 48)]
         elif protocol == "fmnist-unseen-all":
-            labels = unseen_labels
-            lengths = [b for b in bits if b == 48]
+            labels, lengths = unseen_labels, [b for b in bits if b in (SPREAD_BITS, 48)]
         else:
-            labels = tuple(VARIANTS)
-            lengths = list(bits)
+            labels, lengths = tuple(VARIANTS), list(bits)
         for label in labels:
             if methods and label not in methods:
                 continue
             for b in lengths:
                 if label in ("dmrh-n1", "dmrh-n3") and protocol == "fmnist" and b != 32:
                     continue
-                cells.append((label, b, protocol, 0))
-    if VARIANCE_CELL[2] in protocols and (not methods or VARIANCE_CELL[0] in methods):
-        cells += [(*VARIANCE_CELL, seed) for seed in VARIANCE_SEEDS]
+                if protocol == "fmnist-unseen-all" and b == SPREAD_BITS and label == "itq":
+                    continue  # the unseen-all 32-bit cells are the fold means of deep methods
+                cells.append(Cell(label, b, protocol))
+    spread_labels = [m for m in (*SEED_METHODS, *MODERN_METHODS, "classifier-code")
+                     if not methods or m in methods]
+    if "fmnist" in protocols and SPREAD_BITS in bits:
+        cells += [Cell(m, SPREAD_BITS, "fmnist", seed) for m in spread_labels
+                  for seed in SPREAD_SEEDS if seed]
+    for protocol in UNSEEN_PROTOCOLS:
+        if protocol in protocols and SPREAD_BITS in bits:
+            cells += [Cell(m, SPREAD_BITS, protocol, 0, fold) for m in spread_labels
+                      for fold in UNSEEN_FOLDS if fold]
     return cells
 
 
 def parse_cell(text: str, protocols, seed=0) -> list:
-    """``METHOD:BITS[:PROTOCOL[:SEED]]`` -> [(label, bits, protocol, seed), ...]."""
+    """``METHOD:BITS[:PROTOCOL[:SEED[:FOLD]]]`` -> [Cell, ...]."""
     parts = text.split(":")
-    if (len(parts) not in (2, 3, 4) or parts[0] not in VARIANTS or not parts[1].isdigit()
-            or (len(parts) == 4 and not parts[3].isdigit())):
-        raise SystemExit(f"reproduce: bad cell {text!r}; write METHOD:BITS[:PROTOCOL[:SEED]] "
-                         f"with METHOD one of {', '.join(VARIANTS)}")
+    if (len(parts) not in (2, 3, 4, 5) or parts[0] not in VARIANTS or not parts[1].isdigit()
+            or not all(p.isdigit() for p in parts[3:])
+            or (len(parts) == 5 and parts[2] not in UNSEEN_PROTOCOLS)):
+        raise SystemExit(f"reproduce: bad cell {text!r}; write METHOD:BITS[:PROTOCOL[:SEED"
+                         f"[:FOLD]]] with METHOD one of {', '.join(VARIANTS)} (a FOLD only "
+                         f"with {' or '.join(UNSEEN_PROTOCOLS)})")
     prots = [parts[2]] if len(parts) >= 3 else list(protocols)
-    cell_seed = int(parts[3]) if len(parts) == 4 else seed
-    return [(parts[0], int(parts[1]), p, cell_seed) for p in prots]
+    cell_seed = int(parts[3]) if len(parts) >= 4 else seed
+    fold = int(parts[4]) if len(parts) == 5 else 0
+    return [Cell(parts[0], int(parts[1]), p, cell_seed, fold) for p in prots]
 
 
-def fit_command(label, bits, protocol, seed, args) -> list:
-    method, sets = VARIANTS[label]
+def fit_command(cell: Cell, args, protocol=None) -> list:
+    """The ``keras-hashing fit`` of ``cell`` (under ``protocol`` when it trains as
+    another protocol does)."""
+    protocol = protocol or cell.protocol
+    method, sets = VARIANTS[cell.label]
     cmd = ["keras-hashing", "fit", "--method", method, "--dataset", args.dataset,
-           "--protocol", protocol, "--bits", str(bits), "--seed", str(seed),
-           "--out", run_dir(label, bits, protocol, seed, args)]
-    if args.epochs and label not in BASELINES:
+           "--protocol", protocol, "--bits", str(cell.bits), "--seed", str(cell.seed),
+           "--out", run_dir(cell, args, protocol)]
+    if args.epochs and cell.label not in BASELINES:
         cmd += ["--epochs", str(args.epochs)]
+    if cell.fold:  # fold 0 is the protocol's default: its commands stay as they were
+        sets = sets + [f"unseen_fold={cell.fold}"]
     for s in sets + list(args.set):
         cmd += ["--set", s]
     return cmd
 
 
-def run_dir(label, bits, protocol, seed, args) -> str:
-    suffix = f"_seed{seed}" if seed else ""
-    return os.path.join(args.runs, protocol, f"{label}_{bits}b{suffix}")
+def run_dir(cell: Cell, args, protocol=None) -> str:
+    suffix = (f"_seed{cell.seed}" if cell.seed else "") + (
+        f"_fold{cell.fold}" if cell.fold else "")
+    return os.path.join(args.runs, protocol or cell.protocol,
+                        f"{cell.label}_{cell.bits}b{suffix}")
 
 
-def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall, query_path=None) -> dict:
+def row_from_run(cell: Cell, cmd, path, seconds_wall, query_path=None) -> dict:
     """The results row of a finished run; ``query_path``: its scores under another
     protocol (evaluate's output) instead of those fit recorded."""
     metrics = read_json(os.path.join(path, "metrics.json"))
     q = read_json(query_path) if query_path else metrics["query"]
     seconds, complete = train_seconds(metrics)
     row = {
-        "method": label, "bits": bits, "protocol": protocol, "seed": seed,
+        "method": cell.label, "bits": cell.bits, "protocol": cell.protocol,
+        "seed": cell.seed,
+        **({"fold": cell.fold} if cell.protocol in UNSEEN_PROTOCOLS else {}),
         "map_all": round(q["map_all"], 4), "map_1000": round(q["map_1000"], 4),
         "p_r2": round(q["p_r2"], 4),
         "train_minutes": round(seconds / 60, 2),
@@ -170,10 +210,10 @@ def row_from_run(label, bits, protocol, seed, cmd, path, seconds_wall, query_pat
         row["val_map_per_epoch"] = [round(v, 4) for v in validation["map_all_per_epoch"]]
     if not complete:
         row["train_minutes_after_resume_only"] = True
-    for key in ("map_all_euclidean", "map_1000_euclidean", "map_at_k", "map_all_asym",
-                "map_at_k_asym"):
-        if key in q:
-            row[key] = round(q[key], 4)
+    for key_ in ("map_all_euclidean", "map_1000_euclidean", "map_at_k", "map_all_asym",
+                 "map_at_k_asym"):
+        if key_ in q:
+            row[key_] = round(q[key_], 4)
     if "k" in q:
         row["k"] = q["k"]
     return row
@@ -188,18 +228,18 @@ def train_seconds(metrics) -> tuple:
     return metrics.get("train_seconds_this_process", metrics.get("train_seconds")), False
 
 
-def run_cell(label, bits, protocol, seed, args) -> dict:
-    if protocol in SCORED_FROM:
-        return run_scored_cell(label, bits, protocol, seed, args)
-    cmd = fit_command(label, bits, protocol, seed, args)
-    path = run_dir(label, bits, protocol, seed, args)
+def run_cell(cell: Cell, args) -> dict:
+    if cell.protocol in SCORED_FROM:
+        return run_scored_cell(cell, args)
+    cmd = fit_command(cell, args)
+    path = run_dir(cell, args)
     start = time.time()
-    loads = fit_unless_finished(label, bits, protocol, cmd, path)
-    row = row_from_run(label, bits, protocol, seed, cmd, path, time.time() - start)
+    loads = fit_unless_finished(cell, cmd, path)
+    row = row_from_run(cell, cmd, path, time.time() - start)
     return with_load(row, loads)
 
 
-def fit_unless_finished(label, bits, protocol, cmd, path) -> list:
+def fit_unless_finished(cell: Cell, cmd, path) -> list:
     """Run the cell's fit (resuming from its backup) unless its metrics.json is there
     (finished, not recorded); the machine's load while it ran."""
     if os.path.isfile(os.path.join(path, "metrics.json")):
@@ -208,8 +248,8 @@ def fit_unless_finished(label, bits, protocol, cmd, path) -> list:
     argv = [sys.executable, "-m", "keras_hashing"] + cmd[1:] + ["--quiet"]
     code, loads, _ = run_sampling_load(argv)
     if code != 0:
-        raise RuntimeError(f"cell {label}:{bits}:{protocol} failed "
-                           f"(exit {code}): {shlex.join(cmd)}")
+        raise RuntimeError(f"cell {cell_name(cell)} failed (exit {code}): "
+                           f"{shlex.join(cmd)}")
     return loads
 
 
@@ -231,26 +271,26 @@ def run_sampling_load(argv, stdout=None) -> tuple:
         return child.returncode, loads, out.read().decode("utf-8", "replace")
 
 
-def run_scored_cell(label, bits, protocol, seed, args) -> dict:
+def run_scored_cell(cell: Cell, args) -> dict:
     """A protocol that trains as another one does (``SCORED_FROM``): that protocol's run
     (fitted first if missing), scored under this one by ``evaluate --protocol``, which
     refuses a run whose training split differs."""
-    trained_as = SCORED_FROM[protocol]
-    fit_cmd = fit_command(label, bits, trained_as, seed, args)
-    trained = run_dir(label, bits, trained_as, seed, args)
+    trained_as = SCORED_FROM[cell.protocol]
+    fit_cmd = fit_command(cell, args, trained_as)
+    trained = run_dir(cell, args, trained_as)
     start = time.time()
-    loads = fit_unless_finished(label, bits, trained_as, fit_cmd, trained)
-    eval_cmd = ["keras-hashing", "evaluate", "--run", trained, "--protocol", protocol]
-    path = run_dir(label, bits, protocol, seed, args)
-    evaluate_into(label, bits, protocol, eval_cmd, os.path.join(path, "evaluation.json"))
-    row = row_from_run(label, bits, protocol, seed, fit_cmd, trained, time.time() - start,
+    loads = fit_unless_finished(cell, fit_cmd, trained)
+    eval_cmd = ["keras-hashing", "evaluate", "--run", trained, "--protocol", cell.protocol]
+    path = run_dir(cell, args)
+    evaluate_into(cell, eval_cmd, os.path.join(path, "evaluation.json"))
+    row = row_from_run(cell, fit_cmd, trained, time.time() - start,
                        query_path=os.path.join(path, "evaluation.json"))
     row["command"] = f"{shlex.join(fit_cmd)} && {shlex.join(eval_cmd)}"
     if loads:
         return with_load(row, loads)
     # trained earlier: the load its minutes were measured under is the trained cell's
     trained_row = next((r for r in load_rows(args.docs)
-                        if key(r) == (label, bits, trained_as, seed)), {})
+                        if key(r) == cell._replace(protocol=trained_as)), {})
     return {**row, **{k: trained_row[k] for k in ("load_median", "cores") if k in trained_row}}
 
 
@@ -263,30 +303,29 @@ SCORE_FIELDS = ("map_all", "map_1000", "p_r2", "precision_ks", "p_at_k", "pr_cur
 def rescore_cell(row, args) -> dict:
     """``row`` with its scores from evaluating its finished run again with this version's
     evaluation (new metrics for old runs); its training fields stay as they were."""
-    label, bits, protocol, seed = key(row)
-    if protocol in SCORED_FROM:  # already only a scoring
-        fresh = run_scored_cell(label, bits, protocol, seed, args)
+    cell = key(row)
+    if cell.protocol in SCORED_FROM:  # already only a scoring
+        fresh = run_scored_cell(cell, args)
     else:
-        path = run_dir(label, bits, protocol, seed, args)
+        path = run_dir(cell, args)
         if not os.path.isfile(os.path.join(path, "metrics.json")):
-            raise RuntimeError(f"cell {label}:{bits}:{protocol} has no finished run in {path}")
+            raise RuntimeError(f"cell {cell_name(cell)} has no finished run in {path}")
         scores = os.path.join(path, "evaluation.json")
-        evaluate_into(label, bits, protocol, ["keras-hashing", "evaluate", "--run", path],
-                      scores)
-        fresh = row_from_run(label, bits, protocol, seed, [], path, 0, query_path=scores)
+        evaluate_into(cell, ["keras-hashing", "evaluate", "--run", path], scores)
+        fresh = row_from_run(cell, [], path, 0, query_path=scores)
     return {**{k: v for k, v in row.items() if k not in SCORE_FIELDS},
             **{k: fresh[k] for k in SCORE_FIELDS if k in fresh},
             "rescored": datetime.date.today().isoformat()}
 
 
-def evaluate_into(label, bits, protocol, eval_cmd, target) -> None:
+def evaluate_into(cell: Cell, eval_cmd, target) -> None:
     """Run ``eval_cmd`` (a keras-hashing evaluate) and write its JSON to ``target``."""
     print(f"[reproduce] {shlex.join(eval_cmd)}", flush=True)
     code, _, out = run_sampling_load(
         [sys.executable, "-m", "keras_hashing"] + eval_cmd[1:] + ["--quiet"],
         stdout=subprocess.PIPE)
     if code != 0:
-        raise RuntimeError(f"cell {label}:{bits}:{protocol} failed (exit {code}): "
+        raise RuntimeError(f"cell {cell_name(cell)} failed (exit {code}): "
                            f"{shlex.join(eval_cmd)}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     write_json(target, json.loads(out))
@@ -310,8 +349,14 @@ def load_rows(docs) -> list:
     return read_json(path) if os.path.isfile(path) else []
 
 
-def key(row) -> tuple:
-    return row["method"], row["bits"], row["protocol"], row.get("seed", 0)
+def key(row) -> Cell:
+    return Cell(row["method"], row["bits"], row["protocol"], row.get("seed", 0),
+                row.get("fold", 0))
+
+
+def cell_name(cell: Cell) -> str:
+    """``METHOD:BITS:PROTOCOL:SEED[:FOLD]``, as --cells takes it."""
+    return ":".join(map(str, cell if cell.fold else cell[:4]))
 
 
 def train_minutes_cell(row) -> str:
@@ -324,7 +369,8 @@ def train_minutes_cell(row) -> str:
 
 
 def map_all_cells(prows: list) -> dict:
-    """(method, bits) -> the mAP@all cell of the by-length table for one protocol.
+    """(method, bits) -> the mAP@all cell of the by-length table for one protocol: one
+    run's score, or the mean ± sd over the cell's seeds or folds with their count.
 
     Methods may train different numbers of epochs (each recipe's own, within the same
     time budget), but a cell trained for other than its method's usual number (the most
@@ -337,14 +383,53 @@ def map_all_cells(prows: list) -> dict:
         epochs = [r.get("epochs") for r in prows if r["method"] == method]
         usual[method] = max(set(epochs), key=epochs.count)
     cells = {}
-    for r in prows:
-        text = f"{r['map_all']:.4f}"
-        if r["method"] not in BASELINES and r.get("epochs") != usual[r["method"]]:
-            text += f" ({r.get('epochs')} ep)"
-        if r.get("train_minutes", 0) > BUDGET_MINUTES and not shared_machine(r):
-            text += f" ({r['train_minutes']:.1f} min)"
-        cells[(r["method"], r["bits"])] = text
+    for (method, bits), group in groups(prows).items():
+        text = spread_text([r["map_all"] for r in group])
+        epochs = {r.get("epochs") for r in group}
+        if method not in BASELINES and epochs != {usual[method]}:
+            text += f" ({', '.join(str(e) for e in sorted(epochs, key=str))} ep)"
+        over = [r["train_minutes"] for r in group
+                if r.get("train_minutes", 0) > BUDGET_MINUTES and not shared_machine(r)]
+        if over:
+            text += f" ({max(over):.1f} min)"
+        cells[(method, bits)] = text
     return cells
+
+
+def groups(prows: list) -> dict:
+    """(method, bits) -> the rows of that cell (its seeds and folds), of one protocol."""
+    out = {}
+    for r in sorted(prows, key=lambda r: (r.get("seed", 0), r.get("fold", 0))):
+        out.setdefault((r["method"], r["bits"]), []).append(r)
+    return out
+
+
+def spread(values) -> tuple:
+    """(mean, sample standard deviation or None for one value, n)."""
+    values = list(values)
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def spread_text(values) -> str:
+    """``0.9128`` for one run, ``0.9128 ± 0.0021 (n = 3)`` for several."""
+    mean, sd, n = spread(values)
+    return f"{mean:.4f}" if sd is None else f"{mean:.4f} ± {sd:.4f} (n = {n})"
+
+
+def welch_p(a, b):
+    """Two-sided p-value of Welch's t-test (unequal variances) between two cells' runs;
+    None where either cell has one run or both have none of spread (no test possible).
+
+    Example:
+        >>> round(welch_p([0.91, 0.92, 0.93], [0.80, 0.81, 0.82]), 4)
+        0.0001
+    """
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or (statistics.pvariance(a) == statistics.pvariance(b) == 0):
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 INTRO = (
@@ -395,18 +480,22 @@ def render(rows: list, docs: str) -> None:
     """docs/RESULTS.md and the figures, from the rows alone."""
     order = {label: i for i, label in enumerate(VARIANTS)}
     rows = sorted(rows, key=lambda r: (r["protocol"], order.get(r["method"], 99), r["bits"],
-                                       r.get("seed", 0)))
+                                       r.get("seed", 0), r.get("fold", 0)))
     lines = ["# Results", "", INTRO, ""]
     figures = os.path.join(docs, "figures")
     os.makedirs(figures, exist_ok=True)
-    main_rows = [r for r in rows if not r.get("seed")]
-    for protocol in sorted({r["protocol"] for r in main_rows}):
-        lines += protocol_section(protocol, [r for r in main_rows if r["protocol"] == protocol],
+    for protocol in sorted({r["protocol"] for r in rows}):
+        lines += protocol_section(protocol, [r for r in rows if r["protocol"] == protocol],
                                   figures)
-    lines += generalisation_section(main_rows) + rerank_section(main_rows)
-    lines += variance_section(rows)
+    lines += spread_section(rows) + orderings_section(rows)
+    lines += generalisation_section(rows) + rerank_section(first_runs(rows))
     lines += STANDARD_BENCHMARKS.splitlines()
     write_text(os.path.join(docs, "RESULTS.md"), "\n".join(lines))
+
+
+def first_runs(rows: list) -> list:
+    """The seed-0, fold-0 run of every cell (figures and per-run tables draw one run)."""
+    return [r for r in rows if not r.get("seed") and not r.get("fold")]
 
 
 # Written by hand: none of these was run here (no GPU); the numbers are the papers'.
@@ -458,7 +547,7 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
     from keras_hashing.training import plots
 
     # the default table's cells show as – until run, so a reader sees what is missing
-    planned = ({(m, b) for m, b, p, _ in default_cells([protocol]) if p == protocol}
+    planned = ({(c.label, c.bits) for c in default_cells([protocol]) if c.protocol == protocol}
                if protocol in PROTOCOL_NOTES else set())
     have = {(r["method"], r["bits"]) for r in prows}
     all_bits = sorted({b for _, b in planned | have})
@@ -474,24 +563,29 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
         lines.append(f"| {m} | " + " | ".join(
             cells.get((m, b), "–" if (m, b) in planned or not planned else "")
             for b in all_bits) + " |")
-    lines += ["", "| method | bits | mAP@all | mAP@1000 | P@r≤2 | epochs | best epoch | "
-              "train min | machine |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| method | bits | seed | fold | mAP@all | mAP@1000 | P@r≤2 | epochs | "
+              "best epoch | train min | machine |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in prows:
         extra = (f" (Euclidean GT mAP@all {r['map_all_euclidean']:.4f})"
                  if "map_all_euclidean" in r else "")
-        lines.append(f"| {r['method']}{extra} | {r['bits']} | {r['map_all']:.4f} | "
+        fold = r.get("fold", "–")
+        lines.append(f"| {r['method']}{extra} | {r['bits']} | {r.get('seed', 0)} | {fold} | "
+                     f"{r['map_all']:.4f} | "
                      f"{r['map_1000']:.4f} | {r['p_r2']:.4f} | "
                      f"{'closed form' if r['method'] in BASELINES else r.get('epochs')} | "
                      f"{'–' if r['method'] in BASELINES else r.get('best_epoch') or '–'} | "
                      f"{train_minutes_cell(r)} | "
                      f"{r['machine']} |")
     lines.append("")
-    if len(all_bits) > 1:
+    if len(all_bits) > 1:  # each cell's mean over its seeds or folds
         name = f"map_vs_bits_{protocol}.png"
-        plots.plot_map_vs_bits(prows, os.path.join(figures, name))
+        means = [{**group[0], "map_all": spread(r["map_all"] for r in group)[0]}
+                 for group in groups(prows).values()]
+        plots.plot_map_vs_bits(means, os.path.join(figures, name))
         lines += [f"![mAP vs bits, {protocol}](figures/{name})", ""]
-    for b in all_bits:
-        brows = [r for r in prows if r["bits"] == b and r.get("pr_curve")]
+    for b in all_bits:  # the curves of each cell's seed-0, fold-0 run
+        brows = [r for r in first_runs(prows) if r["bits"] == b and r.get("pr_curve")]
         if not brows:
             continue
         pr = {r["method"]: (r["pr_curve"]["precision"], r["pr_curve"]["recall"]) for r in brows}
@@ -507,22 +601,30 @@ def protocol_section(protocol: str, prows: list, figures: str) -> list:
 
 def generalisation_section(rows: list) -> list:
     """Seen-class (fmnist) against unseen-class (fmnist-unseen) mAP@all, per method and
-    length where both cells exist: how much of a method's score is a classifier's."""
-    seen = {(r["method"], r["bits"]): r["map_all"] for r in rows if r["protocol"] == "fmnist"}
-    pairs = [(r["method"], r["bits"], seen[(r["method"], r["bits"])], r["map_all"])
-             for r in rows if r["protocol"] == "fmnist-unseen"
-             and (r["method"], r["bits"]) in seen]
+    length where both cells exist (each the mean over its seeds or folds): how much of a
+    method's score is a classifier's."""
+    seen = groups([r for r in rows if r["protocol"] == "fmnist"])
+    unseen = groups([r for r in rows if r["protocol"] == "fmnist-unseen"])
+    pairs = []
+    for cell, group in unseen.items():
+        if cell in seen:
+            u = [r["map_all"] for r in group]
+            s_ = [r["map_all"] for r in seen[cell]]
+            pairs.append((*cell, s_, u))
     if not pairs:
         return []
     lines = ["## Seen against unseen classes", "",
-             "mAP@all on `fmnist` (classes seen in training) and on `fmnist-unseen` (two "
-             "classes held out of training), best on unseen classes first. A random "
-             "ranking scores about 0.1 on `fmnist` and 0.5 on `fmnist-unseen`, so a drop "
-             "in the last column is worse than it reads:", "",
+             "mAP@all on `fmnist` (classes seen in training; mean over seeds) and on "
+             "`fmnist-unseen` (two classes held out of training; mean over folds where "
+             "there are several), best on unseen classes first. A random ranking scores "
+             "about 0.1 on `fmnist` and 0.5 on `fmnist-unseen`, so a drop in the last "
+             "column is worse than it reads:", "",
              "| method | bits | fmnist | fmnist-unseen | unseen − seen |",
              "|---|---:|---:|---:|---:|"]
-    pairs.sort(key=lambda p: (p[1], -p[3]))
-    lines += [f"| {m} | {b} | {s:.4f} | {u:.4f} | {u - s:+.4f} |" for m, b, s, u in pairs]
+    pairs.sort(key=lambda p: (p[1], -statistics.fmean(p[3])))
+    lines += [f"| {m} | {b} | {spread_text(s_)} | {spread_text(u)} | "
+              f"{statistics.fmean(u) - statistics.fmean(s_):+.4f} |"
+              for m, b, s_, u in pairs]
     return lines + [""]
 
 
@@ -537,7 +639,8 @@ def rerank_section(rows: list) -> list:
     return ["## Asymmetric re-ranking", "",
             "mAP@all when the query keeps its real-valued code and the database its bits "
             "(`evaluate`'s `map_all_asym`; `search --rerank R` approaches it as R grows), "
-            "beside the Hamming ranking of the same run. What it costs a query: "
+            "beside the Hamming ranking of the same run (seed 0, fold 0). What it costs a "
+            "query: "
             "[BENCHMARKS.md](BENCHMARKS.md#asymmetric-re-ranking).", "",
             "| protocol | bits | method | Hamming | asymmetric | gain |",
             "|---|---:|---|---:|---:|---:|",
@@ -546,29 +649,70 @@ def rerank_section(rows: list) -> list:
               for r in have), ""]
 
 
-def variance_section(rows: list) -> list:
-    """Mean and standard deviation over seeds of every cell run with more than one."""
-    by_cell = {}
-    for r in rows:
-        by_cell.setdefault((r["method"], r["bits"], r["protocol"]), []).append(r)
+def spread_section(rows: list) -> list:
+    """Every cell run more than once: its runs, mean and sample standard deviation."""
     lines = []
-    for (m, b, protocol), cell in sorted(by_cell.items()):
-        if len(cell) < 2:
-            continue
-        cell = sorted(cell, key=lambda r: r.get("seed", 0))
-        values = [r["map_all"] for r in cell]
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        seeds = ", ".join(str(r.get("seed", 0)) for r in cell)
-        lines.append(f"| {m} | {b} | {protocol} | {seeds} | "
-                     f"{', '.join(f'{v:.4f}' for v in values)} | {mean:.4f} ± {std:.4f} |")
+    for protocol in sorted({r["protocol"] for r in rows}):
+        for (m, b), group in groups([r for r in rows if r["protocol"] == protocol]).items():
+            if len(group) < 2:
+                continue
+            over = "folds" if protocol in UNSEEN_PROTOCOLS else "seeds"
+            which = ", ".join(str(r.get("fold" if over == "folds" else "seed", 0))
+                              for r in group)
+            values = [r["map_all"] for r in group]
+            mean, sd, _ = spread(values)
+            lines.append(f"| {m} | {b} | {protocol} | {over} {which} | "
+                         f"{', '.join(f'{v:.4f}' for v in values)} | {mean:.4f} ± {sd:.4f} |")
     if not lines:
         return []
-    return ["## Seed variance", "",
+    return ["## Spread over seeds and folds", "",
             "The same command with other `--seed`s (initialisation, validation split, "
-            "shuffling); ± is the sample standard deviation.", "",
-            "| method | bits | protocol | seeds | mAP@all | mean ± sd |",
+            "shuffling) on `fmnist`, and with other `--set unseen_fold=F` (fold F holds "
+            "out another pair of classes: 0 = Bag/Ankle boot, 1 = T-shirt/Trouser, "
+            "2 = Pullover/Dress, 3 = Coat/Sandal, 4 = Shirt/Sneaker) on the unseen "
+            "protocols; ± is the sample standard deviation.", "",
+            "| method | bits | protocol | runs | mAP@all | mean ± sd |",
             "|---|---:|---|---|---|---:|", *lines, ""]
+
+
+def orderings(rows: list, protocol: str, bits: int) -> list:
+    """(method, runs' mAP@all, [methods it is above with Welch p < ORDER_ALPHA]) of every
+    cell of ``protocol`` at ``bits`` that has several runs, best mean first."""
+    cells = [(m, [r["map_all"] for r in group]) for (m, b), group in
+             groups([r for r in rows if r["protocol"] == protocol]).items()
+             if b == bits and len(group) > 1]
+    cells.sort(key=lambda c: -statistics.fmean(c[1]))
+    out = []
+    for i, (m, values) in enumerate(cells):
+        above = [other for other, theirs in cells[i + 1:]
+                 if (p := welch_p(values, theirs)) is not None and p < ORDER_ALPHA]
+        out.append((m, values, above))
+    return out
+
+
+def orderings_section(rows: list) -> list:
+    """Which orderings of methods the spread supports: Welch's t-test between every pair
+    of cells with several runs (seeds or folds), at ``SPREAD_BITS``."""
+    lines = []
+    for protocol in ("fmnist", *UNSEEN_PROTOCOLS):
+        ranked = orderings(rows, protocol, SPREAD_BITS)
+        if len(ranked) < 2:
+            continue
+        lines += [f"`{protocol}`, {SPREAD_BITS} bits:", "",
+                  "| method | mAP@all | ranks above (Welch p < 0.05) | tied with (p ≥ 0.05) |",
+                  "|---|---:|---|---|"]
+        for i, (m, values, above) in enumerate(ranked):
+            tied = [o for o, _, _ in ranked[i + 1:] if o not in above]
+            lines.append(f"| {m} | {spread_text(values)} | {', '.join(above) or '–'} | "
+                         f"{', '.join(tied) or '–'} |")
+        lines.append("")
+    if not lines:
+        return []
+    return ["## Which differences are real", "",
+            "A sentence here or in the README that orders two methods rests on this table: "
+            "Welch's two-sided t-test (unequal variances) between the two cells' runs, "
+            "p < 0.05. Methods listed as tied are not ordered anywhere in the docs.", "",
+            *lines]
 
 
 def main(argv=None) -> int:
@@ -603,31 +747,30 @@ def main(argv=None) -> int:
             cells = default_cells(args.protocols, args.methods, args.bits)
         registered = set(methods_lib.method_names())
         failed = []
-        for label, bits, protocol, seed in cells:
-            if VARIANTS[label][0] not in registered:
-                print(f"[reproduce] skip {label}: method not implemented", flush=True)
+        for cell in cells:
+            if VARIANTS[cell.label][0] not in registered:
+                print(f"[reproduce] skip {cell.label}: method not implemented", flush=True)
                 continue
-            recorded = [r for r in rows if key(r) == (label, bits, protocol, seed)]
+            recorded = [r for r in rows if key(r) == cell]
             if args.resume and recorded and not args.rescore:
                 continue
             try:
                 if args.rescore:
                     if not recorded:
-                        raise RuntimeError(f"cell {label}:{bits}:{protocol} has no row to "
-                                           "rescore")
+                        raise RuntimeError(f"cell {cell_name(cell)} has no row to rescore")
                     row = rescore_cell(recorded[0], args)
                 else:
-                    row = run_cell(label, bits, protocol, seed, args)
+                    row = run_cell(cell, args)
             except RuntimeError as e:  # one broken cell must not cost the rest of the table
                 print(f"[reproduce] {e}", flush=True)
-                failed.append(f"{label}:{bits}:{protocol}:{seed}")
+                failed.append(cell_name(cell))
                 continue
             # Several reproduce processes may share results.json: re-read it under a lock.
             with open(os.path.join(args.docs, ".results.lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 rows = [r for r in load_rows(args.docs) if key(r) != key(row)] + [row]
                 write_json(os.path.join(args.docs, "results.json"), rows)
-            print(f"[reproduce] {label} {bits}b {protocol}: mAP@all {row['map_all']:.4f} "
+            print(f"[reproduce] {cell_name(cell)}: mAP@all {row['map_all']:.4f} "
                   f"({row['train_minutes']:.1f} min)", flush=True)
         if failed:
             print(f"[reproduce] failed cells: {' '.join(failed)}", flush=True)

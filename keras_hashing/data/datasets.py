@@ -61,9 +61,13 @@ def flat_pixels(images) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) * np.float32(PIXEL_SCALE)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-# fmnist-unseen holds out the last two classes (Bag, Ankle boot): a fixed rule, not a
-# pick of the pair that flatters a method.
-FMNIST_UNSEEN_CLASSES = (8, 9)
+# fmnist-unseen's folds: fold f holds out one pair of classes, each class exactly once
+# over the five. Fold 0 is the original pair (Bag, Ankle boot); the rest go through the
+# classes in order, a fixed rule, not a pick of the pairs that flatter a method. One fold
+# is a two-class retrieval problem whose boundary moves with every run, so a cell is the
+# mean over folds.
+FMNIST_UNSEEN_FOLDS = ((8, 9), (0, 1), (2, 3), (4, 5), (6, 7))
+UNSEEN_PROTOCOLS = ("fmnist-unseen", "fmnist-unseen-all")
 FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
 PROTOCOLS = {
@@ -95,17 +99,21 @@ def default_protocol(name: str) -> str:
 
 
 def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size=None,
-                 channels=None, download=True, on_bad_image="fail") -> DatasetSplits:
+                 channels=None, download=True, on_bad_image="fail",
+                 unseen_fold=None) -> DatasetSplits:
     """Load a dataset by name and split it by ``protocol`` (default: the dataset's first).
 
     ``download`` (``tfds:`` only) fetches and prepares a dataset that is not prepared yet,
-    as ``tfds.load`` does; ``on_bad_image`` (image files) is ``"fail"`` or ``"skip"``.
+    as ``tfds.load`` does; ``on_bad_image`` (image files) is ``"fail"`` or ``"skip"``;
+    ``unseen_fold`` (``fmnist-unseen``, ``fmnist-unseen-all``: 0-4, default 0) picks the
+    pair of held-out classes (``FMNIST_UNSEEN_FOLDS``).
     """
     kind = dataset_kind(name)
     protocol = protocol or PROTOCOLS[kind][0]
     if protocol not in PROTOCOLS[kind]:
         raise DataError(f"protocol {protocol!r} does not apply to {name}; choose from "
                         f"{', '.join(PROTOCOLS[kind])}")
+    unseen_fold = check_unseen_fold(unseen_fold, protocol)
     if protocol in benchmarks.LIST_PROTOCOLS and not (
             kind == "list" and os.path.isdir(name.split(":", 1)[1])):
         raise DataError(f"the {protocol} protocol reads DeepHash-pytorch's three lists: use "
@@ -118,10 +126,10 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         num_classes = 10
         class_names = [str(i) for i in range(10)]
     elif kind == "fashion_mnist":
-        splits = _fashion_mnist_splits(protocol, data_dir, rng)
-        # fmnist-unseen trains on the seen classes only; its query and database keep
-        # their own class ids (8, 9), which no head ever predicts.
-        num_classes = 10 - len(FMNIST_UNSEEN_CLASSES) if "unseen" in protocol else 10
+        splits = _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold)
+        # fmnist-unseen trains on the 8 seen classes only (renumbered 0-7 for the head);
+        # its query and database keep Fashion-MNIST's class ids, which no head predicts.
+        num_classes = 8 if protocol in UNSEEN_PROTOCOLS else 10
         class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
@@ -135,7 +143,7 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
                                            splits["train"].y.ndim == 2, name)
     result = DatasetSplits(name=name, protocol=protocol, num_classes=num_classes,
                            class_names=class_names, multi_label=splits["train"].y.ndim == 2,
-                           **splits)
+                           unseen_fold=unseen_fold, **splits)
     for split_name in ("train", "val", "query", "database"):
         if len(result.split(split_name)) == 0:
             raise DataError(f"dataset {name}: split {split_name!r} is empty; it needs more "
@@ -182,11 +190,31 @@ def _check_class_sizes(y, class_names, path):
                         "needs at least 2 (similar pairs and relevant items need two)")
 
 
-def _fashion_mnist_splits(protocol, data_dir, rng):
+def check_unseen_fold(fold, protocol):
+    """``fold`` as the fold index of an unseen-class protocol (None: 0 there, None
+    elsewhere); DataError for a fold out of range or on a protocol without folds.
+
+    Example:
+        >>> check_unseen_fold(None, "fmnist-unseen"), check_unseen_fold(None, "fmnist")
+        (0, None)
+    """
+    if fold is None:
+        return 0 if protocol in UNSEEN_PROTOCOLS else None
+    if protocol not in UNSEEN_PROTOCOLS:
+        raise DataError(f"unseen_fold applies to the {' and '.join(UNSEEN_PROTOCOLS)} "
+                        f"protocols, not {protocol}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not (
+            0 <= fold < len(FMNIST_UNSEEN_FOLDS)):
+        raise DataError(f"unseen_fold must be an integer 0-{len(FMNIST_UNSEEN_FOLDS) - 1}, "
+                        f"got {fold!r}")
+    return fold
+
+
+def _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold=None):
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(data_dir)
-    if protocol in ("fmnist-unseen", "fmnist-unseen-all"):
-        return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_CLASSES, rng,
-                                    whole_database=protocol == "fmnist-unseen-all")
+    if protocol in UNSEEN_PROTOCOLS:
+        return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_FOLDS[unseen_fold],
+                                    rng, whole_database=protocol == "fmnist-unseen-all")
     if protocol == "fmnist":
         # queries = test; database = all 60k training images; 500/class held out for
         # selection (still in the database, never trained on).
@@ -215,15 +243,18 @@ def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng, whole_database=Fal
     out for selection); queries are the test images of the ``unseen`` classes, the
     database their training images, or with ``whole_database`` every training image of
     every class (DSH_Analysis' "unseen@all": a code must also keep the unseen classes
-    away from the seen ones). Relevance stays "same class"."""
+    away from the seen ones). Relevance stays "same class". The seen classes train as
+    0, 1, ... in their order, so a head has one output per seen class whichever pair is
+    held out."""
     seen_tr = np.flatnonzero(~np.isin(y_tr, unseen))
     val_idx, train_idx = stratified_take(y_tr, per_class=500, rng=rng, pool=seen_tr)
     q_idx = np.flatnonzero(np.isin(y_te, unseen))
     db_idx = np.arange(len(y_tr)) if whole_database else np.flatnonzero(np.isin(y_tr, unseen))
+    seen_id = np.cumsum(~np.isin(np.arange(10), unseen)) - 1  # class id -> its seen index
     return {"query": ArraySplit(x_te[q_idx], y_te[q_idx]),
             "database": ArraySplit(x_tr[db_idx], y_tr[db_idx]),
-            "val": ArraySplit(x_tr[val_idx], y_tr[val_idx]),
-            "train": ArraySplit(x_tr[train_idx], y_tr[train_idx])}
+            "val": ArraySplit(x_tr[val_idx], seen_id[y_tr[val_idx]]),
+            "train": ArraySplit(x_tr[train_idx], seen_id[y_tr[train_idx]])}
 
 
 # -- loaders -----------------------------------------------------------------------------
@@ -320,7 +351,8 @@ def images_of_index(index, ids):
                         "from; build it with `keras-hashing index build`")
     splits = load_dataset(meta["dataset"], protocol=meta.get("protocol"),
                           data_dir=meta.get("data_dir"), seed=meta.get("seed") or 0,
-                          image_size=meta.get("image_size"), channels=meta.get("channels"))
+                          image_size=meta.get("image_size"), channels=meta.get("channels"),
+                          unseen_fold=meta.get("unseen_fold"))
     split = splits.split(meta["split"])
     if len(split) != len(index) or not np.array_equal(
             index.ids, np.arange(len(index))):

@@ -132,6 +132,8 @@ class DatasetSplits:
     num_classes: int
     multi_label: bool = False
     class_names: list | None = None
+    # the fold of an unseen-class protocol (which pair of classes is held out), else None
+    unseen_fold: int | None = None
 
     @property
     def input_shape(self):
@@ -145,7 +147,8 @@ class DatasetSplits:
                 "database": self.database}[name]
 
     def summary(self) -> dict:
-        return {"dataset": self.name, "protocol": self.protocol,
+        fold = {} if self.unseen_fold is None else {"unseen_fold": self.unseen_fold}
+        return {"dataset": self.name, "protocol": self.protocol, **fold,
                 **{f"num_{s}": len(self.split(s)) for s in SPLIT_NAMES}}
 
 

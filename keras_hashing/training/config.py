@@ -70,6 +70,8 @@ DEFAULTS = {
     "method": "ssdh",
     "dataset": "digits",
     "protocol": None,
+    # fmnist-unseen / fmnist-unseen-all: which pair of classes is held out (0-4; None: 0)
+    "unseen_fold": None,
     "data_dir": None,
     "bits": 48,
     "epochs": 20,
@@ -266,6 +268,7 @@ def validate(cfg: dict) -> dict:
     if cfg["strategy"] not in STRATEGIES:
         raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
     _check_optimization(cfg)
+    _check_unseen_fold(cfg)
     for key in ("params", "backbone_kwargs", "augmentation"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
@@ -288,6 +291,19 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
         cfg["image_size"] = size
     return cfg
+
+
+def _check_unseen_fold(cfg: dict) -> None:
+    """An unseen_fold only where the protocol has folds, and one of its folds."""
+    if cfg["unseen_fold"] is None:
+        return
+    from keras_hashing.data.datasets import check_unseen_fold, default_protocol
+    from keras_hashing.errors import DataError
+
+    try:
+        check_unseen_fold(cfg["unseen_fold"], cfg["protocol"] or default_protocol(cfg["dataset"]))
+    except DataError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _numbers(node, prefix=""):
@@ -320,7 +336,8 @@ def load_splits(cfg: dict):
     return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
                         seed=cfg["seed"], image_size=resolved_image_size(cfg),
                         channels=cfg["channels"], download=cfg.get("download", True),
-                        on_bad_image=cfg.get("on_bad_image", "fail"))
+                        on_bad_image=cfg.get("on_bad_image", "fail"),
+                        unseen_fold=cfg.get("unseen_fold"))
 
 
 def resolved_image_size(cfg: dict):

@@ -46,7 +46,8 @@ def encoding_input(run_path=None, images=None, dataset=None, split="database", d
     run, splits = load_run_with_splits(run_path, dataset, data_dir)
     cfg = run.config
     source = {"dataset": splits.name, "protocol": splits.protocol, "split": split,
-              "seed": cfg.get("seed"), "data_dir": data_dir or cfg.get("data_dir")}
+              "seed": cfg.get("seed"), "data_dir": data_dir or cfg.get("data_dir"),
+              "unseen_fold": splits.unseen_fold}
     return run, splits.split(split), source
 
 
