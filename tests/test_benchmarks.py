@@ -22,19 +22,27 @@ def _cifar_labels():
 
 
 @pytest.mark.parametrize("protocol, sizes", [
-    ("cifar10", {"query": 1000, "train": 4500, "val": 500, "database": 54000}),
-    ("cifar10-1", {"query": 1000, "train": 4500, "val": 500, "database": 59000}),
-    ("cifar10-2", {"query": 10000, "train": 45000, "val": 5000, "database": 50000}),
+    ("cifar10", {"query": 1000, "train": 5000, "val": 500, "database": 54000}),
+    ("cifar10-1", {"query": 1000, "train": 5000, "val": 500, "database": 59000}),
+    ("cifar10-2", {"query": 10000, "train": 50000, "val": 5000, "database": 50000}),
 ])
-def test_cifar10_splits_have_the_papers_counts(protocol, sizes):
+@pytest.mark.parametrize("validation", ["none", "from-train"])
+def test_cifar10_splits_have_the_papers_counts(protocol, sizes, validation):
+    """The papers train on the whole training split (``none``, the default); ``from-train``
+    holds the validation sample out of it instead."""
     y, is_test = _cifar_labels()
-    parts = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0))
+    parts = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0),
+                                         validation)
+    if validation == "from-train":
+        sizes = {**sizes, "train": sizes["train"] - sizes["val"]}
     assert {name: len(rows) for name, rows in parts.items()} == sizes
     # class-balanced: every class the same share of each split
     for name, rows in parts.items():
         assert len(set(np.bincount(y[rows], minlength=10))) == 1, name
     query, database, train, val = (set(parts[n]) for n in ("query", "database", "train", "val"))
-    assert not query & database and not query & train and not train & val
+    assert not query & database and not query & train
+    # from-train: validation is held out; none: it is a sample of the training images
+    assert not train & val if validation == "from-train" else val <= train
     if protocol == "cifar10":  # the training images are not in the database
         assert not (train | val) & database and len(query | database | train | val) == 60000
     elif protocol == "cifar10-1":  # every image but the queries
@@ -42,10 +50,16 @@ def test_cifar10_splits_have_the_papers_counts(protocol, sizes):
     else:  # the test set queries the training set
         assert query == set(np.flatnonzero(is_test)) and (train | val) == database
     # seeded: the same seed gives the same split, another seed another one
-    again = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0))
-    other = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(1))
+    again = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0),
+                                         validation)
+    other = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(1),
+                                         validation)
     assert all(np.array_equal(parts[n], again[n]) for n in parts)
     assert protocol == "cifar10-2" or not np.array_equal(parts["query"], other["query"])
+    # the two settings draw the same queries, database and validation sample
+    held_out = benchmarks.cifar10_positions(y, is_test, protocol, np.random.default_rng(0),
+                                            "from-train" if validation == "none" else "none")
+    assert all(np.array_equal(parts[n], held_out[n]) for n in ("query", "database", "val"))
 
 
 def test_cifar10_protocols_over_tfds_stream_train_and_test_as_one(monkeypatch):
@@ -60,7 +74,8 @@ def test_cifar10_protocols_over_tfds_stream_train_and_test_as_one(monkeypatch):
                         lambda name, split, *args: by_split[split])
     splits = data.load_dataset("tfds:cifar10", protocol="cifar10-1", download=False)
     assert {s: len(splits.split(s)) for s in ("query", "train", "val", "database")} == {
-        "query": 1000, "train": 4500, "val": 500, "database": 59000}
+        "query": 1000, "train": 5000, "val": 500, "database": 59000}
+    assert splits.validation == "none" and splits.summary()["validation_setting"] == "none"
     assert splits.query.split == "train+test" and splits.input_shape == (32, 32, 3)
     expected = benchmarks.cifar10_positions(y, is_test, "cifar10-1", np.random.default_rng(0))
     np.testing.assert_array_equal(splits.query.rows, expected["query"])
@@ -104,6 +119,58 @@ def test_list_protocols_check_their_class_count(protocol, classes, multi_label, 
                           protocol=protocol)
 
 
+def _label_rows(count, classes, multi_label):
+    """``count`` DeepHash-pytorch label rows, classes in turn (a second label when multi)."""
+    i = np.arange(count)
+    rows = np.zeros((count, classes), int)
+    rows[i, i % classes] = 1
+    if multi_label:
+        rows[i, (i * 7 + 3) % classes] = 1
+    return rows
+
+
+# The training counts the published tables use: CIFAR-10 (DeepHash-pytorch utils/tools.py,
+# 500 a class, or 5,000 a class for cifar10-2), and the line counts of DeepHash-pytorch's
+# data/{nuswide_21,coco,imagenet}/train.txt (10,500; 10,000; 13,000 = 130 a class).
+PAPERS_TRAINING_COUNTS = {"cifar10": 5000, "cifar10-1": 5000, "cifar10-2": 50000,
+                          "nuswide": 10500, "coco": 10000, "imagenet100": 13000}
+
+
+@pytest.mark.parametrize("protocol", sorted(PAPERS_TRAINING_COUNTS))
+def test_every_standard_protocol_trains_on_the_papers_count(protocol, tmp_path, monkeypatch):
+    """Under the standard protocols' default (validation none) the model trains on the
+    whole standard training split: the papers' count, every line of train.txt."""
+    expected = PAPERS_TRAINING_COUNTS[protocol]
+    if protocol in benchmarks.CIFAR10_PROTOCOLS:
+        from keras_hashing.data import tfds as tfds_data
+
+        pytest.importorskip("tensorflow_datasets")
+        y, is_test = _cifar_labels()
+        by_split = {"train": y[~is_test], "test": y[is_test], "train+test": y}
+        monkeypatch.setattr(tfds_data, "_tfds_labels", lambda name, split, *args: by_split[split])
+
+        def load(**kwargs):
+            return data.load_dataset("tfds:cifar10", protocol=protocol, download=False, **kwargs)
+    else:  # the lists' real lengths; paths only (nothing is decoded to split)
+        classes = benchmarks.LIST_PROTOCOLS[protocol]
+        multi = protocol != "imagenet100"
+        for name, count in (("train.txt", expected), ("test.txt", 2 * classes),
+                            ("database.txt", 3 * classes)):
+            rows = _label_rows(count, classes, multi)
+            (tmp_path / name).write_text("".join(
+                f"img/{name[:-4]}{i}.jpg {' '.join(map(str, r))}\n" for i, r in enumerate(rows)))
+        assert len((tmp_path / "train.txt").read_text().splitlines()) == expected
+
+        def load(**kwargs):
+            return data.load_dataset(f"list:{tmp_path}", protocol=protocol, **kwargs)
+    splits = load()
+    assert splits.validation == "none" and len(splits.train) == expected
+    assert set(map(str, splits.val.paths if splits.val.paths is not None else [])) <= set(
+        map(str, splits.train.paths if splits.train.paths is not None else []))
+    held_out = load(validation="from-train")
+    assert len(held_out.train) + len(held_out.val) == expected and len(held_out.val) > 0
+
+
 def test_protocol_k_of_each_benchmark():
     from keras_hashing.training.fit import protocol_k
 
@@ -120,6 +187,66 @@ def test_recipes_for_the_standard_benchmarks_resolve():
         assert cfg["backbone"] in ("applications:VGG16", "applications:ResNet50"), name
         assert cfg["weights"] == "imagenet" and cfg["image_size"] == [224, 224], name
         assert cfg["protocol"] in benchmarks.PROTOCOL_K, name
+
+
+# DeepHash-pytorch (github.com/swuxyj/DeepHash-pytorch) at commit
+# ab14068ea9b33e8fe12de49d976d0c2e3f0dc129, the reference the recipes name; each value
+# with the file and line it is read from.
+REFERENCE = {
+    # CSQ.py:34  "optimizer": {"type": optim.RMSprop, "optim_params": {"lr": 1e-5,
+    #            "weight_decay": 10 ** -5}}  (torch.optim.RMSprop: alpha 0.99, eps 1e-8)
+    "optimizer": "rmsprop-torch", "learning_rate": 1e-5, "weight_decay": 1e-5,
+    "rmsprop_alpha": 0.99, "rmsprop_eps": 1e-8,
+    # CSQ.py:122  optimizer(net.parameters(), ...): every parameter, one rate, decayed;
+    # CSQ.py:128-149  the epoch loop steps the optimizer with no scheduler
+    "lr_schedule": "constant", "lr_warmup_epochs": 0, "backbone_warmup_epochs": 0,
+    "backbone_lr_multiplier": 1.0,
+    # CSQ.py:33  "lambda": 0.0001  (one value for every bit length and dataset)
+    "quantization_weight": 1e-4,
+    # CSQ.py:38  "batch_size": 64;  CSQ.py:46  "epoch": 150;  CSQ.py:163 bit_list [64]
+    "batch_size": 64, "epochs": 150, "bits": 64,
+    # CSQ.py:135-156  trains on the whole train_loader list, no validation split
+    "validation": "none",
+    # network.py:53-56  ResNet: ... layer4, avgpool -> Linear(2048, K)
+    "feature_layer": {"applications:ResNet50": "pooled",
+                      # Unsupervised_GreedyHash.py:54-55  vgg16.classifier[:6] (to fc7)
+                      "applications:VGG16": "fc7"},
+    # utils/tools.py:64-74  lists: RandomHorizontalFlip;  utils/tools.py:96-100  CIFAR:
+    # Resize(224) only
+    "flip": {"cifar10": None, "nuswide": "horizontal", "coco": "horizontal",
+             "imagenet100": "horizontal"},
+    # float32 training (no autocast anywhere in CSQ.py)
+    "mixed_precision": False,
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(os.listdir(os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "configs", "benchmarks"))))
+def test_each_benchmark_recipe_matches_its_reference(recipe):
+    from keras_hashing.models.methods import get_method
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.optimizers import l2_weight_decay, make_optimizer
+
+    path = os.path.join(benchmarks_configs(), recipe)
+    text = open(path, encoding="utf-8").read()
+    assert "swuxyj/DeepHash-pytorch" in text and "ab14068ea9b3" in text  # names it
+    cfg = resolve_config(config_file=path)
+    for key in ("learning_rate", "weight_decay", "lr_schedule", "lr_warmup_epochs",
+                "backbone_warmup_epochs", "backbone_lr_multiplier", "batch_size", "epochs",
+                "bits", "validation", "mixed_precision", "optimizer"):
+        assert cfg[key] == REFERENCE[key], (recipe, key)
+    params = {**get_method(cfg["method"]).default_params, **cfg["params"]}
+    assert params["quantization_weight"] == REFERENCE["quantization_weight"]
+    assert cfg["backbone_kwargs"].get("feature_layer", "pooled") == \
+        REFERENCE["feature_layer"][cfg["backbone"]]
+    assert cfg["augmentation"].get("flip") == REFERENCE["flip"][cfg["protocol"]]
+    assert set(cfg["augmentation"]) <= {"flip"}
+    # PyTorch's weight decay: in the optimizer, on every variable, w * theta; no L2 term
+    optimizer = make_optimizer(cfg, steps_per_epoch=10)
+    assert l2_weight_decay(cfg) == 0.0
+    assert (optimizer.alpha, optimizer.eps, optimizer.coupled_weight_decay) == (
+        REFERENCE["rmsprop_alpha"], REFERENCE["rmsprop_eps"], REFERENCE["weight_decay"])
+    assert float(optimizer.learning_rate) == pytest.approx(REFERENCE["learning_rate"])
 
 
 def benchmarks_configs():
@@ -146,7 +273,8 @@ def _serve_weights_for_keras_applications(monkeypatch, tmp_path):
         app = {"vgg16": keras.applications.VGG16,
                "resnet50": keras.applications.ResNet50}[os.path.basename(url).split("_")[0]]
         keras.utils.set_random_seed(11)
-        net = app(include_top=False, weights=None, input_shape=(32, 32, 3))
+        # the with-top file (VGG16's fc7) in the layout of 32-pixel images
+        net = app(include_top="notop" not in url, weights=None, input_shape=(32, 32, 3))
         with h5py.File(target, "w") as f:
             legacy_h5_format.save_weights_to_hdf5_group(f, net)
 
@@ -195,13 +323,13 @@ def test_each_benchmark_recipe_runs_end_to_end_on_mock_data(recipe, tmp_path, mo
         monkeypatch.setattr(benchmarks, "CIFAR10_QUERIES_PER_CLASS", 2)
         monkeypatch.setattr(benchmarks, "CIFAR10_TRAIN_PER_CLASS", 10)
         data_source = tfds.testing.mock_data(num_examples=200)
-        sizes = {"query": 20, "train": 90, "val": 10}
+        sizes = {"query": 20, "train": 100, "val": 10}  # validation none: all 100 train
     else:
         classes = benchmarks.LIST_PROTOCOLS[cfg["protocol"]]
         lists = _lists(tmp_path / "lists", classes, cfg["protocol"] != "imagenet100",
                        per_split=(10 * classes, 12, 2 * classes))
         argv += ["--dataset", f"list:{lists}"]
-        sizes = {"query": 12, "train": 9 * classes, "val": classes}
+        sizes = {"query": 12, "train": 10 * classes, "val": classes}  # every train.txt line
     with data_source:
         assert main(argv) == 0
         capsys.readouterr()
@@ -212,6 +340,8 @@ def test_each_benchmark_recipe_runs_end_to_end_on_mock_data(recipe, tmp_path, mo
     assert (tmp_path / "keras" / "models" / os.path.basename(fetched[0])).is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert {s: metrics[f"num_{s}"] for s in sizes} == sizes
+    assert metrics["validation_setting"] == "none" and metrics["validation"]["kept"] == "last"
+    assert metrics["validation"]["best_epoch"] == metrics["epochs_run"]  # the last one
     query = metrics["query"]
     assert query["k"] == (benchmarks.PROTOCOL_K[cfg["protocol"]] or metrics["num_database"])
     if query["k"] == 1000:  # ImageNet-100: the table's mAP@1000 is the protocol's

@@ -492,7 +492,8 @@ def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):
     import keras
 
     from keras_hashing.training.callbacks import BackboneWarmup
-    from keras_hashing.training.fit import build_model, make_optimizer
+    from keras_hashing.training.fit import build_model
+    from keras_hashing.training.optimizers import make_optimizer
 
     splits = _folder_splits(tmp_path)
     cfg = resolve_config(overrides={"backbone": "applications:MobileNetV3Small", "bits": 8,
@@ -518,7 +519,7 @@ def test_frozen_backbone_then_unfrozen_at_a_lower_rate(tmp_path):
 def test_learning_rate_multiplier_is_per_variable():
     import keras
 
-    from keras_hashing.training.fit import scale_learning_rate
+    from keras_hashing.training.optimizers import scale_learning_rate
 
     head, body = keras.Variable(np.zeros(3, "float32")), keras.Variable(np.zeros(3, "float32"))
     optimizer = keras.optimizers.SGD(0.1)

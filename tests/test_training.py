@@ -36,50 +36,6 @@ def test_corrupt_model_file_is_reported(trained_run, tmp_path):
         load_run(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("schedule, end", [("cosine", 0.0), ("constant", 0.01)])
-def test_learning_rate_warms_up_then_follows_its_schedule(schedule, end):
-    from keras_hashing.training.config import resolve_config
-    from keras_hashing.training.fit import make_optimizer
-
-    cfg = resolve_config(overrides={"epochs": 10, "learning_rate": 0.01,
-                                    "lr_schedule": schedule, "lr_warmup_epochs": 2})
-    schedule_of = make_optimizer(cfg, steps_per_epoch=100)._learning_rate
-    rates = [float(schedule_of(step)) for step in (0, 100, 200, 600, 1000)]
-    # linear from 0 over the 200 warm-up steps, then the schedule from the full rate
-    assert rates[:3] == pytest.approx([0.0, 0.005, 0.01], abs=1e-7)
-    assert rates[3] == pytest.approx(0.005 if schedule == "cosine" else 0.01, abs=1e-6)
-    assert rates[4] == pytest.approx(end, abs=1e-7)
-
-
-def test_warm_up_as_long_as_training_is_refused():
-    from keras_hashing.training.config import resolve_config
-    from keras_hashing.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"lr_warmup_epochs \(5\) must be fewer than epochs"):
-        resolve_config(overrides={"epochs": 5, "lr_warmup_epochs": 5})
-
-
-def test_adamw_decays_the_weights_and_drops_the_l2_term():
-    import keras
-    import numpy as np
-
-    from keras_hashing.training.config import resolve_config
-    from keras_hashing.training.fit import l2_weight_decay, make_optimizer
-
-    cfg = resolve_config(overrides={"optimizer": "adamw", "weight_decay": 0.1,
-                                    "lr_schedule": "constant", "learning_rate": 0.5})
-    assert l2_weight_decay(cfg) == 0.0
-    assert l2_weight_decay({**cfg, "optimizer": "adam"}) == 0.1
-    optimizer = make_optimizer(cfg, steps_per_epoch=10)
-    kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
-    bias = keras.Variable(np.ones(2, np.float32), name="bias")
-    optimizer.apply([np.zeros((2, 2), np.float32), np.zeros(2, np.float32)], [kernel, bias])
-    # zero gradients: only the decoupled decay moves the kernel, w -= lr * wd * w; the bias
-    # is excluded from decay
-    assert np.allclose(kernel.numpy(), 1 - 0.5 * 0.1)
-    assert np.allclose(bias.numpy(), 1.0)
-
-
 @pytest.mark.parametrize("method", ["ssdh", "classifier-code"])
 def test_label_smoothing_out_of_range_is_refused(method):
     from keras_hashing.errors import ConfigError

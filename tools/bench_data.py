@@ -101,7 +101,8 @@ def measure_throughput(root, work, rounds=3, steps=30):
     from keras_hashing.data import datasets as data
     from keras_hashing.data import pipeline
     from keras_hashing.training.config import resolve_config
-    from keras_hashing.training.fit import build_model, make_optimizer
+    from keras_hashing.training.fit import build_model
+    from keras_hashing.training.optimizers import make_optimizer
 
     splits = data.load_dataset(f"folder:{root}", image_size=(128, 128))
     rows = []

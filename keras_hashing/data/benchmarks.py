@@ -12,8 +12,10 @@ and ImageNet-100, as DeepHash-pytorch (``utils/tools.py``), HashNet, CSQ and FIR
   ``test.txt`` and ``database.txt`` in a ``list:DIR``; the class count is checked against
   the lists.
 
-Validation is carved from the training split (10% of each class), never from queries or
-database. Each protocol carries the k of its mAP@k (``PROTOCOL_K``): mAP over the whole
+These are the published tables' protocols, so by default (``validation="none"``) the
+model trains on the whole standard training split for its epochs and keeps the last;
+``from-train`` holds 10% of each class of it out for model selection instead. Validation
+never comes from queries or database. Each protocol carries the k of its mAP@k (``PROTOCOL_K``): mAP over the whole
 database for CIFAR-10 (``map_all``), @5000 for NUS-WIDE and COCO, @1000 for ImageNet-100.
 
 Example:
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_hashing.data.splits import stratified_take
+from keras_hashing.data.splits import stratified_take, take_validation
 from keras_hashing.errors import DataError
 
 CIFAR10_PROTOCOLS = ("cifar10", "cifar10-1", "cifar10-2")
@@ -39,16 +41,23 @@ CIFAR10_TRAIN_PER_CLASS = 500
 VAL_FRACTION = 0.1
 
 
+def default_validation(protocol) -> str:
+    """``none`` for the field's standard protocols (run as their papers ran them),
+    ``from-train`` for every other protocol."""
+    return "none" if protocol in PROTOCOL_K else "from-train"
+
+
 def protocol_k(protocol) -> int | None:
     """The k of a protocol's mAP@k (None: mAP@all); None for other protocols."""
     return PROTOCOL_K.get(protocol)
 
 
-def cifar10_positions(y, is_test, protocol: str, rng) -> dict:
+def cifar10_positions(y, is_test, protocol: str, rng, validation="none") -> dict:
     """Positions into the 60,000 images (train then test, ``is_test`` marking the test
     ones) of each split of ``protocol``: {"query", "database", "train", "val"}, seeded
-    by ``rng`` and class-balanced. Validation is 10% of each class of the training split,
-    which keeps the rest."""
+    by ``rng`` and class-balanced. Validation is 10% of each class of the training split:
+    held out of it under ``validation="from-train"``, only a monitor under ``"none"``
+    (the whole split trains, as the published tables do)."""
     y, is_test = np.asarray(y), np.asarray(is_test, bool)
     counts = np.bincount(y, minlength=10)
     if protocol not in CIFAR10_PROTOCOLS:
@@ -67,7 +76,7 @@ def cifar10_positions(y, is_test, protocol: str, rng) -> dict:
         train, others = stratified_take(y, per_class=CIFAR10_TRAIN_PER_CLASS, rng=rng,
                                         pool=rest)
         database = others if protocol == "cifar10" else rest
-    val, train = stratified_take(y, fraction=VAL_FRACTION, rng=rng, pool=train)
+    val, train = take_validation(y, rng, validation, pool=train, fraction=VAL_FRACTION)
     return {"query": np.sort(query), "database": np.sort(database), "train": np.sort(train),
             "val": np.sort(val)}
 

@@ -46,7 +46,8 @@ from keras_hashing.data import sources
 from keras_hashing.data import images
 from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE, FileSplit, load_images
 from keras_hashing.data.tfds import tfds_splits
-from keras_hashing.data.splits import ArraySplit, DatasetSplits, carve, stratified_take
+from keras_hashing.data.splits import (VALIDATION_SETTINGS, ArraySplit, DatasetSplits, carve,
+                                      stratified_take, take_validation)
 from keras_hashing.errors import DataError
 from keras_hashing.fileio import open_regular
 
@@ -100,13 +101,16 @@ def default_protocol(name: str) -> str:
 
 def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size=None,
                  channels=None, download=True, on_bad_image="fail",
-                 unseen_fold=None) -> DatasetSplits:
+                 unseen_fold=None, validation="auto") -> DatasetSplits:
     """Load a dataset by name and split it by ``protocol`` (default: the dataset's first).
 
     ``download`` (``tfds:`` only) fetches and prepares a dataset that is not prepared yet,
     as ``tfds.load`` does; ``on_bad_image`` (image files) is ``"fail"`` or ``"skip"``;
     ``unseen_fold`` (``fmnist-unseen``, ``fmnist-unseen-all``: 0-4, default 0) picks the
-    pair of held-out classes (``FMNIST_UNSEEN_FOLDS``).
+    pair of held-out classes (``FMNIST_UNSEEN_FOLDS``); ``validation``
+    (``splits.VALIDATION_SETTINGS``, or ``auto``: ``none`` for the field's standard
+    protocols, ``from-train`` otherwise) whether validation images are held out of
+    training for model selection or the whole training split trains.
     """
     kind = dataset_kind(name)
     protocol = protocol or PROTOCOLS[kind][0]
@@ -114,6 +118,11 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         raise DataError(f"protocol {protocol!r} does not apply to {name}; choose from "
                         f"{', '.join(PROTOCOLS[kind])}")
     unseen_fold = check_unseen_fold(unseen_fold, protocol)
+    if validation == "auto":
+        validation = benchmarks.default_validation(protocol)
+    if validation not in VALIDATION_SETTINGS:
+        raise DataError(f"validation must be auto, {' or '.join(VALIDATION_SETTINGS)}, got "
+                        f"{validation!r}")
     if protocol in benchmarks.LIST_PROTOCOLS and not (
             kind == "list" and os.path.isdir(name.split(":", 1)[1])):
         raise DataError(f"the {protocol} protocol reads DeepHash-pytorch's three lists: use "
@@ -122,11 +131,12 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
     if kind == "digits":
         x, y = _load_digits()
         q_idx, db_idx = stratified_take(y, fraction=0.2, rng=rng)
-        splits = carve(ArraySplit(x, y), q_idx, db_idx, val_fraction=0.1, rng=rng)
+        splits = carve(ArraySplit(x, y), q_idx, db_idx, val_fraction=0.1, rng=rng,
+                       validation=validation)
         num_classes = 10
         class_names = [str(i) for i in range(10)]
     elif kind == "fashion_mnist":
-        splits = _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold)
+        splits = _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold, validation)
         # fmnist-unseen trains on the 8 seen classes only (renumbered 0-7 for the head);
         # its query and database keep Fashion-MNIST's class ids, which no head predicts.
         num_classes = 8 if protocol in UNSEEN_PROTOCOLS else 10
@@ -134,16 +144,17 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
                        "Shirt", "Sneaker", "Bag", "Ankle boot"]
     elif kind == "tfds":
         splits, num_classes, class_names = tfds_splits(
-            name.split(":", 1)[1], data_dir, rng, image_size, channels, download, protocol)
+            name.split(":", 1)[1], data_dir, rng, image_size, channels, download, protocol,
+            validation)
     else:
         splits, num_classes, class_names = _file_splits(name, data_dir, rng, image_size,
-                                                        channels, on_bad_image)
+                                                        channels, on_bad_image, validation)
         if protocol in benchmarks.LIST_PROTOCOLS:
             benchmarks.check_list_protocol(protocol, num_classes,
                                            splits["train"].y.ndim == 2, name)
     result = DatasetSplits(name=name, protocol=protocol, num_classes=num_classes,
                            class_names=class_names, multi_label=splits["train"].y.ndim == 2,
-                           unseen_fold=unseen_fold, **splits)
+                           unseen_fold=unseen_fold, validation=validation, **splits)
     for split_name in ("train", "val", "query", "database"):
         if len(result.split(split_name)) == 0:
             raise DataError(f"dataset {name}: split {split_name!r} is empty; it needs more "
@@ -151,7 +162,7 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
     return result
 
 
-def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image):
+def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image, validation):
     """Splits of a folder, list or CSV collection; nothing is decoded here."""
     images.check_policy(on_bad_image)
     kind, path = dataset_kind(name), name.split(":", 1)[1]
@@ -166,7 +177,7 @@ def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image):
     if kind == "list" and os.path.isdir(path):
         parts = sources.read_deephash_lists(path, data_dir)
         train = as_split(parts["train"])
-        val_idx, train_idx = stratified_take(train.y, fraction=0.1, rng=rng)
+        val_idx, train_idx = take_validation(train.y, rng, validation, fraction=0.1)
         splits = {"query": as_split(parts["query"]), "database": as_split(parts["database"]),
                   "val": train.subset(val_idx), "train": train.subset(train_idx)}
         collection = sources.concatenate(list(parts.values()))  # every class of the three
@@ -175,7 +186,7 @@ def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image):
         whole = as_split(collection)
         _check_class_sizes(whole.y, collection.class_names, path)
         q_idx, db_idx = stratified_take(whole.y, fraction=0.1, rng=rng)
-        splits = carve(whole, q_idx, db_idx, val_fraction=0.1, rng=rng)
+        splits = carve(whole, q_idx, db_idx, val_fraction=0.1, rng=rng, validation=validation)
     num_classes = collection.num_classes
     return splits, num_classes, collection.class_names or [str(i) for i in range(num_classes)]
 
@@ -210,21 +221,22 @@ def check_unseen_fold(fold, protocol):
     return fold
 
 
-def _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold=None):
+def _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold=None, validation="from-train"):
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(data_dir)
     if protocol in UNSEEN_PROTOCOLS:
         return _unseen_class_splits(x_tr, y_tr, x_te, y_te, FMNIST_UNSEEN_FOLDS[unseen_fold],
-                                    rng, whole_database=protocol == "fmnist-unseen-all")
+                                    rng, protocol == "fmnist-unseen-all", validation)
     if protocol == "fmnist":
         # queries = test; database = all 60k training images; 500/class held out for
         # selection (still in the database, never trained on).
-        val_idx, train_idx = stratified_take(y_tr, per_class=500, rng=rng)
+        val_idx, train_idx = take_validation(y_tr, rng, validation, per_class=500)
         return {"query": ArraySplit(x_te, y_te), "database": ArraySplit(x_tr, y_tr),
                 "val": ArraySplit(x_tr[val_idx], y_tr[val_idx]),
                 "train": ArraySplit(x_tr[train_idx], y_tr[train_idx])}
     # fmnist-reduced (DPSH/DSDH style): 100/class queries from test, 500/class training
     # images from train, database = the other 69,000; validation = 50/class from database
-    # images that are not training images (so the 5,000 training images stay whole).
+    # images that are not training images (so the 5,000 training images stay whole, and
+    # validation "none" changes only the epoch kept).
     x = np.concatenate([x_tr, x_te])
     y = np.concatenate([y_tr, y_te])
     test_pool = np.arange(len(y_tr), len(y))
@@ -237,7 +249,8 @@ def _fashion_mnist_splits(protocol, data_dir, rng, unseen_fold=None):
             (("query", q_idx), ("database", db_idx), ("val", val_idx), ("train", train_idx))}
 
 
-def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng, whole_database=False):
+def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng, whole_database=False,
+                         validation="from-train"):
     """Retrieval of classes never seen in training (Sablayrolles et al., ICASSP 2017):
     train and validate on the other classes (500 per class of the training images held
     out for selection); queries are the test images of the ``unseen`` classes, the
@@ -247,7 +260,7 @@ def _unseen_class_splits(x_tr, y_tr, x_te, y_te, unseen, rng, whole_database=Fal
     0, 1, ... in their order, so a head has one output per seen class whichever pair is
     held out."""
     seen_tr = np.flatnonzero(~np.isin(y_tr, unseen))
-    val_idx, train_idx = stratified_take(y_tr, per_class=500, rng=rng, pool=seen_tr)
+    val_idx, train_idx = take_validation(y_tr, rng, validation, pool=seen_tr, per_class=500)
     q_idx = np.flatnonzero(np.isin(y_te, unseen))
     db_idx = np.arange(len(y_tr)) if whole_database else np.flatnonzero(np.isin(y_tr, unseen))
     seen_id = np.cumsum(~np.isin(np.arange(10), unseen)) - 1  # class id -> its seen index
@@ -352,7 +365,9 @@ def images_of_index(index, ids):
     splits = load_dataset(meta["dataset"], protocol=meta.get("protocol"),
                           data_dir=meta.get("data_dir"), seed=meta.get("seed") or 0,
                           image_size=meta.get("image_size"), channels=meta.get("channels"),
-                          unseen_fold=meta.get("unseen_fold"))
+                          unseen_fold=meta.get("unseen_fold"),
+                          # an index recorded before the setting existed held validation out
+                          validation=meta.get("validation") or "from-train")
     split = splits.split(meta["split"])
     if len(split) != len(index) or not np.array_equal(
             index.ids, np.arange(len(index))):

@@ -29,6 +29,11 @@ from keras_hashing.errors import DataError
 # plot) must fit comfortably; beyond this the error says what to do instead.
 MAX_IN_MEMORY_BYTES = 4 << 30
 SPLIT_NAMES = ("train", "val", "query", "database")
+# "from-train": validation images are carved out of the training split and pick the best
+# epoch; "none": the model trains on the whole training split for its epochs and keeps
+# the last (the published tables' way), and "val" is a sample of training images that
+# only monitors the fit.
+VALIDATION_SETTINGS = ("from-train", "none")
 
 
 class Split(abc.ABC):
@@ -132,6 +137,7 @@ class DatasetSplits:
     num_classes: int
     multi_label: bool = False
     class_names: list | None = None
+    validation: str = "from-train"
     # the fold of an unseen-class protocol (which pair of classes is held out), else None
     unseen_fold: int | None = None
 
@@ -149,6 +155,7 @@ class DatasetSplits:
     def summary(self) -> dict:
         fold = {} if self.unseen_fold is None else {"unseen_fold": self.unseen_fold}
         return {"dataset": self.name, "protocol": self.protocol, **fold,
+                "validation_setting": self.validation,
                 **{f"num_{s}": len(self.split(s)) for s in SPLIT_NAMES}}
 
 
@@ -167,10 +174,34 @@ def stratified_take(y, fraction=None, per_class=None, rng=None, pool=None):
     return taken, np.setdiff1d(pool, taken)
 
 
-def carve(whole, q_idx, db_idx, val_fraction, rng):
-    """query / database / val / train subsets of a split (val carved from the database)."""
-    val_idx, train_idx = stratified_take(whole.y, fraction=val_fraction, rng=rng,
-                                          pool=db_idx)
+def take_validation(y, rng, validation="from-train", pool=None, fraction=None,
+                    per_class=None):
+    """Positions (val, train) of a training pool (default: all of ``y``): ``from-train``
+    holds the stratified sample out of training; ``none`` trains on the whole pool and the
+    same sample only monitors (``VALIDATION_SETTINGS``). Both draw alike from ``rng``.
+
+    Example:
+        >>> y = np.repeat([0, 1], 10)
+        >>> [len(p) for p in take_validation(y, np.random.default_rng(0), fraction=0.2)]
+        [4, 16]
+        >>> [len(p) for p in take_validation(y, np.random.default_rng(0), "none", fraction=0.2)]
+        [4, 20]
+    """
+    if validation not in VALIDATION_SETTINGS:
+        raise DataError(f"validation must be one of {', '.join(VALIDATION_SETTINGS)}, got "
+                        f"{validation!r}")
+    val_idx, train_idx = stratified_take(y, fraction=fraction, per_class=per_class, rng=rng,
+                                         pool=pool)
+    if validation == "none":
+        train_idx = np.arange(len(y)) if pool is None else np.sort(np.asarray(pool))
+    return val_idx, train_idx
+
+
+def carve(whole, q_idx, db_idx, val_fraction, rng, validation="from-train"):
+    """query / database / val / train subsets of a split (val carved from the database,
+    or under ``validation="none"`` only sampled from it)."""
+    val_idx, train_idx = take_validation(whole.y, rng, validation, pool=db_idx,
+                                         fraction=val_fraction)
     return {"query": whole.subset(q_idx), "database": whole.subset(db_idx),
             "val": whole.subset(val_idx), "train": whole.subset(train_idx)}
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_hashing.data.benchmarks import CIFAR10_PROTOCOLS, cifar10_positions
 from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE
-from keras_hashing.data.splits import StreamedSplit, stratified_take
+from keras_hashing.data.splits import StreamedSplit, take_validation
 from keras_hashing.errors import DataError
 
 
@@ -46,7 +46,7 @@ class TfdsSplit(StreamedSplit):
 
 
 def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download,
-                protocol="standard"):
+                protocol="standard", validation="from-train"):
     """Streamed splits of a TensorFlow Datasets dataset: train -> train/val/database,
     test (or validation) -> query; or, for ``tfds:cifar10``, one of the CIFAR-10
     benchmark protocols (``data.benchmarks``) over train + test. Only the labels are
@@ -83,7 +83,7 @@ def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download,
                             f"tfds:cifar10, not tfds:{tfds_name}")
         both = whole("train+test")
         is_test = np.arange(len(both)) >= len(whole("train").y)
-        positions = cifar10_positions(both.y, is_test, protocol, rng)
+        positions = cifar10_positions(both.y, is_test, protocol, rng, validation)
         return ({name: both.subset(rows) for name, rows in positions.items()}, num_classes,
                 names)
     # Split names come from trying them: builder.info.splits is empty under
@@ -98,7 +98,7 @@ def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download,
     else:
         raise DataError(f"tfds:{tfds_name} needs a 'test' or 'validation' split besides "
                         "'train'")
-    val_idx, train_idx = stratified_take(database.y, fraction=0.1, rng=rng)
+    val_idx, train_idx = take_validation(database.y, rng, validation, fraction=0.1)
     return ({"query": query, "database": database, "val": database.subset(val_idx),
              "train": database.subset(train_idx)}, num_classes, names)
 

@@ -32,16 +32,34 @@ from keras_hashing.models.layers import PACKAGE, batch_norm
 
 SMALL_CNN = "small_cnn"
 LENET = "lenet"
+# An application's features: "pooled" (global average of its last feature map, Keras'
+# pooling="avg") or "fc7" (VGG's second fully connected layer, 4,096-d, with the dropout
+# of its ImageNet training: what the field's VGG baselines hash, e.g. DeepHash-pytorch's
+# vgg16.classifier[:6]).
+FEATURE_LAYERS = ("pooled", "fc7")
+# the with-top ImageNet files of the VGGs (Keras' include_top=True download), for fc7
+VGG_TOP_WEIGHTS = {
+    "VGG16": ("vgg16_weights_tf_dim_ordering_tf_kernels.h5", "64373286793e3c8b2b4e3219cbf3544b"),
+    "VGG19": ("vgg19_weights_tf_dim_ordering_tf_kernels.h5", "cbe5617147190e668d6c5d5026f83318"),
+}
 
 
 def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, width=32,
                    convs_per_block=1, feature_dim=256, dropout=0.3, weight_decay=0.0,
-                   feature_map=False, name="backbone"):
+                   feature_map=False, feature_layer="pooled", name="backbone"):
     """Return a functional ``keras.Model`` from images (H, W, C) in [0, 1] to features.
 
     With ``feature_map=True`` the model stops at its last convolutional feature map
     (h, w, c), for heads that look at regions (DMRH); ``flatten`` has none.
+    ``feature_layer`` (applications: ``FEATURE_LAYERS``) picks which features.
     """
+    if feature_layer not in FEATURE_LAYERS:
+        raise ConfigError(f"feature_layer must be one of {', '.join(FEATURE_LAYERS)}, got "
+                          f"{feature_layer!r}")
+    if feature_layer != "pooled" and not (isinstance(spec, str)
+                                          and spec.startswith("applications:")):
+        raise ConfigError(f"feature_layer {feature_layer} is a layer of an "
+                          f"applications:NAME backbone, not of {spec!r}")
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     if spec == SMALL_CNN:
         return _small_cnn(tuple(input_shape), width, convs_per_block, feature_dim, dropout,
@@ -56,7 +74,7 @@ def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, widt
         return _lenet(tuple(input_shape), width, feature_dim, dropout, reg, name, feature_map)
     if isinstance(spec, str) and spec.startswith("applications:"):
         return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name,
-                            feature_map)
+                            feature_map, feature_layer)
     raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet', 'flatten' or "
                       "'applications:NAME' "
                       "(a keras.applications model, e.g. applications:ResNet50)")
@@ -162,8 +180,9 @@ def preprocess_function(app_name):
     return preprocess
 
 
-def _application(app_name, input_shape, weights, name, feature_map=False):
-    base = _application_base(app_name, input_shape, weights, feature_map)
+def _application(app_name, input_shape, weights, name, feature_map=False,
+                 feature_layer="pooled"):
+    base = _application_base(app_name, input_shape, weights, feature_map, feature_layer)
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(255.0)(inputs)  # the model's [0, 1] back to pixels
     if input_shape[-1] == 1:  # ImageNet networks take colour images
@@ -172,8 +191,10 @@ def _application(app_name, input_shape, weights, name, feature_map=False):
     return keras.Model(inputs, base(x), name=name)
 
 
-def _application_base(app_name, input_shape, weights, feature_map=False):
-    """The keras.applications model without its top, with ``weights`` loaded."""
+def _application_base(app_name, input_shape, weights, feature_map=False,
+                      feature_layer="pooled"):
+    """The keras.applications model without its top (or up to its fc7), with ``weights``
+    loaded."""
     constructor = application_constructor(app_name)
     if weights in ("none", ""):
         weights = None
@@ -181,6 +202,8 @@ def _application_base(app_name, input_shape, weights, feature_map=False):
         raise ConfigError(f"backbone weights file {weights!r} does not exist; pass a local "
                           "weights file, weights: imagenet (downloaded by Keras) or null")
     shape = (*input_shape[:2], 3)
+    if feature_layer == "fc7":
+        return _vgg_fc7(app_name, constructor, shape, weights, feature_map)
     try:
         base = constructor(include_top=False, weights="imagenet" if weights == "imagenet"
                            else None, input_shape=shape,
@@ -198,6 +221,44 @@ def _application_base(app_name, input_shape, weights, feature_map=False):
             raise ConfigError(f"{weights}: cannot load it into {app_name} ({type(e).__name__}"
                               f": {str(e).splitlines()[0][:200] if str(e) else ''})") from None
     return base
+
+
+def _vgg_fc7(app_name, constructor, shape, weights, feature_map):
+    """VGG up to fc7 (Keras' layer "fc2") with the dropout it was trained with after fc6
+    and fc7; ImageNet weights from the with-top file Keras downloads for include_top
+    (its fully connected weights fit 224 x 224 images only)."""
+    if app_name not in VGG_TOP_WEIGHTS or feature_map:
+        raise ConfigError(f"feature_layer fc7 is VGG16's or VGG19's (and gives no feature "
+                          f"map), not {app_name}'s")
+    try:
+        # weights=None builds the with-top layout for any image size
+        base = constructor(include_top=True, weights=None, input_shape=shape)
+        path = weights
+        if weights == "imagenet":
+            fname, file_hash = VGG_TOP_WEIGHTS[app_name]
+            origin = importlib.import_module(constructor.__module__).WEIGHTS_PATH
+            path = keras.utils.get_file(fname, origin, cache_subdir="models",
+                                        file_hash=file_hash)
+    except Exception as e:  # Keras raises a bare Exception for a failed download
+        message = " ".join(str(e).split())
+        if "fetch failure" in message.lower():
+            raise DataError(_download_help(app_name, message)) from None
+        raise ConfigError(f"keras.applications.{app_name} with its top cannot be built for "
+                          f"{shape} images: {message[:200]}") from None
+    if path:
+        try:
+            base.load_weights(path)
+        except Exception as e:  # h5py and Keras raise many types for a bad file
+            raise ConfigError(
+                f"{path}: cannot load it into {app_name} up to fc7 for {shape[:2]} images "
+                f"(ImageNet's fully connected weights fit 224 x 224 only; "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+            ) from None
+    x = base.get_layer("fc1")(base.get_layer("flatten").output)
+    x = keras.layers.Dropout(0.5, name="fc6_dropout")(x)
+    x = base.get_layer("fc2")(x)
+    x = keras.layers.Dropout(0.5, name="fc7_dropout")(x)
+    return keras.Model(base.input, x, name=f"{app_name.lower()}_fc7")
 
 
 def _download_help(app_name, message) -> str:
@@ -219,8 +280,9 @@ def application_name(spec):
     return None
 
 
-def load_pretrained(backbone, spec, weights) -> None:
-    """Load ``weights`` ("imagenet" or a file) into the application inside ``backbone``.
+def load_pretrained(backbone, spec, weights, feature_layer="pooled") -> None:
+    """Load ``weights`` ("imagenet" or a file) into the application inside ``backbone``
+    (built with ``feature_layer``).
 
     The model a run saves then holds these weights itself, so loading a finished run
     never downloads anything.
@@ -232,5 +294,6 @@ def load_pretrained(backbone, spec, weights) -> None:
     inner = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
     shape = tuple(backbone.input_shape[1:])
     pretrained = _application_base(app_name, shape, weights,
-                                   feature_map=len(inner.output_shape) == 4)
+                                   feature_map=len(inner.output_shape) == 4,
+                                   feature_layer=feature_layer)
     inner.set_weights(pretrained.get_weights())

@@ -24,7 +24,9 @@ class RetrievalValidation(keras.callbacks.Callback):
     Queries are the validation split, the database is (a subsample of) the training split:
     model selection never touches the query set. Put this callback before TensorBoard and
     EarlyStopping in the list so they see the new keys. At the end of training the
-    weights of the best epoch (highest ``val_map``) are restored.
+    weights of the best epoch (highest ``val_map``) are restored; with ``restore_best``
+    False the last epoch is kept, and ``best_epoch`` / ``best_map`` name it (the
+    ``validation: none`` protocols, where val only monitors training images).
 
     Each epoch also checks both splits' codes for collapse (``evaluation.collapse_check``):
     the epochs where they collapsed are kept in ``collapsed_epochs``, and the first one
@@ -66,7 +68,7 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.history.append(metrics["map_all"])
         self._check_collapse(epoch, (q_codes, self.queries.y[q_kept], "validation queries"),
                              (db_codes, self.database.y[db_kept], "validation database"))
-        if metrics["map_all"] > self.best_map:
+        if metrics["map_all"] > self.best_map or not self.restore_best:
             self.best_map = metrics["map_all"]
             self.best_epoch = epoch + 1
             if self.restore_best:

@@ -72,6 +72,11 @@ DEFAULTS = {
     "protocol": None,
     # fmnist-unseen / fmnist-unseen-all: which pair of classes is held out (0-4; None: 0)
     "unseen_fold": None,
+    # from-train: validation images held out of training pick the best epoch; none: the
+    # whole training split trains and the last epoch is kept (the published tables' way);
+    # auto: none for the field's standard protocols (cifar10*, nuswide, coco,
+    # imagenet100), from-train for the rest
+    "validation": "auto",
     "data_dir": None,
     "bits": 48,
     "epochs": 20,
@@ -114,8 +119,11 @@ DEFAULTS = {
     "params": {},
 }
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# rmsprop-torch: torch.optim.RMSprop's arithmetic (training.optimizers.TorchRMSprop)
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "rmsprop-torch")
 LR_SCHEDULES = ("constant", "cosine")
+# optimizers that decay the weights themselves: the model's kernels carry no L2 term
+DECAYING_OPTIMIZERS = ("adamw", "rmsprop-torch")
 
 
 def _check_optimization(cfg: dict) -> None:
@@ -269,6 +277,7 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"strategy {cfg['strategy']!r} unknown; choose from {STRATEGIES}")
     _check_optimization(cfg)
     _check_unseen_fold(cfg)
+    _resolve_validation(cfg)
     for key in ("params", "backbone_kwargs", "augmentation"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
@@ -291,6 +300,29 @@ def validate(cfg: dict) -> dict:
             raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
         cfg["image_size"] = size
     return cfg
+
+
+def _resolve_validation(cfg: dict) -> None:
+    """validation ``auto`` becomes its protocol's setting (so config.yaml records what
+    ran), and patience is refused where no images are held out to stop on."""
+    from keras_hashing.data.benchmarks import default_validation
+    from keras_hashing.data.datasets import default_protocol
+    from keras_hashing.data.splits import VALIDATION_SETTINGS
+    from keras_hashing.errors import DataError
+
+    if cfg["validation"] not in ("auto", *VALIDATION_SETTINGS):
+        raise ConfigError(f"validation must be auto, {' or '.join(VALIDATION_SETTINGS)}, got "
+                          f"{cfg['validation']!r}")
+    if cfg["validation"] == "auto":
+        try:
+            protocol = cfg["protocol"] or default_protocol(cfg["dataset"])
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        cfg["validation"] = default_validation(protocol)
+    if cfg["validation"] == "none" and cfg["patience"] is not None:
+        raise ConfigError("patience stops on validation mAP, which needs images held out of "
+                          "training; validation is none (the standard protocols' default): "
+                          "set validation: from-train, or leave patience out")
 
 
 def _check_unseen_fold(cfg: dict) -> None:
@@ -337,7 +369,9 @@ def load_splits(cfg: dict):
                         seed=cfg["seed"], image_size=resolved_image_size(cfg),
                         channels=cfg["channels"], download=cfg.get("download", True),
                         on_bad_image=cfg.get("on_bad_image", "fail"),
-                        unseen_fold=cfg.get("unseen_fold"))
+                        unseen_fold=cfg.get("unseen_fold"),
+                        # a run from before the setting held validation out
+                        validation=cfg.get("validation", "from-train"))
 
 
 def resolved_image_size(cfg: dict):

@@ -47,7 +47,7 @@ def encoding_input(run_path=None, images=None, dataset=None, split="database", d
     cfg = run.config
     source = {"dataset": splits.name, "protocol": splits.protocol, "split": split,
               "seed": cfg.get("seed"), "data_dir": data_dir or cfg.get("data_dir"),
-              "unseen_fold": splits.unseen_fold}
+              "unseen_fold": splits.unseen_fold, "validation": splits.validation}
     return run, splits.split(split), source
 
 

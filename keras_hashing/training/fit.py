@@ -27,6 +27,7 @@ from keras_hashing.data.splits import SPLIT_NAMES, DatasetSplits, split_digest
 from keras_hashing.data.datasets import flat_pixels
 from keras_hashing.data.pipeline import make_tf_dataset
 from keras_hashing.training.config import load_splits
+from keras_hashing.training.optimizers import l2_weight_decay, make_optimizer
 from keras_hashing.errors import ConfigError, RunDirError
 from keras_hashing.models.devices import accelerator_visible
 from keras_hashing.models.methods import get_method
@@ -50,7 +51,8 @@ def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
     if cfg["weights"]:
         from keras_hashing.models.backbones import load_pretrained
 
-        load_pretrained(model.backbone, model.backbone_spec, cfg["weights"])
+        load_pretrained(model.backbone, model.backbone_spec, cfg["weights"],
+                        model.backbone_kwargs.get("feature_layer", "pooled"))
     return model
 
 
@@ -83,60 +85,6 @@ def _build_model(cfg: dict, splits: DatasetSplits):
         # this run then holds them, and loading it never needs the source run again.
         model.backbone.set_weights(source.backbone.get_weights())
     return model
-
-
-def l2_weight_decay(cfg: dict) -> float:
-    """The L2 factor the model's kernels carry: ``weight_decay``, except under AdamW, whose
-    optimizer decays the weights itself (decoupled) and the loss carries no L2 term."""
-    return 0.0 if cfg["optimizer"] == "adamw" else cfg["weight_decay"]
-
-
-def make_optimizer(cfg: dict, steps_per_epoch: int, backbone_variables=()):
-    """The configured optimizer; the backbone's variables learn at ``learning_rate x
-    backbone_lr_multiplier`` (the usual lower rate for a pretrained network)."""
-    lr = cfg["learning_rate"]
-    warmup = cfg["lr_warmup_epochs"] * steps_per_epoch
-    if cfg["lr_schedule"] == "cosine" or warmup:
-        # Linear 0 -> lr over the warm-up, then cosine to 0 over the rest (alpha = 1 keeps
-        # a constant schedule constant after its warm-up).
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else lr, max(1, cfg["epochs"] * steps_per_epoch - warmup),
-            alpha=1.0 if cfg["lr_schedule"] == "constant" else 0.0,
-            warmup_target=lr if warmup else None, warmup_steps=warmup)
-    if cfg["optimizer"] == "sgd":
-        optimizer = keras.optimizers.SGD(lr, momentum=0.9)
-    elif cfg["optimizer"] == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(lr)
-    elif cfg["optimizer"] == "adamw":
-        # Keras scales the decay by the learning rate (w -= lr * wd * w), so useful values
-        # are around 1e-2 to 1e-1, not the 5e-4 of an L2 term; biases and normalisation
-        # scales are not decayed.
-        optimizer = keras.optimizers.AdamW(lr, weight_decay=cfg["weight_decay"])
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    else:
-        optimizer = keras.optimizers.Adam(lr)
-    if cfg["backbone_lr_multiplier"] != 1.0 and backbone_variables:
-        scale_learning_rate(optimizer, backbone_variables, cfg["backbone_lr_multiplier"])
-    return optimizer
-
-
-def scale_learning_rate(optimizer, variables, multiplier: float) -> None:
-    """Make ``optimizer`` update ``variables`` with its learning rate times ``multiplier``.
-
-    Keras optimizers have one learning rate; their per-variable ``update_step`` gets it
-    as an argument, so this instance's update_step scales it for these variables. For
-    SGD and Adam alike that is exactly a per-variable learning rate (scaling gradients
-    would not be, for Adam). The optimizer's class and saved config stay Keras' own.
-    """
-    keys = {optimizer._var_key(v) for v in variables}
-    update_step = optimizer.update_step
-
-    def scaled_update_step(gradient, variable, learning_rate):
-        if optimizer._var_key(variable) in keys:
-            learning_rate = learning_rate * multiplier
-        return update_step(gradient, variable, learning_rate)
-
-    optimizer.update_step = scaled_update_step
 
 
 def make_strategy(cfg: dict):
@@ -266,8 +214,10 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
                       jit_compile=jit_compile_default())
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
+    # validation "none": the last epoch is kept and val only monitors the fit
     validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"],
-                                     map_k=protocol_k(splits.protocol, len(db_idx)))
+                                     map_k=protocol_k(splits.protocol, len(db_idx)),
+                                     restore_best=splits.validation != "none")
     # Workers other than the chief resume from the chief's backup (a shared --out) and
     # never write it.
     backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief)
@@ -322,7 +272,9 @@ def _run_metrics(cfg, model, splits, strategy, validation, after_fit, initial_ep
         # what later commands check before they re-split the data (runs.check_splits)
         "split_digests": {name: split_digest(splits.split(name)) for name in SPLIT_NAMES},
         "query": evaluate_model(model, splits),
-        "validation": {"best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
+        "validation": {"setting": splits.validation,
+                       "kept": "best" if validation.restore_best else "last",
+                       "best_epoch": validation.best_epoch, "best_map_all": validation.best_map,
                        "map_all_per_epoch": validation.history,
                        "collapsed_epochs": validation.collapsed_epochs},
         "epochs_run": len(validation.history),
