@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import reprlib
+
 import numpy as np
 
 from keras_hashing.errors import CodeLengthError
@@ -35,7 +37,8 @@ def code_bytes(bits: int) -> int:
 def check_bits(bits) -> int:
     """Return ``bits`` as an int, or raise CodeLengthError when it is not a usable length."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise CodeLengthError(f"code length must be an integer number of bits, got {bits!r}")
+        raise CodeLengthError(f"code length must be an integer number of bits, got "
+                              f"{reprlib.repr(bits)}")
     if not MIN_BITS <= int(bits) <= MAX_BITS:
         raise CodeLengthError(
             f"code length {bits} is out of range; use {MIN_BITS}..{MAX_BITS} bits "

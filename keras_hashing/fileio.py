@@ -19,7 +19,9 @@ import errno
 import json
 import os
 import stat
+import struct
 import tempfile
+import zlib
 
 from keras_hashing.errors import HashingError, OutputError
 
@@ -200,17 +202,45 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# What parsing a malformed file raises, whatever the format: bad bytes or text (ValueError
+# and its UnicodeDecodeError, JSONDecodeError), an early end (EOFError, struct.error), a
+# wrong structure (KeyError, IndexError, TypeError), nesting past Python's stack.
+PARSE_ERRORS = (ValueError, EOFError, struct.error, zlib.error, KeyError, IndexError,
+                TypeError, RecursionError, OverflowError)
+
+
+def read_user_file(path, parse, what="file", error=HashingError, mode="rb",
+                   encoding="utf-8"):
+    """``parse(f)`` over the regular file at ``path``: the one gate every file a user
+    names passes. A missing, unreadable or malformed file is one ``error`` naming the file
+    and what it should hold; an error the parser raises itself (a HashingError) passes.
+
+    Example:
+        >>> read_user_file("nope.json", json.load, "a JSON file")
+        Traceback (most recent call last):
+        ...
+        keras_hashing.errors.HashingError: nope.json: file not found
+    """
+    try:
+        text = {} if "b" in mode else {"encoding": encoding, "newline": ""}
+        with open_regular(path, mode, **text) as f:
+            return parse(f)
+    except HashingError:
+        raise
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not {what}") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except PARSE_ERRORS as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else "the file ends early"
+        raise error(f"{path}: not {what} ({type(e).__name__}: {reason})") from None
+
+
 def read_json(path):
     """Read a JSON file; a missing or malformed file raises HashingError naming it."""
-    try:
-        with open_regular(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise HashingError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise HashingError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
-    except OSError as e:
-        raise HashingError(f"{path}: cannot read ({e.strerror})") from None
+    return read_user_file(path, json.load, "valid JSON", mode="r")
 
 
 def _mode_for(path) -> int:

@@ -90,3 +90,31 @@ def test_method_parameters_of_the_wrong_kind_are_rejected(params, message):
     model = DPSH(bits=16, input_shape=(8, 8, 1), num_classes=10,
                  params={"eta": 5, "num_train": 100, "memory_bank": True})
     assert model.params["eta"] == 5
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["params.nope=1"], "unknown ssdh parameter"),
+    (["method=sdsh", "bits=1"], "sdsh needs codes of at least 2 bits"),
+    (["seed=4294967296"], "seed must be an integer >= 0 and below 4,294,967,296"),
+    (["seed=-1"], "seed must be an integer >= 0"),
+    (["bits=" + "9" * 5000], "code length must be an integer"),
+    (["epochs=" + "9" * 5000], "epochs must be an integer"),
+    (["image_size=32"], "image_size applies to image files"),
+    (["channels=3"], "channels applies to image files"),
+    (["unseen_fold=1"], "unseen_fold applies to"),
+    (["validation=maybe"], "validation must be auto"),
+    (["protocol=cifar10", "dataset=tfds:cifar10", "patience=3"], "patience stops on"),
+    (["method=dpsh", "params.eta=abc"], "dpsh parameter eta"),
+])
+def test_config_show_refuses_exactly_what_fit_refuses(sets, message, tmp_path, capsys):
+    """One gate for settings: `config show` and `fit` print the same one line and exit 2,
+    and the refused fit leaves no run folder behind."""
+    from keras_hashing.cli.main import main
+
+    argv = [a for s in sets for a in ("--set", s)]
+    assert main(["config", "show", *argv]) == 2
+    shown = capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["fit", "--out", str(tmp_path / "run"), "--quiet", *argv]) == 2
+    fitted = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in shown and shown == fitted and len(shown) < 400
+    assert not (tmp_path / "run").exists()

@@ -37,7 +37,6 @@ import gzip
 import math
 import os
 import struct
-import zlib
 
 import numpy as np
 
@@ -49,7 +48,7 @@ from keras_hashing.data.tfds import tfds_splits
 from keras_hashing.data.splits import (VALIDATION_SETTINGS, ArraySplit, DatasetSplits, carve,
                                       stratified_take, take_validation)
 from keras_hashing.errors import DataError
-from keras_hashing.fileio import open_regular
+from keras_hashing.fileio import read_user_file
 
 # Pixels are uint8 0..255 everywhere until a model (or a pixel-space baseline) scales
 # them to [0, 1] by this, the one place the factor is written.
@@ -310,12 +309,11 @@ def _find(data_dir, stem):
 
 def read_idx(path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) of unsigned bytes; errors name the file."""
-    try:
-        with open_regular(path, "rb") as raw, (gzip.open(raw) if path.endswith(".gz")
-                                               else contextlib.nullcontext(raw)) as f:
-            data = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from None
+    def parse(raw):
+        with gzip.open(raw) if path.endswith(".gz") else contextlib.nullcontext(raw) as f:
+            return f.read()
+
+    data = read_user_file(path, parse, "an IDX file", DataError)
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]

@@ -43,7 +43,7 @@ from keras_hashing.data.images import (check_policy, handle_bad_images, load_ima
                                        warn)
 from keras_hashing.data.splits import StreamedSplit
 from keras_hashing.errors import DataError
-from keras_hashing.fileio import open_regular
+from keras_hashing.fileio import open_regular, read_user_file
 
 DEFAULT_IMAGE_SIZE = (32, 32)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jxl")
@@ -172,16 +172,18 @@ def read_list_file(path, data_dir=None) -> Collection:
 def read_csv_file(path, data_dir=None) -> Collection:
     """A CSV with a header: a path column and optionally a label column."""
     base = data_dir or os.path.dirname(os.path.abspath(path))
-    try:
-        with open_regular(path, "r", newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+
+    def parse(f):
+        reader = csv.DictReader(f)
+        try:
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-                    for row in reader]
-    except FileNotFoundError:
-        raise DataError(f"CSV file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read CSV ({e})") from None
+            return header, [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                            for row in reader]
+        except csv.Error as e:
+            raise DataError(f"{path}: not a CSV file ({e})") from None
+
+    # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first header
+    header, rows = read_user_file(path, parse, "a CSV file", DataError, "r", "utf-8-sig")
     path_col = next((c for c in PATH_COLUMNS if c in header), None)
     if path_col is None:
         raise DataError(f"{path}: no path column; the header needs one of {PATH_COLUMNS}, "
@@ -248,17 +250,12 @@ def concatenate(collections) -> Collection:
 
 
 def _read_lines(path):
-    try:
-        # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first path
-        with open_regular(path, "r", encoding="utf-8-sig") as f:
-            lines = [(i + 1, line.strip()) for i, line in enumerate(f)]
-    except FileNotFoundError:
-        raise DataError(f"list file {path} does not exist") from None
-    except IsADirectoryError:
+    if os.path.isdir(path):
         raise DataError(f"{path} is a folder; list:DIR needs train.txt, test.txt and "
-                        "database.txt in it") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the list file ({e})") from None
+                        "database.txt in it")
+    # utf-8-sig: a byte-order mark (Excel, Notepad) is not part of the first path
+    lines = read_user_file(path, lambda f: [(i + 1, line.strip()) for i, line in enumerate(f)],
+                           "a list file", DataError, "r", "utf-8-sig")
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     if not lines:
         raise DataError(f"list file {path} lists no images")
@@ -366,11 +363,8 @@ def read_query_images(paths, shape=None):
         ['shoe.png']
     """
     if len(paths) == 1 and str(paths[0]).endswith(".npy"):
-        try:
-            with open_regular(paths[0], "rb") as f:
-                images = np.load(f, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{paths[0]}: cannot read a .npy array of images ({e})") from None
+        images = read_user_file(paths[0], lambda f: np.load(f, allow_pickle=False),
+                                "a .npy array of images", DataError)
         if images.size == 0 or images.ndim == 0 or (images.ndim < 3 and
                                                     images.dtype.kind in "biuf"):
             raise DataError(f"{paths[0]}: holds no images (an array of shape "

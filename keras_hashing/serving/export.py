@@ -92,6 +92,10 @@ def build_archive(model) -> keras.export.ExportArchive:
     return archive
 
 
+# TF Serving parses a version folder's name as an int64
+VERSION_LIMIT = 2**63
+
+
 def next_version(model_dir) -> int:
     """1 + the highest integer version folder under ``model_dir`` (1 when none)."""
     if not os.path.isdir(model_dir):
@@ -107,8 +111,9 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     model_dir = os.path.join(base, name)
     # every refusal comes before a folder is made: a refused export leaves nothing behind
     version = next_version(model_dir) if version is None else int(version)
-    if version < 1:
-        raise HashingError(f"version must be a positive integer, got {version}")
+    if not 1 <= version < VERSION_LIMIT:
+        raise HashingError(f"version must be an integer from 1 to {VERSION_LIMIT - 1:,} (TF "
+                           f"Serving reads versions as int64), got {version}")
     final = os.path.join(model_dir, str(version))
     if os.path.lexists(final):
         raise HashingError(f"{final} already exists; TF Serving versions are immutable, pass "

@@ -20,7 +20,7 @@ import re
 import yaml
 
 from keras_hashing.errors import ConfigError
-from keras_hashing.fileio import open_regular
+from keras_hashing.fileio import read_user_file
 
 
 class _Loader(yaml.SafeLoader):
@@ -65,6 +65,9 @@ def expanded_size(data, limit: int) -> int:
             stack.extend(node)
     return count
 
+
+# seeds go to numpy's and TensorFlow's generators, which take 32-bit seeds
+SEED_LIMIT = 2**32
 
 DEFAULTS = {
     "method": "ssdh",
@@ -159,16 +162,14 @@ def recipe_path(method: str, dataset: str):
 
 def load_yaml(path) -> dict:
     """A YAML mapping from ``path``; errors name the file."""
-    try:
-        with open_regular(path, "r", encoding="utf-8") as f:
-            data = _yaml_load(f, str(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
-    except (OSError, ValueError) as e:  # a folder, unreadable, NUL characters, ...
-        raise ConfigError(f"{path}: cannot read config ({e})") from None
+    def parse(f):
+        try:
+            return _yaml_load(f, str(path))
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"{path}: not valid YAML ({first})") from None
+
+    data = read_user_file(path, parse, "a YAML config", ConfigError, "r")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -185,7 +186,7 @@ def parse_sets(items) -> dict:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
             value = _yaml_load(raw) if raw else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int past 4,300 digits
             value = raw
         node = out
         parts = key.split(".")
@@ -247,9 +248,10 @@ def validate(cfg: dict) -> dict:
         cfg["bits"] = check_bits(cfg["bits"])
     except Exception as e:
         raise ConfigError(str(e)) from None
-    for key, low in (("epochs", 1), ("batch_size", 2), ("seed", 0), ("val_database_size", 1),
+    for key, low in (("epochs", 1), ("batch_size", 2), ("val_database_size", 1),
                      ("tensorboard_samples", 1)):
         _check_int(cfg, key, low)
+    _check_int(cfg, "seed", 0, SEED_LIMIT)
     if cfg["patience"] is not None:
         _check_int(cfg, "patience", 1)
     if cfg["logical_cpus"] is not None:
@@ -281,6 +283,8 @@ def validate(cfg: dict) -> dict:
     for key in ("params", "backbone_kwargs", "augmentation"):
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
+    _check_method_settings(cfg)
+    _check_image_settings(cfg)
     from keras_hashing.data.pipeline import check_augmentation
     from keras_hashing.errors import DataError
 
@@ -350,10 +354,44 @@ def _numbers(node, prefix=""):
         yield prefix.rstrip("."), node
 
 
-def _check_int(cfg, key, low):
+def _check_int(cfg, key, low, limit=None):
+    """cfg[key] an int >= low (and below ``limit``, the bound of the type that finally
+    takes it)."""
     v = cfg[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"{key} must be an integer >= {low}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < low or (
+            limit is not None and v >= limit):
+        bound = f" and below {limit:,}" if limit is not None else ""
+        raise ConfigError(f"{key} must be an integer >= {low}{bound}, got {_short(v)}")
+
+
+def _short(value) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else (
+        f"an integer of {len(str(abs(value)))} digits")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_method_settings(cfg: dict) -> None:
+    """The method's own checks of bits and params (``HashingModel.check_settings``), so a
+    config is refused here, as ``fit`` would refuse it, not after minutes of loading."""
+    from keras_hashing.errors import CodeLengthError
+    from keras_hashing.models.methods import get_method
+
+    try:
+        get_method(cfg["method"]).check_settings(cfg["bits"], cfg["params"])
+    except CodeLengthError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_image_settings(cfg: dict) -> None:
+    """image_size and channels resize and convert image files (and tfds:) as they are
+    decoded; digits and fashion_mnist are arrays of one shape, so there they are refused
+    rather than recorded and ignored."""
+    if cfg["dataset"] in ("digits", "fashion_mnist"):
+        for key in ("image_size", "channels"):
+            if cfg[key] is not None:
+                raise ConfigError(f"{key} applies to image files and tfds: datasets; "
+                                  f"{cfg['dataset']}'s images have one size and channel "
+                                  f"count: leave {key} out")
 
 
 def dump(cfg: dict) -> str:

@@ -145,26 +145,19 @@ class HashingModel(keras.Model):
     spatial_features = False  # True: the backbone returns its last feature map (DMRH)
     default_params: dict = {}
     term_names: tuple = ()
+    min_bits = 1  # the shortest code the method can make (SDSH's rotation needs 2)
 
     def __init__(self, bits, input_shape, num_classes=None, multi_label=False,
                  backbone="small_cnn", backbone_kwargs=None, weight_decay=0.0, params=None,
                  **kwargs):
         super().__init__(**kwargs)
-        self.bits = codes_lib.check_bits(bits)
+        self.bits = self.check_settings(bits, params)
         self.image_shape = tuple(int(s) for s in input_shape)
         self.num_classes = None if num_classes is None else int(num_classes)
         self.multi_label = bool(multi_label)
         self.backbone_spec = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
         self.weight_decay = float(weight_decay)
-        unknown = set(params or {}) - set(self.default_params)
-        if unknown:
-            raise ConfigError(f"unknown {self.method_name} parameter(s) {sorted(unknown)}; "
-                              f"valid: {sorted(self.default_params)}")
-        for key, value in (params or {}).items():
-            check_param_type(self.method_name, key, value, self.default_params[key])
-        if "label_smoothing" in (params or {}):  # every method's classification term
-            check_label_smoothing(self.method_name, params["label_smoothing"])
         self.params = {**self.default_params, **(params or {})}
         if self.supervised and not self.num_classes:
             raise ConfigError(f"{self.method_name} is supervised: num_classes is required")
@@ -179,6 +172,25 @@ class HashingModel(keras.Model):
                          for name in ("loss", *self.term_names, "weight_decay")}
         # Build every weight now so a fresh model and a loaded one have the same variables.
         self(np.zeros((1, *self.image_shape), np.float32))
+
+    @classmethod
+    def check_settings(cls, bits, params=None) -> int:
+        """``bits`` as an int after checking it and ``params`` against this method: the
+        one check a config (``training.config.validate``, so ``config show`` too) and a
+        model's constructor share. ConfigError or CodeLengthError otherwise."""
+        bits = codes_lib.check_bits(bits)
+        if bits < cls.min_bits:
+            raise ConfigError(f"{cls.method_name} needs codes of at least {cls.min_bits} bits, "
+                              f"got {bits}")
+        unknown = set(params or {}) - set(cls.default_params)
+        if unknown:
+            raise ConfigError(f"unknown {cls.method_name} parameter(s) {sorted(unknown)}; "
+                              f"valid: {sorted(cls.default_params)}")
+        for key, value in (params or {}).items():
+            check_param_type(cls.method_name, key, value, cls.default_params[key])
+        if "label_smoothing" in (params or {}):  # every method's classification term
+            check_label_smoothing(cls.method_name, params["label_smoothing"])
+        return bits
 
     # -- hooks of the trainer (training.build_model) -----------------------------------
     @classmethod

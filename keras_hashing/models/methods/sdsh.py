@@ -62,6 +62,7 @@ class SDSH(HashingModel):
     """
 
     method_name = "sdsh"
+    min_bits = 2  # a rotation of one coordinate is a sign flip: nothing to search
     default_params = {"rotation_steps": 800, "rotation_queries": 1000,
                       "rotation_database": 5000, "center": True}
     term_names = ("spring",)
