@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -574,3 +575,89 @@ def test_a_byte_order_mark_is_not_part_of_the_first_path(kind, tmp_path):
     read = sources.read_list_file if kind == "list" else sources.read_csv_file
     collection = read(str(listing))
     assert [os.path.basename(p) for p in collection.paths] == ["a.jpg", "b.jpg"]
+
+
+# -- one writer per output ----------------------------------------------------------------
+def _hold_lock_in_another_process(code):
+    """Start a Python process that runs ``code`` (taking a writer's lock) and then waits;
+    returns it once it says it holds the lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code + "\nprint('held', flush=True)\nimport time\n"
+         "time.sleep(600)"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_index_build_of_one_output_is_refused_and_a_killed_one_frees_it(
+        trained_run, tmp_path, capsys):
+    """Two builders of one index file: the second is refused in one line before it
+    touches the work folder; once the first is killed (-9) the next build takes over the
+    work folder it left and finishes an index of the run's codes only."""
+    from keras_hashing.search.index import HammingIndex
+
+    out = tmp_path / "x.khi"
+    holder = _hold_lock_in_another_process(
+        "import numpy as np\nfrom keras_hashing.search.builder import IndexBuilder\n"
+        f"b = IndexBuilder({str(out)!r}, 48, {{'run': 'someone else'}})\n"
+        "b.append(np.zeros((3, 6), np.uint8), consumed=3)\nb.checkpoint()")
+    try:
+        assert cli.main(["index", "build", "--run", str(trained_run.path), "--out", str(out),
+                         "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "being written by another keras-hashing process" in err[0]
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the killed build's folder holds other inputs: refused as such, not mixed in
+    assert cli.main(["index", "build", "--run", str(trained_run.path), "--out", str(out),
+                     "--quiet"]) == 2
+    assert "interrupted build of other inputs" in capsys.readouterr().err
+    shutil.rmtree(str(out) + ".partial")
+    assert cli.main(["index", "build", "--run", str(trained_run.path), "--out", str(out),
+                     "--quiet"]) == 0
+    index = HammingIndex.load(out)
+    assert len(index) == len(np.unique(index.ids)) and not os.path.exists(str(out) + ".partial")
+
+
+def test_concurrent_exports_of_one_name_one_wins_the_others_are_one_line(
+        trained_run, tmp_path):
+    """Three exports of one name started together: each either writes a whole version or
+    is refused in one line (exit 2); never a traceback, never two versions half-written."""
+    base = tmp_path / "models"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "keras_hashing", "export", "--run", str(trained_run.path),
+         "--base", str(base), "--name", "m", "--version", "7"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}) for _ in range(3)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and set(codes[1:]) <= {0, 2}, results
+    for code, err in results:
+        if code == 2:
+            last = err.strip().splitlines()[-1]
+            assert "Traceback" not in err and last.startswith("keras-hashing: error:"), err
+            assert "being written by another" in last or "already exists" in last
+    assert sorted(os.listdir(base / "m")) == [".export.lock", "7", "metadata.json"]
+    assert (base / "m" / "7" / "saved_model.pb").is_file()
+
+
+def test_an_export_waits_for_no_one_and_a_killed_exporter_leaves_no_stale_lock(
+        trained_run, tmp_path, capsys):
+    base = tmp_path / "models"
+    (base / "m").mkdir(parents=True)
+    holder = _hold_lock_in_another_process(
+        "from keras_hashing.fileio import OutputLock\n"
+        f"lock = OutputLock({str(base / 'm' / '.export.lock')!r}, 'm')")
+    try:
+        assert cli.main(["export", "--run", str(trained_run.path), "--base", str(base),
+                         "--name", "m"]) == 2
+        assert "being written by another" in capsys.readouterr().err
+        assert sorted(os.listdir(base / "m")) == [".export.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.main(["export", "--run", str(trained_run.path), "--base", str(base),
+                     "--name", "m"]) == 0
+    assert (base / "m" / "1" / "saved_model.pb").is_file()

@@ -30,11 +30,12 @@ import numpy as np
 
 from keras_hashing import codes as codes_lib
 from keras_hashing.errors import IndexFileError, OutputError
-from keras_hashing.fileio import check_output_path, read_json, write_json
+from keras_hashing.fileio import OutputLock, check_output_path, read_json, write_json
 from keras_hashing.search.index import HammingIndex
 from keras_hashing.search.index_file import is_index_file
 
 STATE = "state.json"
+LOCK = ".lock"  # held by the one builder writing the work folder
 FILES = {"codes": "codes.bin", "labels": "labels.bin", "paths": "paths.jsonl"}
 
 
@@ -61,12 +62,11 @@ class IndexBuilder:
                       "rows": 0, "bytes": {k: 0 for k in FILES}, "labels_shape": None,
                       "skipped": []}
         self.resumed = False
+        self._files = {}
         # Only an index file may be replaced, and never the file being read.
         check_output_path(self.out, kind=is_index_file)
-        if os.path.exists(os.path.join(self.work, STATE)):
-            self._resume()
-        elif os.path.lexists(self.work) and (not os.path.isdir(self.work) or
-                                             os.listdir(self.work)):
+        fresh = not os.path.lexists(self.work)
+        if os.path.lexists(self.work) and not os.path.isdir(self.work):
             raise IndexFileError(f"{self.work} exists and is not an interrupted build; move "
                                  "it away or choose another --out")
         try:
@@ -74,7 +74,18 @@ class IndexBuilder:
         except OSError as e:
             raise OutputError(f"{self.work}: cannot create the build folder "
                               f"({e.strerror})") from None
-        self._files = {}
+        # The work folder belongs to one builder: a second one at the same time is
+        # refused before it reads or writes anything in it.
+        self._lock = OutputLock(self._path(LOCK), self.out)
+        try:
+            if os.path.exists(self._path(STATE)):
+                self._resume()
+            elif not fresh and set(os.listdir(self.work)) - {LOCK}:
+                raise IndexFileError(f"{self.work} exists and is not an interrupted build; "
+                                     "move it away or choose another --out")
+        except BaseException:
+            self._lock.release()
+            raise
 
     @property
     def consumed(self) -> int:
@@ -147,6 +158,11 @@ class IndexBuilder:
         self._last_checkpoint = time.monotonic()
 
     def close(self) -> None:
+        """Close the data files and let another builder have the work folder."""
+        self._close_files()
+        self._lock.release()
+
+    def _close_files(self) -> None:
         for f in self._files.values():
             f.close()
         self._files = {}
@@ -154,7 +170,7 @@ class IndexBuilder:
     def finish(self, metadata: dict) -> HammingIndex:
         """Write the index file atomically and remove the work folder."""
         self.checkpoint()
-        self.close()
+        self._close_files()  # the lock is held until the work folder is gone
         rows = int(self.state["rows"])
         codes = np.fromfile(self._path(FILES["codes"]), np.uint8).reshape(rows, self.code_size)
         labels = None
@@ -173,6 +189,7 @@ class IndexBuilder:
             index.metadata["skipped_images"] = len(self.state["skipped"])
         index.save(self.out)
         shutil.rmtree(self.work, ignore_errors=True)
+        self._lock.release()
         return index
 
     @property

@@ -37,8 +37,8 @@ import tensorflow as tf
 
 from keras_hashing import __version__
 from keras_hashing.codes import code_bytes
-from keras_hashing.errors import HashingError
-from keras_hashing.fileio import check_output_dir, write_json
+from keras_hashing.errors import HashingError, OutputError
+from keras_hashing.fileio import OutputLock, check_output_dir, write_json
 from keras_hashing.serving.client import BYTES_SIGNATURE, SERVING_SIGNATURE
 from keras_hashing.data.images import decode_image
 
@@ -94,6 +94,8 @@ def build_archive(model) -> keras.export.ExportArchive:
 
 # TF Serving parses a version folder's name as an int64
 VERSION_LIMIT = 2**63
+# held by the export writing a model folder; TF Serving ignores names that are not numbers
+EXPORT_LOCK = ".export.lock"
 
 
 def next_version(model_dir) -> int:
@@ -109,29 +111,41 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     if not name or os.sep in name or name.startswith("."):
         raise HashingError(f"model name {name!r} must be a plain folder name")
     model_dir = os.path.join(base, name)
-    # every refusal comes before a folder is made: a refused export leaves nothing behind
-    version = next_version(model_dir) if version is None else int(version)
-    if not 1 <= version < VERSION_LIMIT:
+    if version is not None and not 1 <= int(version) < VERSION_LIMIT:
         raise HashingError(f"version must be an integer from 1 to {VERSION_LIMIT - 1:,} (TF "
                            f"Serving reads versions as int64), got {version}")
-    final = os.path.join(model_dir, str(version))
-    if os.path.lexists(final):
-        raise HashingError(f"{final} already exists; TF Serving versions are immutable, pass "
-                           f"another --version (next free: {next_version(model_dir)})")
     created = _first_missing(model_dir)
     check_output_dir(model_dir)
-    tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir)
     try:
-        export_dir = os.path.join(tmp, "export")
-        build_archive(model).write_out(export_dir, verbose=False)
-        os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
-        os.replace(export_dir, final)
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{model_dir}: cannot create the model folder ({e.strerror})") from None
+    # One export of a model folder at a time: a second is refused in one line instead of
+    # racing the first for the same version number.
+    try:
+        lock = OutputLock(os.path.join(model_dir, EXPORT_LOCK), model_dir)
+    except OutputError:
+        _remove(created)
+        raise
+    try:
+        version = next_version(model_dir) if version is None else int(version)
+        final = os.path.join(model_dir, str(version))
+        if os.path.lexists(final):
+            raise HashingError(f"{final} already exists; TF Serving versions are immutable, "
+                               f"pass another --version (next free: {next_version(model_dir)})")
+        tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir)
+        try:
+            export_dir = os.path.join(tmp, "export")
+            build_archive(model).write_out(export_dir, verbose=False)
+            os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
+            os.replace(export_dir, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
-        if created:  # the folders this export made, and nothing else
-            shutil.rmtree(created, ignore_errors=True)
+        _remove(created)  # the folders this export made, and nothing else
         raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     meta = {"name": name, "latest_version": version, "method": model.method_name,
             "bits": model.bits, "code_bytes": code_bytes(model.bits),
             "input_shape": list(model.image_shape), "input_dtype": "float32",
@@ -140,6 +154,11 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
             "keras_hashing_version": __version__, **(metadata or {})}
     write_json(os.path.join(model_dir, METADATA_FILE), meta)
     return final
+
+
+def _remove(created) -> None:
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def _first_missing(path):
