@@ -315,7 +315,10 @@ def collapse_check(bits, labels=None) -> dict:
     """Whether a split's 0/1 codes (N, K) have collapsed, with the numbers that say so.
 
     Collapsed: the N >= 2 codes take one value, or fewer distinct values than the split
-    has classes (distinct label rows), so some classes cannot be told apart. A healthy
+    has classes, so some classes cannot be told apart. Classes are the distinct labels of
+    single-label data, and the label columns in use of multi-hot data (not its distinct
+    label sets: 2,000 NUS-WIDE images hold hundreds of those, and a good code need not
+    tell each set from every other). A healthy
     model may put a whole class on one code (CSQ's centres), so the bar is the class
     count, not N; for the same reason bits that never change are reported, not judged
     (two classes on two opposite-free centres leave about half the bits constant).
@@ -328,6 +331,9 @@ def collapse_check(bits, labels=None) -> dict:
         (True, 1, 8)
         >>> collapse_check(np.eye(6, 8, dtype=np.uint8), labels=[0, 0, 1, 1, 2, 2])["collapsed"]
         False
+        >>> multi_hot = [[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]]   # 3 classes, 4 label sets
+        >>> collapse_check(np.eye(4, 8, dtype=np.uint8)[[0, 1, 2, 2]], multi_hot)["classes"]
+        3
     """
     b = np.asarray(bits, dtype=np.uint8)
     if b.ndim != 2 or b.shape[0] == 0:
@@ -339,7 +345,8 @@ def collapse_check(bits, labels=None) -> dict:
     classes = None
     if labels is not None:
         y = np.asarray(labels)
-        classes = int(len(np.unique(y.reshape(len(y), -1), axis=0)))
+        classes = int((y.reshape(len(y), -1) != 0).any(axis=0).sum() if y.ndim == 2
+                      else len(np.unique(y)))
     collapsed = n >= 2 and (distinct == 1 or (classes is not None and distinct < min(classes, n)))
     of_classes = "" if classes is None else f" of {classes} classes"
     message = (f"the codes look collapsed: {distinct} distinct code(s) for {n} images"

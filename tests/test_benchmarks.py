@@ -349,3 +349,15 @@ def test_each_benchmark_recipe_runs_end_to_end_on_mock_data(recipe, tmp_path, mo
     assert 0 <= query["map_at_k"] <= 1 and 0 <= query["map_at_k_asym"] <= 1
     assert "map_all_asym" in query and metrics["epochs_run"] == 2
     assert shown["map_at_k"] == pytest.approx(query["map_at_k"])
+
+
+def test_multi_hot_lists_without_any_label_are_refused(tmp_path):
+    """All-zero multi-hot rows would train on nothing and score mAP 0: refused, whichever
+    list holds them."""
+    for name in ("train.txt", "test.txt", "database.txt"):
+        lists = _lists(tmp_path / name, 21, True, per_split=(210, 10, 42))
+        path = lists / name
+        path.write_text("".join(line.split()[0] + " 0" * 21 + "\n"
+                                for line in path.read_text().splitlines()))
+        with pytest.raises(DataError, match="has a label"):
+            data.load_dataset(f"list:{lists}", protocol="nuswide")

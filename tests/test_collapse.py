@@ -22,15 +22,31 @@ from keras_hashing.evaluation import collapse_check
     (np.repeat(np.eye(2, 8, dtype=np.uint8), 3, axis=0), None, False),
     # a single image cannot collapse
     (np.zeros((1, 8), np.uint8), [0], False),
-    # multi-label: classes are the distinct label rows (2 here); 2 codes are enough
+    # multi-label: classes are the label columns in use (2 here); 2 codes are enough
     (np.repeat(np.eye(2, 8, dtype=np.uint8), 2, axis=0), [[1, 0], [1, 0], [1, 1], [1, 1]],
      False),
+    # ... and one code for two classes is a collapse, however the sets combine
+    (np.zeros((4, 8), np.uint8), [[1, 0], [0, 1], [1, 1], [1, 1]], True),
 ])
 def test_collapse_check_cases(bits, labels, collapsed):
     check = collapse_check(bits, labels)
     assert check["collapsed"] is collapsed
     assert (check["message"] is None) is (not collapsed)
     assert check["distinct_codes"] == len(np.unique(bits, axis=0))
+
+
+def test_multi_label_codes_are_judged_against_label_columns_not_label_sets():
+    """2,000 images of NUS-WIDE's shape: 21 concepts, hundreds of distinct label sets. A
+    code per concept is healthy, one code fewer than the concepts is not."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((2000, 21)) < 0.15).astype(np.uint8)
+    labels[np.arange(2000), rng.integers(0, 21, 2000)] = 1  # every image has a concept
+    assert len(np.unique(labels, axis=0)) > 500
+    concept = labels.argmax(axis=1)
+    codes = np.unpackbits(concept.astype(np.uint8)[:, None], axis=1)  # 21 distinct codes
+    check = collapse_check(codes, labels)
+    assert check["classes"] == 21 and check["distinct_codes"] == 21 and not check["collapsed"]
+    assert collapse_check(np.minimum(codes, np.unpackbits(np.uint8([19]))), labels)["collapsed"]
 
 
 def test_collapse_message_names_the_numbers():

@@ -284,6 +284,7 @@ def bad_inputs(trained_run, tmp_path_factory):
     good.save(d / "good.khi")
     raw = (d / "good.khi").read_bytes()
     (d / "garbage.khi").write_bytes(os.urandom(100))
+    (d / "zero_bytes.npy").write_bytes(b"")
     (d / "truncated.khi").write_bytes(raw[:-7])
     (d / "v9.khi").write_bytes(raw[:8] + (9).to_bytes(2, "little") + raw[10:])
     wide = HammingIndex(64)
@@ -381,6 +382,12 @@ BAD_INPUT_CASES = [
     ("unreadable image in folder", "fit --dataset folder:{d}/corruptimg --quiet", "x.png"),
     ("empty dataset", "fit --dataset folder:{d}/emptyfolder", "holds no images"),
     ("run dir missing", "evaluate --run {d}/none", "does not exist"),
+    ("--split beside --images", "index build --run {run} --images folder:{d}/txtfolder "
+     "--split query --out {d}/split.khi", "--images encodes the whole collection"),
+    ("--dataset beside --images", "encode --run {run} --images folder:{d}/txtfolder "
+     "--dataset digits --out {d}/split.npz", "--images encodes the whole collection"),
+    ("0-byte .npy query", "search --index {d}/good.khi --run {run} --images "
+     "{d}/zero_bytes.npy", "zero_bytes.npy: not a .npy array of images"),
     ("run dir without model.keras", "evaluate --run {d}/norun", "has no model.keras"),
     ("corrupt model.keras", "evaluate --run {d}/badmodel", "cannot load the model"),
     ("bad config.yaml in run", "evaluate --run {d}/badcfg", "not valid YAML"),

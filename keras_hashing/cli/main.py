@@ -257,7 +257,8 @@ def _add_split_args(p, serving=False) -> None:
                    help="encode this collection instead of a dataset split: folder:PATH, "
                         "list:FILE or csv:FILE (streamed; paths and labels are kept)")
     p.add_argument("--dataset", help="default: the run's dataset")
-    p.add_argument("--split", default="database", choices=("train", "val", "query", "database"))
+    p.add_argument("--split", choices=("train", "val", "query", "database"),
+                   help="the split of the dataset to encode (default: database)")
     p.add_argument("--data-dir", help="dataset files, or the base of relative paths in a list")
     p.add_argument("--batch-size", type=int,
                    help="most images per batch (default 256; large images get fewer, "

@@ -158,6 +158,11 @@ def load_dataset(name="digits", protocol=None, data_dir=None, seed=0, image_size
         if len(result.split(split_name)) == 0:
             raise DataError(f"dataset {name}: split {split_name!r} is empty; it needs more "
                             "images per class")
+        labels = result.split(split_name).y
+        if result.multi_label and labels is not None and not np.any(labels):
+            # nothing would be relevant to anything: training learns nothing, mAP is 0
+            raise DataError(f"dataset {name}: no image of split {split_name!r} has a label "
+                            "(every multi-hot row is 0); check the label columns of the lists")
     return result
 
 

@@ -24,15 +24,21 @@ def index_from_run(run_path, model, split, out, source: dict, batch_size=256, ve
     return encoders.index_from_model(model, split, out, source, identity, batch_size, verbose)
 
 
-def encoding_input(run_path=None, images=None, dataset=None, split="database", data_dir=None,
+def encoding_input(run_path=None, images=None, dataset=None, split=None, data_dir=None,
                    on_bad_image="fail"):
     """What ``encode`` and ``index build`` encode: (run or None, split, source).
 
-    ``images`` (a collection spec, folder:PATH ...) is encoded by the run's model, or by
-    TF Serving when there is no run; otherwise the run's dataset (or ``dataset``) split.
-    ``source`` is what the index metadata records so ``search --show`` can load the
-    images again (the image size and channels are the model's, recorded beside it).
+    ``images`` (a collection spec, folder:PATH ...) is encoded whole by the run's model,
+    or by TF Serving when there is no run; otherwise the ``split`` (default: database) of
+    the run's dataset (or of ``dataset``). ``source`` is what the index metadata records
+    so ``search --show`` can load the images again (the image size and channels are the
+    model's, recorded beside it).
     """
+    if images and (split or dataset):
+        raise HashingError(f"--images encodes the whole collection {images}; --split and "
+                           "--dataset pick a split of a dataset instead: give one or the "
+                           "other")
+    split = split or "database"
     if images:
         from keras_hashing.data.datasets import load_images_split
 
