@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -282,3 +283,34 @@ def test_index_of_another_model_is_refused(tmp_path, trained_run):
     other.metadata = {"model_sha256": "1" * 64}
     with pytest.raises(HashingError, match="different models"):
         HammingIndex.merge([index, other])
+
+
+def test_restart_of_a_killed_run_removes_only_what_its_processes_wrote(tmp_path):
+    """A fit killed (-9) after a backup, then the user adds files under logs/ (notes, a
+    CSV beside the event files, another program's event file): --restart removes the
+    killed run's own files and none of the user's."""
+    out = tmp_path / "r"
+    fit = subprocess.Popen(
+        [sys.executable, "-m", "keras_hashing", "fit", "--out", str(out), "--epochs", "60",
+         "--bits", "12", "--quiet", "--set", "val_database_size=200",
+         "--set", "tensorboard_samples=20"],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (out / "backup" / "state.json").exists():
+        assert fit.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    fit.kill()
+    fit.wait()
+    written = [p.relative_to(out) for p in (out / "logs").rglob("*") if p.is_file()]
+    assert any("tfevents" in str(p) for p in written)
+    mine = {"logs/notes.txt": "mine", "logs/train/mine.csv": "1,2",
+            "logs/train/events.out.tfevents.1.otherhost.1.0.v2": "not the run's",
+            "logs/hashing/my-sprite.png": "x"}
+    for name, text in mine.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    assert cli.main(["fit", "--out", str(out), "--restart", *FAST]) == 0
+    for name, text in mine.items():
+        assert (out / name).read_text() == text, name
+    assert not any((out / p).exists() for p in written if "tfevents" in str(p))
+    assert runs.load_run(str(out)).metrics["epochs_run"] == 1

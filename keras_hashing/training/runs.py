@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 
 from keras_hashing import __version__
 from keras_hashing.errors import RunDirError
@@ -41,6 +42,13 @@ STATE_FILE = "run.json"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
+# What a run itself writes under logs/: TensorBoard event files, named
+# events.out.tfevents.<time>.<host>.<pid>.<n>.v2 by the process that writes them (a run
+# records each of its processes, so a killed run knows its files), and the projector files
+# of HashingTensorBoard under logs/hashing/.
+_EVENT_FILE = re.compile(r"^events\.out\.tfevents\.\d+\.(?P<host>.+)\.(?P<pid>\d+)\.\d+\.v2$")
+_PROJECTOR_FILES = re.compile(r"^(sprite\.png|metadata\.tsv|projector_config\.pbtxt|checkpoint|"
+                              r"embedding\.ckpt-\d+\.(index|data-\d+-of-\d+))$")
 RUN_FORMAT = "keras-hashing-run"
 
 # Keys that may change when an interrupted run resumes: where the data lives, how the
@@ -175,6 +183,10 @@ class RunWriter:
         # in a restarted run): kept in run.json, so a later --restart leaves them alone.
         self.user_files = (_recorded(self.path, "user_files") if self.resuming
                            else _files_under(self.path, LOGS_DIR))
+        # The processes that wrote this run, this one included: their TensorBoard files
+        # are the run's own, whatever else appears under logs/ meanwhile.
+        self.writers = ((_recorded(self.path, "writers") if self.resuming else [])
+                        + [f"{socket.gethostname()}:{os.getpid()}"])
         for name in (STATE_FILE, CONFIG_FILE, LOGS_DIR):
             if not os.path.exists(os.path.join(self.path, name)):
                 self._added.append(name)
@@ -207,13 +219,14 @@ class RunWriter:
                    {"format": RUN_FORMAT, "state": state,
                     "keras_hashing_version": __version__,
                     "method": self.cfg["method"], "bits": self.cfg["bits"],
-                    "user_files": self.user_files,
+                    "user_files": self.user_files, "writers": self.writers,
                     **({} if own_files is None else {"own_files": own_files})})
 
     def finish(self, model, metrics: dict) -> None:
         """Write the finished run; the backup goes only once the run is on disk."""
         save_run(self.path, model, self.cfg, metrics)
-        own = sorted(set(_files_under(self.path, LOGS_DIR)) - set(self.user_files))
+        own = sorted(f for f in _files_under(self.path, LOGS_DIR)
+                     if f not in self.user_files and _written_by_run(f, self.writers))
         self._write_state("finished", own_files=own)
         remove_backup(self.path)
         # Unlinked while still held: a writer that comes later locks a new file and
@@ -316,12 +329,25 @@ def _remove_run_files(path) -> None:
         _unlink(os.path.join(path, name))
     remove_backup(path)
     own = _recorded(path, "own_files", None)
-    if own is None:
+    if own is None:  # interrupted: what its processes wrote, nothing a user added since
         keep = set(_recorded(path, "user_files"))
-        own = [f for f in _files_under(path, LOGS_DIR) if f not in keep]
+        writers = _recorded(path, "writers", None)
+        own = [f for f in _files_under(path, LOGS_DIR) if f not in keep and (
+            writers is None or _written_by_run(f, writers))]
     for name in own:
         _unlink(os.path.join(path, name))
     _prune_empty_folders(os.path.join(path, LOGS_DIR))
+
+
+def _written_by_run(relpath, writers) -> bool:
+    """Whether the file at ``relpath`` (under logs/) is one a run whose processes are
+    ``writers`` ("host:pid") wrote: an event file of one of them, or a projector file."""
+    parts = relpath.split(os.sep)
+    name = parts[-1]
+    event = _EVENT_FILE.match(name)
+    if event:
+        return f"{event['host']}:{event['pid']}" in writers
+    return parts[:-1] == [LOGS_DIR, "hashing"] and bool(_PROJECTOR_FILES.match(name))
 
 
 def _files_under(path, folder) -> list:
