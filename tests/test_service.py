@@ -517,3 +517,120 @@ def test_images_encoded_through_tf_serving_in_shared_batches(trained_run, collec
         np.testing.assert_array_equal(index.codes[index.positions_of([first["ids"][0]])[0]],
                                       index.codes[i])
     assert predicts < len(paths)
+
+
+def _tiff_of(path):
+    """The same image as a TIFF: Pillow reads its header, TensorFlow's decoder refuses it."""
+    import io
+
+    out = io.BytesIO()
+    Image.open(path).save(out, format="TIFF")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+@pytest.mark.parametrize("through", ["in-process", "tf-serving"])
+def test_one_bad_image_among_concurrent_requests_fails_its_request_only(
+        trained_run, collection, tmp_path, through):
+    """Eight valid image requests and one the decoder refuses, arriving together and so
+    batched into one encode: eight answers and one 400 naming the problem."""
+    import httpx
+
+    photos, khi = collection
+    index = HammingIndex.load(khi)
+    stack = contextlib.ExitStack()
+    if through == "tf-serving":
+        from tf_serving_stub import TFServingStub
+
+        from keras_hashing.serving.client import TFServingClient
+        from keras_hashing.serving.export import export_run
+
+        export_run(trained_run.path, base=str(tmp_path), name="digits")
+        tfs = stack.enter_context(TFServingStub(str(tmp_path)))
+        encoder = TFServingClient(tfs.url, "digits")
+    else:
+        encoder = KerasEncoder(trained_run.model)
+    bodies = [{"images": [{"b64": _b64(index.paths[i])}], "k": 3} for i in range(8)]
+    bodies.insert(4, {"images": [{"b64": _tiff_of(index.paths[0])}], "k": 3})
+    with stack, running_server(service.create_app(khi, encoder, max_delay=0.2)) as url:
+        answers = [None] * len(bodies)
+
+        def ask(i):
+            answers[i] = httpx.post(url + "/v1/search", json=bodies[i], timeout=60)
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    statuses = [a.status_code for a in answers]
+    assert statuses == [200] * 4 + [400] + [200] * 4, [a.text for a in answers]
+    assert "error" in answers[4].json()
+    assert all(a.json()["results"][0]["distances"][0] == 0 for a in answers if a.is_success)
+
+
+def test_radius_answers_are_capped_nearest_first_and_say_when_cut(client, collection):
+    index = HammingIndex.load(collection[1])
+    codes = index.codes[[0, 1]].tolist()
+    whole = index.range_search(np.asarray(codes, np.uint8), index.bits)
+    cut = client.post("/v1/search", json={"codes": codes, "radius": index.bits,
+                                          "limit": 5}).json()["results"]
+    for q, result in enumerate(cut):
+        lo = whole[0][q]
+        assert result["ids"] == whole[2][lo:lo + 5].tolist() and result["truncated"] is True
+        assert result["distances"] == sorted(result["distances"])
+    uncut = client.post("/v1/search", json={"codes": codes, "radius": 0}).json()["results"]
+    assert all(r["truncated"] is False for r in uncut)
+    # the default cap holds with no limit given: every answer is bounded
+    from keras_hashing.serving.service_api import MAX_RADIUS_RESULTS
+
+    big = client.post("/v1/search", json={"codes": codes, "radius": index.bits}).json()
+    assert all(len(r["ids"]) <= MAX_RADIUS_RESULTS for r in big["results"])
+    for bad in ({"codes": codes, "k": 3, "limit": 2}, {"codes": codes, "radius": 2, "limit": 0},
+                {"codes": codes, "radius": 2, "limit": 10**6}):
+        r = client.post("/v1/search", json=bad)
+        assert r.status_code == 400 and "limit" in r.json()["error"]
+
+
+@pytest.mark.parametrize("method, url, kwargs", [
+    ("GET", "/v1/search", {}), ("PUT", "/v1/index", {}), ("GET", "/nowhere", {}),
+    ("POST", "/v1/search", {"content": b"{not json", "headers": {
+        "content-type": "application/json"}}),
+    ("POST", "/v1/search", {"content": b"\xff\xfe", "headers": {
+        "content-type": "application/json"}}),
+    ("DELETE", "/healthz", {}),
+])
+def test_every_error_answer_has_one_json_shape(client, method, url, kwargs):
+    r = client.request(method, url, **kwargs)
+    assert 400 <= r.status_code < 500
+    assert r.headers["content-type"].startswith("application/json")
+    assert set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+
+
+def test_an_index_copied_over_in_place_is_swapped_not_a_crash(trained_run, collection,
+                                                              tmp_path):
+    """`cp new.khi served.khi` writes the served file in place: read into memory (the
+    default), the server keeps answering and swaps the new index in once it is whole."""
+    import httpx
+
+    photos, khi = collection
+    served = tmp_path / "served.khi"
+    shutil.copy(khi, served)
+    small = HammingIndex.load(khi)
+    smaller = HammingIndex(small.bits)
+    smaller.add(small.codes[:5], labels=small.labels[:5])
+    smaller.metadata = dict(small.metadata)
+    smaller.save(tmp_path / "small.khi")
+    app = service.create_app(served, KerasEncoder(trained_run.model), poll_seconds=0.05)
+    with running_server(app) as url:
+        codes = small.codes[:2].tolist()
+        for _ in range(3):
+            with open(tmp_path / "small.khi", "rb") as src, open(served, "r+b") as dst:
+                dst.write(src.read())  # in place: same inode, shorter content follows
+                dst.truncate()
+            for _ in range(20):
+                r = httpx.post(url + "/v1/search", json={"codes": codes, "k": 3}, timeout=30)
+                assert r.status_code == 200
+            shutil.copy(khi, served)
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/v1/index").json()["ntotal"] != len(small):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

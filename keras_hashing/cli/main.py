@@ -245,6 +245,9 @@ def _serve_parser(sub, common) -> None:
     sv.add_argument("--token", help="bearer token required on every route but /healthz "
                     "(default: $KERAS_HASHING_TOKEN; none: open)")
     sv.add_argument("--index-method", choices=("flat", "mih"), default="flat")
+    sv.add_argument("--mmap", action="store_true",
+                    help="memory-map the index instead of reading it into memory (an index "
+                         "larger than RAM); replace it only by renaming a new file over it")
 
 
 def _add_split_args(p, serving=False) -> None:
@@ -516,7 +519,7 @@ def cmd_serve(args) -> int:
     else:
         encoder = None  # codes and database ids only
     app = service.create_app(args.index, encoder, token=token, method=args.index_method,
-                             check_index=check_index)
+                             check_index=check_index, mmap=args.mmap)
     import uvicorn
 
     # bound here, so a port in use (or a host that is not this machine's) is one line

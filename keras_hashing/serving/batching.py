@@ -24,7 +24,8 @@ class MicroBatcher:
     One batch runs at a time; the requests that arrive meanwhile, up to ``max_size``
     (counted by ``size(request)``), plus any within ``max_delay`` seconds (0: none is
     waited for, so a lone request pays nothing), share the next call. A failing call
-    fails each of its requests with the same exception.
+    fails each of its requests with the same exception; a ``run_batch`` that returns an
+    exception in a request's place fails that request alone.
     """
 
     def __init__(self, run_batch, max_size, max_delay=0.0, size=lambda request: 1):
@@ -65,7 +66,11 @@ class MicroBatcher:
                         future.set_exception(e)
                 continue
             for (_, future), result in zip(batch, results):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):  # this request's own failure
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
 
 
@@ -90,6 +95,14 @@ def search_batches(requests) -> list:
     return results
 
 
+def _alone(encoder, blobs):
+    """One request's codes, or the exception that answers it."""
+    try:
+        return encoder.encode_bytes(blobs)
+    except Exception as e:  # noqa: BLE001 - handed to that request's future
+        return e
+
+
 def search_batcher(max_queries=256, max_delay=0.0) -> MicroBatcher:
     """Searches of concurrent requests, ``submit((index, codes, k)) -> (dist, ids)``."""
     return MicroBatcher(search_batches, max_queries, max_delay, size=lambda r: len(r[1]))
@@ -98,10 +111,32 @@ def search_batcher(max_queries=256, max_delay=0.0) -> MicroBatcher:
 def encode_batcher(encoder, max_images=32, max_delay=0.005) -> MicroBatcher:
     """Images of concurrent requests encoded in one ``encoder.encode_bytes`` call (one
     predict request to TF Serving, one forward pass in process):
-    ``submit(list of image bytes) -> packed codes``."""
+    ``submit(list of image bytes) -> packed codes``. When the shared call fails (an image
+    the decoder refuses), each request is encoded again on its own, so the failure
+    answers the request that sent the image and no other.
+
+    Example:
+        >>> class Lengths:
+        ...     def encode_bytes(self, blobs):
+        ...         if b"bad" in blobs:
+        ...             raise ValueError("cannot decode")
+        ...         return np.array([[len(b)] for b in blobs], np.uint8)
+        >>> async def three():
+        ...     batcher = encode_batcher(Lengths(), max_delay=0.01)
+        ...     return await asyncio.gather(batcher.submit([b"ab"]), batcher.submit([b"bad"]),
+        ...                                 batcher.submit([b"abc"]), return_exceptions=True)
+        >>> [r.tolist() if isinstance(r, np.ndarray) else type(r).__name__
+        ...  for r in asyncio.run(three())]
+        [[[2]], 'ValueError', [[3]]]
+    """
 
     def run(requests):
-        codes = encoder.encode_bytes([blob for blobs in requests for blob in blobs])
+        try:
+            codes = encoder.encode_bytes([blob for blobs in requests for blob in blobs])
+        except Exception:  # noqa: BLE001 - retried one request at a time just below
+            if len(requests) == 1:
+                raise
+            return [_alone(encoder, blobs) for blobs in requests]
         bounds = np.cumsum([0] + [len(blobs) for blobs in requests])
         return [codes[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 

@@ -12,8 +12,9 @@ this FastAPI app with uvicorn:
 * ``GET /healthz`` (ready once the index is loaded and the encoder answers),
   ``GET /metrics`` (Prometheus), ``GET /openapi.json``, and ``GET /`` a page to try it.
 
-The index file is memory-mapped and replaced when the file is (``index build`` and
-``index merge`` rename a new file into place): requests in flight finish on the old one.
+The index file is read into memory (memory-mapped with ``--mmap``) and loaded again when
+the file changes (``index build`` and ``index merge`` rename a new file into place):
+requests in flight finish on the old one.
 Searches and encodes run in worker threads, so the event loop never waits on them;
 encodes through TF Serving are batched across concurrent requests. Client mistakes are
 JSON errors with a 4xx status, never a 500.
@@ -47,9 +48,13 @@ TOKEN_ENV = "KERAS_HASHING_TOKEN"
 
 # -- the index, swapped when its file is replaced ------------------------------------------
 class IndexHolder:
-    """The current index of a file, memory-mapped; ``refresh`` loads the file again when
-    it was replaced (another inode, size or mtime). Readers take ``current`` once per
-    request, so a swap never changes the index under a search.
+    """The current index of a file, read into memory (1M 64-bit codes are 8 MB), or with
+    ``mmap`` memory-mapped, for an index larger than RAM; ``refresh`` loads the file again
+    when it changed (another inode, size or mtime). Readers take ``current`` once per
+    request, so a swap never changes the index under a search. In memory, a file copied
+    over in place (``cp new.khi served.khi``) is only a changed file; memory-mapped, the
+    pages under a search could be cut away (SIGBUS), so replace a mapped index by renaming
+    a new file over it, as ``index build`` and ``index merge`` do.
 
     Every index, the first and each replacement, passes the same checks: it loads, holds
     items, and passes ``check`` (the service's: codes of its encoder's model). A refused
@@ -57,9 +62,10 @@ class IndexHolder:
     described (``last_refusal``) until a good one is swapped in.
     """
 
-    def __init__(self, path, method="flat", check=None):
+    def __init__(self, path, method="flat", check=None, mmap=False):
         self.path = os.fspath(path)
         self.method = method
+        self.mmap = bool(mmap)
         self.check = check
         self.swaps = 0
         self.refused = 0
@@ -69,7 +75,7 @@ class IndexHolder:
         self.current = self._load()
 
     def _load(self) -> HammingIndex:
-        index = HammingIndex.load(self.path, mmap=True, method=self.method)
+        index = HammingIndex.load(self.path, mmap=self.mmap, method=self.method)
         if not len(index):
             raise IndexFileError(f"{self.path} holds no items")
         if self.check is not None:
@@ -219,13 +225,15 @@ def _dataset_pixels(index, position, cache):
 
 # -- the app --------------------------------------------------------------------------------
 def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
-               poll_seconds=1.0, method="flat", max_delay=0.005, check_index=None):
+               poll_seconds=1.0, method="flat", max_delay=0.005, check_index=None,
+               mmap=False):
     """The FastAPI app serving ``index_path``; ``encoder`` (any ``encoders.Encoder``, or
     None: codes and ids only) encodes query images, those of concurrent requests in one
     call (waiting up to ``max_delay`` seconds for company); ``token`` guards every route
     but /healthz. ``check_index(index)`` raises HashingError for an index the encoder did
     not make; it runs on the first index and on every replacement of the file (an
-    encoder's code length is always checked)."""
+    encoder's code length is always checked). ``mmap`` memory-maps the index instead of
+    reading it into memory (``IndexHolder``)."""
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
@@ -238,7 +246,7 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
         if check_index is not None:
             check_index(index)
 
-    holder = IndexHolder(index_path, method=method, check=check)
+    holder = IndexHolder(index_path, method=method, check=check, mmap=mmap)
 
     async def watch_index():
         while True:
@@ -306,6 +314,7 @@ def _add_guards(app, token, max_body, metrics) -> None:
     """The token, the body-size cap, JSON errors for client mistakes, and the metrics."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
@@ -336,6 +345,12 @@ def _add_guards(app, token, max_body, metrics) -> None:
     @app.exception_handler(ClientError)
     async def client_error(request, exc):
         return _error(str(exc), exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # 404 of an unknown path, 405, ...: the same shape
+        response = _error(str(exc.detail), exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
 
 
 def _add_routes(app, holder, encoder, metrics, max_delay) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keras_hashing import codes as codes_lib
 from keras_hashing.errors import DataError
+from keras_hashing.serving.client import BadRequestError, ServingError
 
 MAX_QUERIES = 64
 MAX_K = 1000
@@ -25,6 +26,9 @@ Byte = Annotated[int, Field(ge=0, le=255)]
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e30, le=1e30)]
 MAX_RERANK = 10_000
+# Every answer is bounded: a radius query returns at most this many items per query (its
+# nearest; ``limit`` lowers it, and ``truncated`` says when the ball held more)
+MAX_RADIUS_RESULTS = 1000
 MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
 
 
@@ -98,6 +102,10 @@ class SearchRequest(BaseModel):
     rerank: Optional[Int64] = Field(
         None, description=f"re-rank the Hamming top R (k..{MAX_RERANK}) by the asymmetric "
                           "score of the signed queries")
+    limit: Optional[Int64] = Field(
+        None, description=f"with radius: the most items per query, nearest first "
+                          f"(1..{MAX_RADIUS_RESULTS}, default {MAX_RADIUS_RESULTS}); a "
+                          "result cut short says truncated: true")
 
     @model_validator(mode="after")
     def one_query_kind(self):
@@ -114,6 +122,10 @@ class SearchRequest(BaseModel):
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
         if self.radius is not None and not 0 <= self.radius <= codes_lib.MAX_BITS:
             raise ValueError(f"radius must be in 0..{codes_lib.MAX_BITS}, got {self.radius}")
+        if self.limit is not None and (self.radius is None or
+                                       not 1 <= self.limit <= MAX_RADIUS_RESULTS):
+            raise ValueError(f"limit caps a radius query's items: give radius, and limit in "
+                             f"1..{MAX_RADIUS_RESULTS}")
         if self.rerank is not None:
             if self.signed is None or self.radius is not None:
                 raise ValueError("rerank re-orders a top k by signed queries: give signed "
@@ -145,8 +157,10 @@ async def query_codes(body: SearchRequest, index, encodes) -> np.ndarray:
         image_size_of(blob)  # undecodable or too large: refused before any decoding
     try:
         codes = await encodes.submit(blobs)
-    except DataError as e:  # an image the decoder refused after all
+    except (DataError, BadRequestError) as e:  # an image the decoder refused after all
         raise ClientError(str(e)) from None
+    except ServingError as e:  # TF Serving down, timed out or answering nonsense
+        raise ClientError(f"the encoder failed: {e}", status=502) from None
     codes = np.asarray(codes, np.uint8)
     if codes.ndim != 2 or codes.shape[1] * 8 < index.bits:
         raise ClientError("the encoder's codes do not fit this index", status=500)
@@ -160,8 +174,10 @@ async def search(body: SearchRequest, index, encodes=None, searches=None) -> dic
     codes = await query_codes(body, index, encodes)
     if body.radius is not None:
         lims, dist, ids = await asyncio.to_thread(index.range_search, codes, int(body.radius))
-        rows = [(ids[lims[i]:lims[i + 1]], dist[lims[i]:lims[i + 1]])
-                for i in range(len(codes))]
+        limit = int(body.limit or MAX_RADIUS_RESULTS)
+        rows = [(ids[lims[i]:min(lims[i + 1], lims[i] + limit)],
+                 dist[lims[i]:min(lims[i + 1], lims[i] + limit)],
+                 bool(lims[i + 1] - lims[i] > limit)) for i in range(len(codes))]
     else:
         k = int(body.k or 10)
         if body.rerank is not None:
@@ -172,13 +188,22 @@ async def search(body: SearchRequest, index, encodes=None, searches=None) -> dic
             dist, ids = await asyncio.to_thread(index.search, codes, k)
         else:
             dist, ids = await searches.submit((index, codes, k))
-        rows = list(zip(ids, dist))
+        rows = [(row_ids, row_dist, None) for row_ids, row_dist in zip(ids, dist)]
+    # the answer's lists are built off the event loop too: other requests go on meanwhile
+    return {"results": await asyncio.to_thread(_results, index, rows)}
+
+
+def _results(index, rows) -> list:
+    """Each query's ids, distances, paths and labels (and, for a radius query, whether
+    its ball held more than the limit)."""
     results = []
-    for row_ids, row_dist in rows:
+    for row_ids, row_dist, truncated in rows:
         positions = index.positions_of(row_ids) if len(row_ids) else np.zeros(0, np.int64)
         result = {"ids": [int(i) for i in row_ids], "distances": [int(d) for d in row_dist]}
         result["paths"] = None if index.paths is None else [index.paths[p] for p in positions]
         labels = index.labels
         result["labels"] = None if labels is None else np.asarray(labels[positions]).tolist()
+        if truncated is not None:
+            result["truncated"] = truncated
         results.append(result)
-    return {"results": results}
+    return results
