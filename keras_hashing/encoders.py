@@ -33,6 +33,7 @@ from keras_hashing.data.splits import split_digest
 from keras_hashing.evaluation import collapse_check
 from keras_hashing.errors import DataError
 from keras_hashing.fileio import open_regular
+from keras_hashing.pixels import check_pixels
 
 
 class Encoder(Protocol):
@@ -74,8 +75,9 @@ class KerasEncoder:
         self._lock = threading.Lock()
 
     def encode(self, images) -> np.ndarray:
+        images = check_pixels(images, self.model.image_shape)
         with self._lock:
-            return self.model.encode(np.asarray(images))
+            return self.model.encode(images)
 
     def encode_bytes(self, blobs) -> np.ndarray:
         import tensorflow as tf

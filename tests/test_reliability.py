@@ -370,7 +370,7 @@ BAD_INPUT_CASES = [
     ("YAML not a mapping", "fit --config {d}/list.yaml", "must be a YAML mapping"),
     ("YAML alias bomb", "config show --config {d}/bomb.yaml", "expands to more than 100,000"),
     ("YAML alias cycle", "config show --config {d}/cycle.yaml", "expands to more than"),
-    ("missing config file", "fit --config {d}/none.yaml", "config file not found"),
+    ("missing config file", "fit --config {d}/none.yaml", "none.yaml: file not found"),
     ("missing data dir", "fit --dataset fashion_mnist --data-dir {d}/none",
      "dataset-fashion-mnist"),
     ("labels out of range", "fit --dataset fashion_mnist --data-dir {d}/fm",
@@ -409,7 +409,7 @@ BAD_INPUT_CASES = [
     ("non-image query file", "search --index {d}/good.khi --run {run} --images {d}/notes.txt",
      "not an image file"),
     ("unreadable .npy", "search --index {d}/good.khi --run {run} --images {d}/broken.npy",
-     "cannot read a .npy"),
+     "not a .npy"),
     ("k below 1", "search --index {d}/good.khi --run {run} --images {d}/ok.npy -k 0",
      "-k must be >= 1"),
     ("serving URL without model", "search --index {d}/good.khi --serving-url "

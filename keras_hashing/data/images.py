@@ -180,23 +180,3 @@ def warn_skipped(bad_paths, skipped_as="skipped") -> None:
     warn(f"{len(bad_paths)} unreadable image(s) {skipped_as}, e.g. {bad_paths[0]}")
 
 
-def check_images(x, input_shape) -> np.ndarray:
-    """Validate images for a model of ``input_shape``; returns them as an array.
-
-    Accepts uint8 pixels (0..255) or float pixels in the same range; NaN/inf raise.
-    """
-    x = np.asarray(x)
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"images must be numeric pixels, got dtype {x.dtype}")
-    if x.ndim == len(input_shape):
-        x = x[None]
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise DataError(f"images have shape {tuple(x.shape[1:])} but the model expects "
-                        f"{tuple(input_shape)} (height, width, channels)")
-    if len(x) == 0:
-        raise DataError("no images given (an empty array)")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise DataError("images contain NaN or infinite pixels")
-    return x
-
-

@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_hashing.codes import as_packed
 from keras_hashing.errors import CodeLengthError, HashingError
+from keras_hashing.pixels import check_pixels
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "encode_bytes"
@@ -193,9 +194,7 @@ class TFServingClient:
 
     def encode(self, images, batch_size=64, columnar=False) -> np.ndarray:
         """Packed codes of raw-pixel images (N, H, W, C) via ``serving_default``."""
-        images = np.asarray(images)
-        if images.ndim != 4:
-            raise HashingError(f"images must be (N, H, W, C), got shape {images.shape}")
+        images = check_pixels(images)  # the same refusals as in process, before sending
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size].tolist()

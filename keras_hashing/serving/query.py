@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_hashing.errors import HashingError
+from keras_hashing.pixels import check_pixels
 
 
 def search_images(index_path, images, k=10, run_path=None, serving=None, show=None,
@@ -54,7 +55,6 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
         from keras_hashing.startup import quiet_tensorflow
 
         quiet_tensorflow(verbose)
-        from keras_hashing.data.images import check_images
         from keras_hashing.encoders import KerasEncoder
         from keras_hashing.training.runs import check_index_matches_run, load_run
 
@@ -62,7 +62,7 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
         check_index_matches_run(run, index, f"index {index_path}")
         encoder = KerasEncoder(run.model)
         pixels, blobs, names = read_query_images(images, run.model.image_shape)
-        pixels = check_images(pixels, run.model.image_shape)
+        pixels = check_pixels(pixels, run.model.image_shape)
     else:
         raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
                            "query images")

@@ -284,7 +284,6 @@ def validate(cfg: dict) -> dict:
         if not isinstance(cfg[key], dict):
             raise ConfigError(f"{key} must be a mapping, got {cfg[key]!r}")
     _check_method_settings(cfg)
-    _check_image_settings(cfg)
     from keras_hashing.data.pipeline import check_augmentation
     from keras_hashing.errors import DataError
 
@@ -303,6 +302,7 @@ def validate(cfg: dict) -> dict:
                 for s in size)):
             raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
         cfg["image_size"] = size
+    _check_image_settings(cfg)
     return cfg
 
 
