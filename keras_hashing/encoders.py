@@ -250,13 +250,42 @@ def index_from_model(model, split, out, source: dict, identity: dict, batch_size
 def index_from_serving(client, split, out, source: dict, batch_size=32, concurrency=4,
                        verbose=0):
     """Build (or resume) the index of image files encoded by TF Serving; as
-    ``index_from_model``. Imports no TensorFlow."""
+    ``index_from_model``. The index records the served model's digest (that of the run it
+    was exported from), so every later path checks it alike. Imports no TensorFlow."""
     encoder = {"serving_url": client.url, "model": client.model_name,
                "version": client.version}
-    metadata = {"serving_url": client.url, "model": client.model_name, **source}
+    digest = client.model_digest()
+    metadata = {"serving_url": client.url, "model": client.model_name, **source,
+                **({"model_sha256": digest} if digest else {})}
     return build_index(split, out, client.bits,
                        serving_batches(client, split, batch_size, concurrency, verbose),
                        _fingerprint(encoder, client.bits, split, source), metadata)
+
+
+def check_index_matches_served(index, client, what: str) -> None:
+    """Raise unless ``index`` holds codes of the model TF Serving serves: the same code
+    length and, where both record it, the same model digest (the run's model.keras);
+    for an index or export from before digests, the same model name.
+
+    Example:
+        >>> check_index_matches_served(index, client, "index photos.khi")  # doctest: +SKIP
+    """
+    from keras_hashing.errors import CodeLengthError, RunDirError
+
+    if index.bits != client.bits:
+        raise CodeLengthError(f"the served model {client.model_name} makes {client.bits}-bit "
+                              f"codes but {what} holds {index.bits}-bit codes")
+    recorded, served = index.metadata.get("model_sha256"), client.model_digest()
+    if recorded and served:
+        other = recorded != served
+    else:
+        other = bool(index.metadata.get("model")) and index.metadata["model"] != client.model_name
+    if other:
+        source = index.metadata.get("run") or index.metadata.get("model") or "another model"
+        raise RunDirError(f"{what} was built by another model ({source}), not by the served "
+                          f"{client.model_name}; its codes are not comparable: rebuild it with "
+                          f"`keras-hashing index build --serving-url {client.url} --model "
+                          f"{client.model_name} ...`, or serve the model that built it")
 
 
 def _fingerprint(encoder, bits, split, source) -> dict:

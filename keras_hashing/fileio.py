@@ -146,22 +146,38 @@ class OutputLock:
         >>> first.release()
     """
 
-    def __init__(self, lock_path, what):
+    def __init__(self, lock_path, what, remove=False):
         import fcntl
 
-        try:
-            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise OutputError(f"{what}: cannot write ({e.strerror})") from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        self.path, self.remove = os.fspath(lock_path), remove
+        while True:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise OutputError(f"{what}: cannot write ({e.strerror})") from None
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                raise OutputError(f"{what} is being written by another keras-hashing "
+                                  "process; wait for it to end or choose another "
+                                  "output") from None
+            # A writer that finished meanwhile removed the file we locked: lock the new one
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return
             os.close(self._fd)
-            raise OutputError(f"{what} is being written by another keras-hashing process; "
-                              "wait for it to end or choose another output") from None
 
     def release(self) -> None:
+        """Let the next writer in; with ``remove``, the lock file goes first (while still
+        held, so no one locks it in between)."""
         if self._fd is not None:
+            if self.remove:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             os.close(self._fd)
             self._fd = None
 

@@ -356,3 +356,61 @@ def test_rerank_through_tf_serving_equals_the_run_in_process(served, trained_run
     assert [r["ids"] for r in served_rows] == expected
     assert cli.main([*common[:-1], "3", "--run", trained_run.path]) == 2  # R < k
     assert "R >= k" in capsys.readouterr().err
+
+
+def test_the_served_model_answers_the_digest_of_the_run_it_was_exported_from(served,
+                                                                          trained_run):
+    from keras_hashing.training.runs import model_digest
+
+    server, _, _ = served
+    assert client(server).model_digest() == model_digest(trained_run.path)
+
+
+def test_an_index_of_another_model_is_refused_through_tf_serving_on_every_path(
+        served, trained_run, digits, tmp_path, capsys):
+    """The index records the digest of the model that built it; the served model answers
+    its own: search and serve through TF Serving refuse an index of another model, as
+    they do in process, and accept one of the served model."""
+    from PIL import Image
+
+    from keras_hashing.training.runs import model_digest
+
+    server, _, index = served
+    Image.fromarray(digits.query.x[0, :, :, 0]).save(tmp_path / "q.png")
+    ours = HammingIndex(index.bits)
+    ours.add(index.codes, labels=index.labels)
+    ours.metadata = {"model_sha256": model_digest(trained_run.path), "model": "renamed"}
+    ours.save(tmp_path / "ours.khi")  # the served model's codes, whatever the name says
+    other = HammingIndex(index.bits)
+    other.add(index.codes, labels=index.labels)
+    other.metadata = {"model_sha256": "0" * 64, "model": "digits", "run": "runs/other"}
+    other.save(tmp_path / "other.khi")
+    search = ["search", "--serving-url", server.url, "--model", "digits", "--images",
+              str(tmp_path / "q.png"), "-k", "3", "--index"]
+    assert cli.main(search + [str(tmp_path / "ours.khi")]) == 0
+    capsys.readouterr()
+    assert cli.main(search + [str(tmp_path / "other.khi")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built by another model (runs/other)" in err[0]
+    assert cli.main(["serve", "--index", str(tmp_path / "other.khi"), "--serving-url",
+                     server.url, "--model", "digits", "--port", "1"]) == 2
+    assert "built by another model" in capsys.readouterr().err
+
+
+def test_an_index_built_through_tf_serving_records_the_served_models_digest(
+        served, trained_run, digits, tmp_path):
+    from PIL import Image
+
+    from keras_hashing.training.runs import model_digest
+
+    server, _, _ = served
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "b").mkdir()
+    for i in range(4):
+        Image.fromarray(digits.query.x[i, :, :, 0]).save(tmp_path / "imgs" / "ab"[i % 2] /
+                                                         f"{i}.png")
+    assert cli.main(["index", "build", "--serving-url", server.url, "--model", "digits",
+                     "--images", f"folder:{tmp_path / 'imgs'}", "--out",
+                     str(tmp_path / "x.khi"), "--quiet"]) == 0
+    built = HammingIndex.load(tmp_path / "x.khi")
+    assert built.metadata["model_sha256"] == model_digest(trained_run.path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -502,22 +503,22 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise HashingError(f"--port must be in 1..65535, got {args.port}")
     token = args.token or os.environ.get(service.TOKEN_ENV) or None
-    check_index = None
+    encoder = check_index = None  # without an encoder: codes and database ids only
+    what = f"index {args.index}"
+    # check_index runs at start-up and on every swap of the file
     if args.serving_url:
+        from keras_hashing.encoders import check_index_matches_served
+
         encoder = _serving_client(args)
+        check_index = functools.partial(check_index_matches_served, client=encoder, what=what)
     elif args.run:
         _quiet_tensorflow()
+        from keras_hashing.encoders import KerasEncoder
         from keras_hashing.training.runs import check_index_matches_run, load_run
 
         run = load_run(args.run)
-        from keras_hashing.encoders import KerasEncoder
-
         encoder = KerasEncoder(run.model)
-
-        def check_index(index):  # at start-up and on every swap of the file
-            check_index_matches_run(run, index, f"index {args.index}")
-    else:
-        encoder = None  # codes and database ids only
+        check_index = functools.partial(check_index_matches_run, run, what=what)
     app = service.create_app(args.index, encoder, token=token, method=args.index_method,
                              check_index=check_index, mmap=args.mmap)
     import uvicorn

@@ -38,6 +38,8 @@ from keras_hashing.pixels import check_pixels
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "encode_bytes"
+# answers the sha256 of the run's model.keras that the export was made from
+MODEL_INFO_SIGNATURE = "model_info"
 
 
 class ServingError(HashingError):
@@ -109,6 +111,7 @@ class TFServingClient:
         self.retries = int(check_number("retries", retries, 0, 100, low_open=False))
         self.backoff = check_number("backoff", backoff, 0, 60, low_open=False)
         self._bits = None
+        self._digest = False  # not asked yet (None: the served model records none)
 
     # -- REST verbs -----------------------------------------------------------------------
     @property
@@ -175,6 +178,30 @@ class TFServingClient:
         body["instances" if instances is not None else "inputs"] = (
             instances if instances is not None else inputs)
         return self._request("POST", self.model_path + ":predict", body)
+
+    def model_digest(self):
+        """The sha256 of the model.keras the served model was exported from (what an
+        index built from that run records), or None: an export made before the
+        ``model_info`` signature, or of a model that came from no run."""
+        if self._digest is False:
+            try:
+                out = self.predict(instances=[0], signature_name=MODEL_INFO_SIGNATURE)
+            except BadRequestError:  # no such signature: an older export
+                self._digest = None
+                return None
+            rows = out.get("predictions") if isinstance(out, dict) else None
+            row = rows[0] if isinstance(rows, list) and rows else None
+            value = row.get("model_sha256", row) if isinstance(row, dict) else row
+            if isinstance(value, dict) and set(value) == {"b64"}:  # a DT_STRING as bytes
+                try:
+                    value = base64.b64decode(value["b64"], validate=True).decode("ascii")
+                except (ValueError, TypeError):
+                    value = None
+            if not isinstance(value, str):
+                raise MalformedResponseError(f"{self.model_name}'s {MODEL_INFO_SIGNATURE} "
+                                             f"answered {str(out)[:120]}, not a digest")
+            self._digest = value or None
+        return self._digest
 
     # -- encoding ---------------------------------------------------------------------------
     @property

@@ -39,7 +39,8 @@ from keras_hashing import __version__
 from keras_hashing.codes import code_bytes
 from keras_hashing.errors import HashingError, OutputError
 from keras_hashing.fileio import OutputLock, check_output_dir, write_json
-from keras_hashing.serving.client import BYTES_SIGNATURE, SERVING_SIGNATURE
+from keras_hashing.serving.client import (BYTES_SIGNATURE, MODEL_INFO_SIGNATURE,
+                                          SERVING_SIGNATURE)
 from keras_hashing.data.images import decode_image
 
 METADATA_FILE = "metadata.json"
@@ -65,8 +66,11 @@ def _outputs(model, images):
             "signed": tf.cast(model.signed_code(tf.cast(code, tf.float32)), tf.float32)}
 
 
-def build_archive(model) -> keras.export.ExportArchive:
-    """An ExportArchive with the two documented signatures for a HashingModel."""
+def build_archive(model, model_sha256="") -> keras.export.ExportArchive:
+    """An ExportArchive with the two documented signatures for a HashingModel, and
+    ``model_info``, which answers the digest of the run's model.keras (empty when the
+    model came from no run), so an index can be checked against a served model through
+    TF Serving as it is in process."""
     h, w, c = model.image_shape
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -89,12 +93,19 @@ def build_archive(model) -> keras.export.ExportArchive:
                          [tf.TensorSpec((None, h, w, c), tf.float32, name="images")])
     archive.add_endpoint(BYTES_SIGNATURE, serve_bytes,
                          [tf.TensorSpec((None,), tf.string, name="image_bytes")])
+
+    def model_info(probe):  # one digest per probe row: TF Serving predicts on rows
+        return {"model_sha256": tf.fill(tf.shape(probe), tf.constant(str(model_sha256)))}
+
+    archive.add_endpoint(MODEL_INFO_SIGNATURE, model_info,
+                         [tf.TensorSpec((None,), tf.int32, name="probe")])
     return archive
 
 
 # TF Serving parses a version folder's name as an int64
 VERSION_LIMIT = 2**63
-# held by the export writing a model folder; TF Serving ignores names that are not numbers
+# held by the export writing a model folder (and removed when it ends); TF Serving ignores
+# names that are not numbers
 EXPORT_LOCK = ".export.lock"
 
 
@@ -123,7 +134,7 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
     # One export of a model folder at a time: a second is refused in one line instead of
     # racing the first for the same version number.
     try:
-        lock = OutputLock(os.path.join(model_dir, EXPORT_LOCK), model_dir)
+        lock = OutputLock(os.path.join(model_dir, EXPORT_LOCK), model_dir, remove=True)
     except OutputError:
         _remove(created)
         raise
@@ -136,7 +147,8 @@ def export_model(model, base, name, version=None, metadata=None) -> str:
         tmp = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir)
         try:
             export_dir = os.path.join(tmp, "export")
-            build_archive(model).write_out(export_dir, verbose=False)
+            build_archive(model, (metadata or {}).get("model_sha256", "")).write_out(
+                export_dir, verbose=False)
             os.makedirs(os.path.join(export_dir, "assets"), exist_ok=True)
             os.replace(export_dir, final)
         finally:

@@ -44,12 +44,11 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
 
         check_output_path(show, inputs=[index_path, *images], kind=file_starts_with(b"\x89PNG"))
     if serving is not None:
-        recorded = index.metadata.get("model")
-        if recorded and recorded != serving.model_name:
-            raise HashingError(f"index {index_path} was built by served model {recorded!r}, "
-                               f"not {serving.model_name!r}; its codes are not comparable")
+        from keras_hashing.encoders import check_index_matches_served
+
         pixels, blobs, names = read_query_images(images)
         serving.wait_until_available(wait)
+        check_index_matches_served(index, serving, f"index {index_path}")
         encoder = serving
     elif run_path:
         from keras_hashing.startup import quiet_tensorflow
