@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from keras_hashing import codes as codes_lib
-from keras_hashing.data.images import check_readable, warn, warn_skipped
+from keras_hashing.data.images import SUPPORTED_FORMATS, check_readable, warn, warn_skipped
 from keras_hashing.data.splits import split_digest
 from keras_hashing.evaluation import collapse_check
 from keras_hashing.errors import DataError
@@ -51,7 +51,7 @@ class Encoder(Protocol):
         """Packed codes of uint8 images (N, H, W, C) of the encoder's input size."""
 
     def encode_bytes(self, blobs) -> np.ndarray:
-        """Packed codes of image files' bytes (PNG, JPEG, GIF, BMP), decoded and resized
+        """Packed codes of image files' bytes (PNG, JPEG, GIF, BMP, WebP), decoded and resized
         exactly as collections are."""
 
     def ready(self) -> bool:
@@ -90,7 +90,8 @@ class KerasEncoder:
             try:
                 images.append(decode_image(tf.constant(blob), (height, width), channels).numpy())
             except tf.errors.OpError:
-                raise DataError("an image could not be decoded (PNG, JPEG, GIF or BMP)") from None
+                raise DataError(f"an image could not be decoded (formats read: "
+                                f"{', '.join(SUPPORTED_FORMATS)})") from None
         return self.encode(np.stack(images))
 
     def ready(self) -> bool:

@@ -285,6 +285,9 @@ def bad_inputs(trained_run, tmp_path_factory):
     raw = (d / "good.khi").read_bytes()
     (d / "garbage.khi").write_bytes(os.urandom(100))
     (d / "zero_bytes.npy").write_bytes(b"")
+    from test_images import _bomb
+
+    (d / "bomb.webp").write_bytes(_bomb("VP8X"))
     (d / "truncated.khi").write_bytes(raw[:-7])
     (d / "v9.khi").write_bytes(raw[:8] + (9).to_bytes(2, "little") + raw[10:])
     wide = HammingIndex(64)
@@ -386,6 +389,8 @@ BAD_INPUT_CASES = [
      "--split query --out {d}/split.khi", "--images encodes the whole collection"),
     ("--dataset beside --images", "encode --run {run} --images folder:{d}/txtfolder "
      "--dataset digits --out {d}/split.npz", "--images encodes the whole collection"),
+    ("WebP decompression bomb", "search --index {d}/good.khi --run {run} --images "
+     "{d}/bomb.webp", "bomb.webp: cannot read image"),
     ("0-byte .npy query", "search --index {d}/good.khi --run {run} --images "
      "{d}/zero_bytes.npy", "zero_bytes.npy: not a .npy array of images"),
     ("run dir without model.keras", "evaluate --run {d}/norun", "has no model.keras"),

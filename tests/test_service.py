@@ -634,3 +634,16 @@ def test_an_index_copied_over_in_place_is_swapped_not_a_crash(trained_run, colle
         while httpx.get(url + "/v1/index").json()["ntotal"] != len(small):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "BMP"])
+def test_colour_only_formats_query_a_grey_model(client, collection, fmt):
+    """GIF, WebP and BMP decode in colour only: a one-channel model gets them in grey."""
+    import io
+
+    index = HammingIndex.load(collection[1])
+    out = io.BytesIO()
+    Image.open(index.paths[5]).convert("RGB").save(out, format=fmt)
+    r = client.post("/v1/search", json={"images": [{"b64": base64.b64encode(
+        out.getvalue()).decode()}], "k": 3})
+    assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 3, r.text

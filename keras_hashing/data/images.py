@@ -43,9 +43,14 @@ def warn(message: str) -> None:
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
+# What decode_image reads (TensorFlow's decoders); every path accepts these and no other
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+
 def declared_pixels(contents):
-    """Width x height that a PNG, JPEG, GIF or BMP header declares (0 for other formats),
-    read from the header without decoding (tensor ops, for tf.data)."""
+    """Width x height that a PNG, JPEG, GIF, BMP or WebP header declares (0 for other
+    formats, which the decoder refuses anyway), read from the header without decoding
+    (tensor ops, for tf.data and the export's graph)."""
     import tensorflow as tf
 
     def number(offset, length, big_endian):
@@ -60,8 +65,25 @@ def declared_pixels(contents):
         shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
         return shape[0] * shape[1]
 
+    def webp():
+        chunk = tf.strings.substr(contents, 12, 4)
+        mask14 = tf.constant(0x3FFF, tf.int64)
+        lossless = number(21, 4, False)
+        return tf.case([
+            (tf.equal(chunk, b"VP8X"),  # extended: 24-bit canvas width and height, minus 1
+             lambda: (number(24, 3, False) + 1) * (number(27, 3, False) + 1)),
+            (tf.equal(chunk, b"VP8 "),  # lossy: 14-bit width and height after the start code
+             lambda: tf.bitwise.bitwise_and(number(26, 2, False), mask14)
+             * tf.bitwise.bitwise_and(number(28, 2, False), mask14)),
+            (tf.equal(chunk, b"VP8L"),  # lossless: 14-bit width and height, minus 1
+             lambda: (tf.bitwise.bitwise_and(lossless, mask14) + 1)
+             * (tf.bitwise.bitwise_and(tf.bitwise.right_shift(lossless, 14), mask14) + 1)),
+        ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
     head = tf.strings.substr(contents, 0, 8)
     return tf.case([
+        (tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+                        tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP")), webp),
         (tf.equal(head, b"\x89PNG\r\n\x1a\n"),
          lambda: number(16, 4, True) * number(20, 4, True)),
         (tf.equal(tf.strings.substr(head, 0, 2), b"\xff\xd8"), jpeg),
@@ -82,9 +104,34 @@ def decode_image(contents, image_size, channels):
         declared_pixels(contents), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
         message="image declares too many pixels")
     with tf.control_dependencies([small_enough]):
-        img = tf.io.decode_image(contents, channels=int(channels), expand_animations=False)
+        img = tf.cond(_decodes_in_colour_only(contents),
+                      lambda: _decoded_as_rgb(contents, channels),
+                      lambda: tf.io.decode_image(contents, channels=int(channels),
+                                                 expand_animations=False))
     img = tf.image.resize(img, [int(image_size[0]), int(image_size[1])], antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+
+
+def _decodes_in_colour_only(contents):
+    """GIF, BMP, WebP and CMYK JPEG, which TensorFlow's decoders refuse to decode to one
+    channel (other JPEGs decode to grey directly: their luma, as before)."""
+    import tensorflow as tf
+
+    cmyk = tf.cond(tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"),
+                   lambda: tf.equal(tf.image.extract_jpeg_shape(contents)[2], 4),
+                   lambda: tf.constant(False))
+    return tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, 3), b"GIF"),
+                          tf.equal(tf.strings.substr(contents, 0, 2), b"BM"),
+                          tf.equal(tf.strings.substr(contents, 8, 4), b"WEBP"), cmyk])
+
+
+def _decoded_as_rgb(contents, channels):
+    """GIF, BMP, WebP and CMYK JPEG decoded in colour; a one-channel model gets the colour
+    image converted to grey (ITU-R 601 weights, tf.image.rgb_to_grayscale)."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    return tf.image.rgb_to_grayscale(img) if int(channels) == 1 else img
 
 
 def load_images_dataset(paths_ds, image_size, channels, deterministic=True):

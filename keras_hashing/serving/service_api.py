@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keras_hashing import codes as codes_lib
+from keras_hashing.data.images import SUPPORTED_FORMATS
 from keras_hashing.errors import DataError
 from keras_hashing.serving.client import BadRequestError, ServingError
 
@@ -50,11 +51,16 @@ def image_size_of(blob: bytes):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(blob)) as img:
                 width, height = img.size
+                image_format = img.format
     except Image.DecompressionBombError:
         raise ClientError(f"an image declares more than {MAX_IMAGE_PIXELS:,} pixels",
                           status=413) from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise ClientError("an image could not be decoded (PNG, JPEG, GIF or BMP)") from None
+        raise ClientError(f"an image could not be decoded (formats read: "
+                          f"{', '.join(SUPPORTED_FORMATS)})") from None
+    if image_format not in SUPPORTED_FORMATS:  # Pillow reads it, the decoder would not
+        raise ClientError(f"an image is {image_format}; the formats read are "
+                          f"{', '.join(SUPPORTED_FORMATS)}")
     if width * height > MAX_IMAGE_PIXELS:
         raise ClientError(f"an image declares {width} x {height} pixels; the limit is "
                           f"{MAX_IMAGE_PIXELS:,}", status=413)
@@ -82,7 +88,7 @@ def check_codes(rows, bits: int) -> np.ndarray:
 
 class EncodedImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    b64: str = Field(description="the image file's bytes (PNG, JPEG, GIF, BMP), base64")
+    b64: str = Field(description="the image file's bytes (PNG, JPEG, GIF, BMP, WebP), base64")
 
 
 class SearchRequest(BaseModel):
