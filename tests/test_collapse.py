@@ -203,3 +203,35 @@ def test_recalibration_saves_a_mobilenet_fine_tune_from_collapse(tmp_path, capsy
     # measured over seeds 0-3 and three runs of seed 0 (8 queries, so noisy): 0.657 every
     # time collapsed (ties in file order); recalibrated 0.708 to 0.972, never below +0.05
     assert fixed_metrics["query"]["map_all"] > metrics["query"]["map_all"] + 0.02
+
+
+def test_a_resumed_fit_reports_the_recalibrations_before_its_resume(tmp_path):
+    """Killed (-9) after its first epochs' backups and resumed: metrics.json lists every
+    recalibrated epoch, those of the killed process too (the backup carries them)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from keras_hashing.cli.main import main
+
+    run = tmp_path / "run"
+    argv = ["fit", "--out", str(run), "--epochs", "4", "--bits", "12", "--quiet",
+            "--set", "val_database_size=200", "--set", "tensorboard_samples=20",
+            "--set", "recalibrate_batchnorm=true", "--backbone", "small_cnn"]
+    fit = subprocess.Popen([sys.executable, "-m", "keras_hashing", *argv],
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                           stderr=subprocess.DEVNULL)
+    state = run / "backup" / "state.json"
+    deadline = time.monotonic() + 240
+    while not (state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 1):
+        assert fit.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    fit.kill()
+    fit.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert killed_at < 4
+    assert main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == killed_at
+    assert metrics["batchnorm_recalibrated_epochs"] == [1, 2, 3, 4]

@@ -120,10 +120,12 @@ class TrainingBackup(keras.callbacks.Callback):
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, validation=None, write=True):
+    def __init__(self, backup_dir, validation=None, write=True, recalibration=None):
         super().__init__()
         self.backup_dir = backup_dir
         self.validation = validation
+        # the BatchNormalization recalibration, whose epochs a resumed run still reports
+        self.recalibration = recalibration
         self.write = write  # False: restore only (a non-chief worker)
         # Training seconds of the epochs in the restored backup; None when the backup
         # predates this field (its time is unknown).
@@ -167,6 +169,10 @@ class TrainingBackup(keras.callbacks.Callback):
                               "with --restart to start this run over") from None
         self.seconds_before = seconds
         self.training_done = bool(state.get("training_done"))
+        if self.recalibration is not None:
+            recalibrated = state.get("recalibrated_epochs", [])
+            self.recalibration.recalibrated_epochs = [
+                int(e) for e in (recalibrated if isinstance(recalibrated, list) else [])]
         return epoch
 
     def on_epoch_end(self, epoch, logs=None):
@@ -185,6 +191,8 @@ class TrainingBackup(keras.callbacks.Callback):
             state["validation"] = self.validation.get_state()
             if self.validation.best_epoch == epoch + 1:  # this epoch is the new best
                 state["best_weights"] = weights
+        if self.recalibration is not None:
+            state["recalibrated_epochs"] = list(self.recalibration.recalibrated_epochs)
         write_json(self._path(self.STATE), state)
         keep = {weights, state["best_weights"], self.STATE}
         for name in os.listdir(self.backup_dir):  # stale checkpoints, only after the switch

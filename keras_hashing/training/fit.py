@@ -203,7 +203,6 @@ def _with_data_errors(fn, *args):
 def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=None) -> Run:
     """fit's training, evaluation and (on the chief, which has a RunWriter) the run files;
     ``work`` is where logs go (the run, or a worker's scratch folder)."""
-    from keras_hashing.training.batchnorm import RecalibrateBatchNorm
     from keras_hashing.training.callbacks import RetrievalValidation, TrainingBackup
 
     chief = writer is not None
@@ -218,9 +217,11 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
     validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"],
                                      map_k=protocol_k(splits.protocol, len(db_idx)),
                                      restore_best=splits.validation != "none")
+    recalibration = batchnorm_callback(cfg, splits) if cfg["recalibrate_batchnorm"] else None
     # Workers other than the chief resume from the chief's backup (a shared --out) and
     # never write it.
-    backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief)
+    backup = TrainingBackup(os.path.join(out, BACKUP_DIR), validation, write=chief,
+                            recalibration=recalibration)
     backup.set_model(model)
     initial_epoch = backup.restore()
     multi_worker = custom_loop.multi_worker(strategy)
@@ -230,7 +231,8 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
             raise RunDirError(f"the workers would resume from epochs {low} to {high}: give "
                               f"every worker the chief's run directory (a shared {out}) or "
                               "delete its backup folder to start over")
-    callbacks = _callbacks(cfg, model, splits, os.path.join(work, LOGS_DIR), validation, backup)
+    callbacks = _callbacks(cfg, model, splits, os.path.join(work, LOGS_DIR), validation, backup,
+                           recalibration)
     if initial_epoch and verbose:
         print(f"resuming {out} from its backup after epoch {initial_epoch}")
     start = time.time()
@@ -250,9 +252,8 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
     seconds_here = time.time() - start
     metrics = _run_metrics(cfg, model, splits, strategy, validation, after_fit,
                            initial_epoch, seconds_here, backup.seconds_before)
-    recalibration = [c for c in callbacks if isinstance(c, RecalibrateBatchNorm)]
-    # the epochs of this process (a resumed run does not list those before its resume)
-    metrics["batchnorm_recalibrated_epochs"] = (recalibration[0].recalibrated_epochs
+    # every epoch of the run, those before a resume too (the backup carries them)
+    metrics["batchnorm_recalibrated_epochs"] = (list(recalibration.recalibrated_epochs)
                                                 if recalibration else [])
     if chief:
         writer.finish(model, metrics)
@@ -302,7 +303,7 @@ def batchnorm_callback(cfg, splits):
     return RecalibrateBatchNorm(batches, steps, always=cfg["recalibrate_batchnorm"] is True)
 
 
-def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
+def _callbacks(cfg, model, splits, logs, validation, backup, recalibration=None) -> list:
     """fit's callbacks, in the order they must run."""
     from keras_hashing.training.callbacks import BackboneWarmup, HashingTensorBoard, StopOnNonFinite
 
@@ -311,8 +312,8 @@ def _callbacks(cfg, model, splits, logs, validation, backup) -> list:
     callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
                  HashingTensorBoard(logs, splits.val, splits.class_names,
                                     max_samples=cfg["tensorboard_samples"])]
-    if cfg["recalibrate_batchnorm"]:  # before validation, which infers with the statistics
-        callbacks.insert(0, batchnorm_callback(cfg, splits))
+    if recalibration is not None:  # before validation, which infers with the statistics
+        callbacks.insert(0, recalibration)
     if cfg["backbone_warmup_epochs"]:
         callbacks.insert(0, BackboneWarmup(cfg["backbone_warmup_epochs"]))
     if cfg["patience"]:
