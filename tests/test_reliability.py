@@ -126,6 +126,90 @@ def test_fit_killed_at_every_write_resumes_or_is_finished(everywhere, fit_writes
                                            "model.keras", "run.json"], event
 
 
+# -- a resumed fit is the run ------------------------------------------------------------
+
+RESUME_ARGS = ["--epochs", "3", "--bits", "16", "--set", "val_database_size=300",
+               "--set", "tensorboard_samples=50"]
+
+
+def _scalars(run):
+    """{(log folder, tag, step): value} of every TensorBoard scalar a run wrote (a resumed
+    run's come from two processes' event files)."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted((run / "logs").rglob("events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = (value.simple_value if value.HasField("simple_value")
+                          else float(tf.make_ndarray(value.tensor)) if value.tensor.dtype
+                          in (tf.float32.as_datatype_enum, tf.float64.as_datatype_enum)
+                          and not value.tensor.tensor_shape.dim else None)
+                if number is not None:
+                    found[(path.parent.name, value.tag, event.step)] = number
+    return found
+
+
+def _comparable_metrics(run):
+    timing = {"train_seconds", "train_seconds_this_process", "resumed_from_epoch"}
+    return {k: v for k, v in json.loads((run / "metrics.json").read_text()).items()
+            if k not in timing}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One fit never interrupted, and the numbered writes such a fit makes."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
+    listed = subprocess.run([sys.executable, KILL_SCRIPT, "0", str(whole), *RESUME_ARGS],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    return whole, json.loads(listed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kill", ["after epoch 1", "after epoch 2", "during epoch 2"])
+def test_a_resumed_fit_ends_as_the_uninterrupted_run(kill, uninterrupted, tmp_path):
+    """Killed (-9) at an epoch boundary or mid-epoch, then resumed: the same weights, the
+    same metrics.json (but its timings) and the same TensorBoard scalars as a run that was
+    never interrupted, on this CPU. The data order of each epoch is drawn from the seed
+    and the epoch, and the backup keeps where dropout's random numbers stand, so a resume
+    takes both up where the killed run stopped."""
+    from keras_hashing.training import runs
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # every training in a process of its own, as a user runs them
+    fit = [sys.executable, "-m", "keras_hashing", "fit", "--quiet", *RESUME_ARGS, "--out"]
+    (whole, writes), out = uninterrupted, tmp_path / "resumed"
+    if kill.startswith("after"):  # the n-th backup state written, then dead at once
+        # the write after the n-th state: that state is on disk, nothing after it
+        states = [i + 2 for i, e in enumerate(writes) if e == "replace backup/state.json"]
+        killed = subprocess.run([sys.executable, KILL_SCRIPT,
+                                 str(states[int(kill[-1]) - 1]), str(out), *RESUME_ARGS],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert killed.returncode == 137
+    else:
+        proc = subprocess.Popen([sys.executable, "-m", "keras_hashing", "fit", "--out",
+                                 str(out), "--quiet", *RESUME_ARGS], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        state = out / "backup" / "state.json"
+        deadline = time.time() + 240
+        while not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # into epoch 2
+        proc.kill()
+        proc.wait()
+    assert runs.status(out) == "training"
+    assert subprocess.run(fit + [str(out)], env=env, timeout=300).returncode == 0
+    a, b = runs.load_run(str(whole)), runs.load_run(str(out))
+    assert b.metrics["resumed_from_epoch"] == (1 if kill != "after epoch 2" else 2)
+    for x, y in zip(a.model.get_weights(), b.model.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert _comparable_metrics(whole) == _comparable_metrics(out)
+    scalars = _scalars(whole)
+    assert scalars and _scalars(out) == scalars
+
+
 # -- every writer is atomic: kill it at random points -------------------------------------
 
 WRITER = r"""

@@ -55,7 +55,7 @@ def augmentation_model(spec: dict, seed=0):
 
 
 def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
-                    with_index=False, augmentation=None, drop_remainder=False):
+                    with_index=False, augmentation=None, drop_remainder=False, first_epoch=0):
     """A batched, prefetched ``tf.data.Dataset`` of (images, labels) from a split.
 
     With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
@@ -65,6 +65,10 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
     variants; the images become float32 in the same 0..255 range. A streamed split
     (image files, TFDS) is never cached: its file names are shuffled, decoded in
     parallel and batched, so memory depends on the batch only.
+
+    An in-memory split is shuffled anew at each pass by a permutation drawn from
+    (``seed``, the pass's epoch), counting from ``first_epoch``: epoch e sees the same
+    order whether it follows epoch e - 1 in this process or a resume after epoch e - 1.
     """
     import tensorflow as tf
 
@@ -74,11 +78,12 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
         targets = split.y
         if with_index:
             targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
-        ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
-        if cache:
-            ds = ds.cache()
         if shuffle:
-            ds = ds.shuffle(min(len(split), 20000), seed=seed, reshuffle_each_iteration=True)
+            ds = _epoch_shuffled(split.x, targets, seed, first_epoch)
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
+            if cache:
+                ds = ds.cache()
     else:
         ds = split.examples(shuffle, seed)
         if with_index:
@@ -91,6 +96,51 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochOrder:
+    """The order of the examples at each pass over a split: pass k (from ``first_epoch``)
+    is ``default_rng([seed, k]).permutation(n)``, whatever came before it.
+
+    Example:
+        >>> order = EpochOrder(5, seed=0, first_epoch=2)
+        >>> order.next().tolist() == EpochOrder(5, seed=0).permutation(2).tolist()
+        True
+    """
+
+    def __init__(self, n, seed=0, first_epoch=0):
+        self.n, self.seed, self.epoch = int(n), int(seed), int(first_epoch)
+
+    def permutation(self, epoch) -> np.ndarray:
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        order = self.permutation(self.epoch)
+        self.epoch += 1
+        return order
+
+
+def _epoch_shuffled(x, targets, seed, first_epoch, chunk=1024):
+    """Examples of in-memory arrays in ``EpochOrder``: each new pass (Keras iterates the
+    dataset once an epoch) takes the next epoch's permutation."""
+    import tensorflow as tf
+
+    order = EpochOrder(len(x), seed, first_epoch)
+
+    def chunks():
+        positions = order.next()
+        for start in range(0, len(positions), chunk):
+            rows = positions[start:start + chunk]
+            yield x[rows], ({k: v[rows] for k, v in targets.items()}
+                            if isinstance(targets, dict) else targets[rows])
+
+    def spec(a):
+        return tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype))
+
+    target_spec = ({k: spec(v) for k, v in targets.items()} if isinstance(targets, dict)
+                   else spec(targets))
+    return tf.data.Dataset.from_generator(
+        chunks, output_signature=(spec(x), target_spec)).unbatch()
 
 
 def inference_dataset(split, batch_size):

@@ -101,6 +101,18 @@ class RetrievalValidation(keras.callbacks.Callback):
         self._best_weights = best_weights
 
 
+def seed_generators(model) -> list:
+    """Every ``keras.random.SeedGenerator`` of a model's layers (dropout's, a method's own),
+    in a fixed order. Their states are not weights, so a checkpoint misses them and a
+    resumed run would draw other dropout masks than the run it resumes."""
+    # _flatten_layers: Keras' own walk over nested layers (Keras 3.15)
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        found += [value for value in vars(layer).values()
+                  if isinstance(value, keras.random.SeedGenerator)]
+    return found
+
+
 class TrainingBackup(keras.callbacks.Callback):
     """Epoch-end backups that survive ``kill -9``; rerunning the same fit resumes.
 
@@ -169,6 +181,9 @@ class TrainingBackup(keras.callbacks.Callback):
                               "with --restart to start this run over") from None
         self.seconds_before = seconds
         self.training_done = bool(state.get("training_done"))
+        generators = seed_generators(model)
+        for generator, saved in zip(generators, state.get("seed_states") or []):
+            generator.state.assign(np.asarray(saved, generator.state.dtype))
         if self.recalibration is not None:
             recalibrated = state.get("recalibrated_epochs", [])
             self.recalibration.recalibrated_epochs = [
@@ -193,6 +208,9 @@ class TrainingBackup(keras.callbacks.Callback):
                 state["best_weights"] = weights
         if self.recalibration is not None:
             state["recalibrated_epochs"] = list(self.recalibration.recalibrated_epochs)
+        # where dropout's random numbers stand, so a resume draws the masks this run would
+        state["seed_states"] = [np.asarray(g.state).tolist()
+                                for g in seed_generators(self.model)]
         write_json(self._path(self.STATE), state)
         keep = {weights, state["best_weights"], self.STATE}
         for name in os.listdir(self.backup_dir):  # stale checkpoints, only after the switch

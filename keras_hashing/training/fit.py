@@ -308,10 +308,12 @@ def _callbacks(cfg, model, splits, logs, validation, backup, recalibration=None)
     from keras_hashing.training.callbacks import BackboneWarmup, HashingTensorBoard, StopOnNonFinite
 
     # Order matters: validation adds val_map to the logs the others read; the backup
-    # must come after validation so it saves the updated selection state.
-    callbacks = [validation, backup, keras.callbacks.TensorBoard(logs, histogram_freq=0),
+    # comes after validation, so it saves the updated selection state, and after the
+    # TensorBoard writers, so an epoch it records has its scalars on disk (a resume does
+    # not write them again).
+    callbacks = [validation, keras.callbacks.TensorBoard(logs, histogram_freq=0),
                  HashingTensorBoard(logs, splits.val, splits.class_names,
-                                    max_samples=cfg["tensorboard_samples"])]
+                                    max_samples=cfg["tensorboard_samples"]), backup]
     if recalibration is not None:  # before validation, which infers with the statistics
         callbacks.insert(0, recalibration)
     if cfg["backbone_warmup_epochs"]:
@@ -330,7 +332,9 @@ def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch
     train = make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                             with_index=model.needs_index, augmentation=cfg["augmentation"],
                             # every worker must take the same number of full global steps
-                            drop_remainder=multi_worker)
+                            drop_remainder=multi_worker,
+                            # a resumed run takes up the data order where it stopped
+                            first_epoch=initial_epoch)
     if multi_worker:
         custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
                                        initial_epoch=initial_epoch, callbacks=callbacks,
