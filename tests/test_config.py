@@ -70,10 +70,10 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     # PyYAML (YAML 1.1) alone reads these as strings; eta="4e-6" then failed in the
     # first training step with a TensorFlow TypeError.
     f = tmp_path / "c.yaml"
-    f.write_text("learning_rate: 1e-3\nparams: {eta: 2E+1}\n")
+    f.write_text("learning_rate: 1e-3\nparams: {beta: 2E+1}\n")
     cfg = config.resolve_config(str(f), sets=["weight_decay=5e-4", "params.alpha=4e-6"])
     assert (cfg["learning_rate"], cfg["weight_decay"]) == (1e-3, 5e-4)
-    assert cfg["params"] == {"eta": 20.0, "alpha": 4e-6}
+    assert cfg["params"] == {"beta": 20.0, "alpha": 4e-6}
     assert config.parse_sets(["a=12", "b=abc", "c=1.5"]) == {"a": 12, "b": "abc", "c": 1.5}
 
 

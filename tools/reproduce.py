@@ -423,7 +423,7 @@ def welch_p(a, b):
 
     Example:
         >>> round(welch_p([0.91, 0.92, 0.93], [0.80, 0.81, 0.82]), 4)
-        0.0001
+        0.0002
     """
     from scipy import stats
 

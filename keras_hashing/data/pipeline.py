@@ -139,8 +139,11 @@ def _epoch_shuffled(x, targets, seed, first_epoch, chunk=1024):
 
     target_spec = ({k: spec(v) for k, v in targets.items()} if isinstance(targets, dict)
                    else spec(targets))
+    # the length stated, as from_tensor_slices would know it: Keras then counts an epoch's
+    # steps up front instead of running into the end of the data
     return tf.data.Dataset.from_generator(
-        chunks, output_signature=(spec(x), target_spec)).unbatch()
+        chunks, output_signature=(spec(x), target_spec)).unbatch().apply(
+            tf.data.experimental.assert_cardinality(len(x)))
 
 
 def inference_dataset(split, batch_size):
