@@ -647,3 +647,22 @@ def test_colour_only_formats_query_a_grey_model(client, collection, fmt):
     r = client.post("/v1/search", json={"images": [{"b64": base64.b64encode(
         out.getvalue()).decode()}], "k": 3})
     assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 3, r.text
+
+
+def test_a_body_that_never_arrives_is_408_and_the_server_goes_on(trained_run, collection):
+    """A client that declares a body and stops sending it is answered 408 after the body
+    timeout, and other requests are served meanwhile."""
+    import httpx
+
+    app = service.create_app(collection[1], KerasEncoder(trained_run.model), body_timeout=1.0)
+    with running_server(app) as url:
+        host, port = url.split("//")[1].split(":")
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 1000\r\n\r\n{\"codes\": ")
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200  # not held up
+        start = time.monotonic()
+        answer = slow.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and '"error"' in answer
+        assert 0.5 < time.monotonic() - start < 8
+        slow.close()

@@ -42,6 +42,8 @@ from keras_hashing.serving.service_api import (INT64_MAX, INT64_MIN, ClientError
 from keras_hashing.fileio import open_regular
 
 MAX_BODY_BYTES = 8 << 20
+# the most a request's declared body may take to arrive (8 MB at 1 Mbit/s is 67 s)
+BODY_TIMEOUT_SECONDS = 60.0
 THUMBNAIL_PX = 128
 TOKEN_ENV = "KERAS_HASHING_TOKEN"
 
@@ -226,14 +228,15 @@ def _dataset_pixels(index, position, cache):
 # -- the app --------------------------------------------------------------------------------
 def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
                poll_seconds=1.0, method="flat", max_delay=0.005, check_index=None,
-               mmap=False):
+               mmap=False, body_timeout=BODY_TIMEOUT_SECONDS):
     """The FastAPI app serving ``index_path``; ``encoder`` (any ``encoders.Encoder``, or
     None: codes and ids only) encodes query images, those of concurrent requests in one
     call (waiting up to ``max_delay`` seconds for company); ``token`` guards every route
     but /healthz. ``check_index(index)`` raises HashingError for an index the encoder did
     not make; it runs on the first index and on every replacement of the file (an
     encoder's code length is always checked). ``mmap`` memory-maps the index instead of
-    reading it into memory (``IndexHolder``)."""
+    reading it into memory (``IndexHolder``); a body that has not arrived after
+    ``body_timeout`` seconds is answered 408."""
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
@@ -264,7 +267,7 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
     app = FastAPI(title="keras-hashing search", version=__version__, lifespan=lifespan)
     app.state.holder = holder
     metrics = ServiceMetrics()
-    _add_guards(app, token, max_body, metrics)
+    _add_guards(app, token, max_body, metrics, body_timeout)
     _add_routes(app, holder, encoder, metrics, max_delay)
     return app
 
@@ -310,7 +313,7 @@ def _error(message, status):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _add_guards(app, token, max_body, metrics) -> None:
+def _add_guards(app, token, max_body, metrics, body_timeout=BODY_TIMEOUT_SECONDS) -> None:
     """The token, the body-size cap, JSON errors for client mistakes, and the metrics."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
@@ -329,9 +332,14 @@ def _add_guards(app, token, max_body, metrics) -> None:
             response = _error(f"request body over {max_body} bytes", 413)
         else:
             try:
+                if length:  # a client that stops sending its body holds no worker
+                    await asyncio.wait_for(request.body(), body_timeout)
                 response = await call_next(request)
             except ClientError as e:
                 response = _error(str(e), e.status)
+            except asyncio.TimeoutError:
+                response = _error(f"the request body did not arrive within {body_timeout:g} "
+                                  "s", 408)
         metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
         return response
 
