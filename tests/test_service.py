@@ -239,15 +239,15 @@ def test_thumbnails_come_only_from_the_collection(client, collection, tmp_path):
 
 
 @contextlib.contextmanager
-def running_server(app):
-    """uvicorn on a free loopback port, in a thread; yields its base URL."""
+def running_server(app, **config):
+    """uvicorn on a free loopback port, in a thread, configured as `serve` configures it;
+    yields its base URL."""
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(service.server_config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -666,3 +666,31 @@ def test_a_body_that_never_arrives_is_408_and_the_server_goes_on(trained_run, co
         assert answer.startswith("HTTP/1.1 408") and '"error"' in answer
         assert 0.5 < time.monotonic() - start < 8
         slow.close()
+
+
+def test_headers_that_never_end_are_408_and_close_the_connection(trained_run, collection):
+    """A client that opens connections and trickles headers (slowloris) is answered 408
+    and cut off after the header timeout; the server answers others meanwhile, and a
+    kept-alive connection's next request is timed the same way."""
+    import httpx
+
+    app = service.create_app(collection[1], KerasEncoder(trained_run.model))
+    with running_server(app, header_timeout=1.0) as url:
+        host, port = url.split("//")[1].split(":")
+        slow = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        for s in slow:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+        start = time.monotonic()
+        for s in slow:
+            answer = s.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408") and '"error"' in answer
+            assert s.recv(4096) == b""  # closed
+            s.close()
+        assert time.monotonic() - start < 8
+        kept = socket.create_connection((host, int(port)), timeout=10)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert kept.recv(4096).startswith(b"HTTP/1.1 408")
+        kept.close()

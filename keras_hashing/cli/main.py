@@ -528,7 +528,7 @@ def cmd_serve(args) -> int:
     print(f"keras-hashing: serving {args.index} on http://{args.host}:{args.port}/"
           + ("" if token else " (no token: anyone who can reach it may search)"),
           file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(service.server_config(app))
     server.run(sockets=[sock])
     return 0
 

@@ -44,6 +44,8 @@ from keras_hashing.fileio import open_regular
 MAX_BODY_BYTES = 8 << 20
 # the most a request's declared body may take to arrive (8 MB at 1 Mbit/s is 67 s)
 BODY_TIMEOUT_SECONDS = 60.0
+# the most a request's headers may take to arrive
+HEADER_TIMEOUT_SECONDS = 10.0
 THUMBNAIL_PX = 128
 TOKEN_ENV = "KERAS_HASHING_TOKEN"
 
@@ -133,6 +135,59 @@ def listening_socket(host: str, port: int):
         raise HashingError(f"cannot listen on {host}:{port}: {reason}; choose another "
                            "--port or --host") from None
     return sock
+
+
+def server_config(app, header_timeout=HEADER_TIMEOUT_SECONDS, **kwargs):
+    """The uvicorn Config that serves ``app``: its HTTP protocol closes a connection whose
+    request headers have not all arrived ``header_timeout`` seconds after it opened (or
+    after its last answer), with a 408, so slow clients cannot hold the server's
+    connections (uvicorn reads headers before the app sees a request, so the app's own
+    body timeout cannot cover them).
+
+    Example:
+        >>> server = uvicorn.Server(server_config(app, host="127.0.0.1"))  # doctest: +SKIP
+    """
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._start_header_timer()
+
+        def _start_header_timer(self):
+            self._waiting_after = self.cycle  # a new cycle means the headers came in
+            self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+
+        def handle_events(self):
+            super().handle_events()
+            if self._header_timer is not None and self.cycle is not self._waiting_after:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():  # the next request's headers are timed too
+                self._start_header_timer()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+        def _headers_too_slow(self):
+            self._header_timer = None
+            if self.cycle is self._waiting_after and not self.transport.is_closing():
+                body = (b'{"error": "the request headers did not arrive within '
+                        + f"{header_timeout:g}".encode() + b' s"}')
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: "
+                                     b"application/json\r\nconnection: close\r\n"
+                                     b"content-length: " + str(len(body)).encode()
+                                     + b"\r\n\r\n" + body)
+                self.transport.close()
+
+    return uvicorn.Config(app, http=HeaderTimeoutProtocol, **{"log_level": "warning",
+                                                                **kwargs})
 
 
 # -- encoders -------------------------------------------------------------------------------
