@@ -291,17 +291,6 @@ def validate(cfg: dict) -> dict:
         check_augmentation(cfg["augmentation"])
     except DataError as e:
         raise ConfigError(str(e)) from None
-    if cfg["channels"] is not None and cfg["channels"] not in (1, 3):
-        raise ConfigError(f"channels must be 1 or 3, got {cfg['channels']!r}")
-    if cfg["image_size"] is not None:
-        size = cfg["image_size"]
-        if isinstance(size, int):
-            size = [size, size]
-        if not (isinstance(size, list) and len(size) == 2 and all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096
-                for s in size)):
-            raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
-        cfg["image_size"] = size
     _check_image_settings(cfg)
     return cfg
 
@@ -383,9 +372,20 @@ def _check_method_settings(cfg: dict) -> None:
 
 
 def _check_image_settings(cfg: dict) -> None:
-    """image_size and channels resize and convert image files (and tfds:) as they are
-    decoded; digits and fashion_mnist are arrays of one shape, so there they are refused
-    rather than recorded and ignored."""
+    """image_size ([height, width] or one int) and channels (1 or 3) resize and convert
+    image files (and tfds:) as they are decoded; digits and fashion_mnist are arrays of
+    one shape, so there they are refused rather than recorded and ignored."""
+    if cfg["channels"] is not None and cfg["channels"] not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {cfg['channels']!r}")
+    if cfg["image_size"] is not None:
+        size = cfg["image_size"]
+        if isinstance(size, int):
+            size = [size, size]
+        if not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 4096
+                for s in size)):
+            raise ConfigError(f"image_size must be an int or [height, width], got {size!r}")
+        cfg["image_size"] = size
     if cfg["dataset"] in ("digits", "fashion_mnist"):
         for key in ("image_size", "channels"):
             if cfg[key] is not None:
