@@ -128,6 +128,18 @@ class HammingIndex:
             raise HashingError("some ids are not in the index")
         return order[where]
 
+    def labels_of(self, ids):
+        """The labels of the items with ``ids`` (any shape; labels keep their own trailing
+        axis), or None for an index without labels; unknown ids raise.
+
+        Example:
+            >>> index = HammingIndex(8)
+            >>> index.add(np.array([[1], [2], [3]], np.uint8), labels=np.array([5, 6, 7]))
+            >>> index.labels_of(np.array([[2, 0]])).tolist()
+            [[7, 5]]
+        """
+        return None if self.labels is None else self.labels[self.positions_of(ids)]
+
     def add(self, codes, ids=None, labels=None, paths=None) -> None:
         """Append packed codes; ids default to positions continuing from the current size.
 

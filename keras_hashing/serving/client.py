@@ -443,7 +443,4 @@ class RetrievalClient:
                  else self.encoder.encode_bytes(image_bytes))
         codes = as_packed(codes, self.index.bits)
         distances, ids = self.index.search(codes, k)
-        labels = None
-        if self.index.labels is not None:
-            labels = self.index.labels[self.index.positions_of(ids)]
-        return QueryResult(ids=ids, distances=distances, labels=labels)
+        return QueryResult(ids=ids, distances=distances, labels=self.index.labels_of(ids))

@@ -98,8 +98,7 @@ def _reranked(index, k, depth, pixels, blobs, model=None, serving=None):
         codes = pack_bits(outputs["bits"])
         signed = np.asarray(model.signed_code(np.asarray(outputs["code"], np.float32)))
     dist, ids = index.search(codes, k, rerank=signed, depth=depth)
-    labels = None if index.labels is None else index.labels[index.positions_of(ids)]
-    return QueryResult(ids=ids, distances=dist, labels=labels)
+    return QueryResult(ids=ids, distances=dist, labels=index.labels_of(ids))
 
 
 def _show(index, result, pixels, names, path) -> None:

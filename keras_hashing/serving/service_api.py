@@ -207,7 +207,7 @@ def _results(index, rows) -> list:
         positions = index.positions_of(row_ids) if len(row_ids) else np.zeros(0, np.int64)
         result = {"ids": [int(i) for i in row_ids], "distances": [int(d) for d in row_dist]}
         result["paths"] = None if index.paths is None else [index.paths[p] for p in positions]
-        labels = index.labels
+        labels = index.labels  # by the positions found once for paths and labels both
         result["labels"] = None if labels is None else np.asarray(labels[positions]).tolist()
         if truncated is not None:
             result["truncated"] = truncated
