@@ -256,3 +256,49 @@ def test_one_fmnist_unseen_run_is_scored_under_fmnist_unseen_all(fake_fmnist, tm
     assert main(["evaluate", "--run", str(run), "--protocol", "fmnist-unseen-all",
                  "--data-dir", str(fake_fmnist)]) == 2
     assert "does not record its training split" in capsys.readouterr().err
+
+
+def _epoch_split(kind, tmp_path, digits):
+    if kind == "in memory":
+        return digits.train.subset(np.arange(40))
+    if kind == "image files":
+        from keras_hashing.data import sources
+
+        c = sources.read_folder(str(_png_folder(tmp_path, per_class=20)))
+        return sources.FileSplit(c.paths, c.labels, (16, 16), 3)
+    return data.load_dataset("tfds:mnist").train
+
+
+def _epoch_batches(ds):
+    return [(x.numpy().astype(np.float32), y["index"].numpy()) for x, y in ds]
+
+
+@pytest.mark.parametrize("kind", ["in memory", "image files", "tfds"])
+def test_a_training_epoch_is_drawn_from_the_seed_and_its_number_alone(kind, digits,
+                                                                      tmp_path):
+    """Shuffled and augmented, epoch 2 of one pipeline is epoch 2 of a pipeline started
+    at epoch 2 (what a resume builds), batch for batch: the same examples in the same
+    order, augmented the same way; and epochs differ from each other in both."""
+    import contextlib
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with (tfds.testing.mock_data(num_examples=40) if kind == "tfds"
+          else contextlib.nullcontext()):
+        split = _epoch_split(kind, tmp_path, digits)
+        settings = dict(shuffle=True, seed=5, with_index=True, augmentation={
+            "translation": 0.2, "flip": "horizontal", "rotation": 0.1})
+        ds = pipeline.make_tf_dataset(split, 8, **settings)
+        epochs = [_epoch_batches(ds) for _ in range(3)]
+        resumed = pipeline.make_tf_dataset(split, 8, first_epoch=2, **settings)
+        again = _epoch_batches(resumed)
+    assert len(again) == len(epochs[2]) and sum(len(i) for _, i in again) == len(split)
+    for (x, i), (x2, i2) in zip(epochs[2], again):
+        np.testing.assert_array_equal(i, i2)
+        np.testing.assert_array_equal(x, x2)
+    order = [np.concatenate([i for _, i in e]) for e in epochs]
+    assert not np.array_equal(order[1], order[2])
+    assert sorted(order[1].tolist()) == sorted(order[2].tolist())
+    # the same example in two epochs is augmented differently
+    seen = [{int(k): img for x, i in e for k, img in zip(i, x)} for e in epochs[1:]]
+    moved = [np.abs(seen[0][k] - seen[1][k]).mean() > 0.5 for k in seen[0]]
+    assert np.mean(moved) > 0.8

@@ -156,15 +156,18 @@ def _comparable_metrics(run):
             if k not in timing}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def _fit_uninterrupted(out, args):
     """One fit never interrupted, and the numbered writes such a fit makes."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    whole = tmp_path_factory.mktemp("uninterrupted") / "run"
-    listed = subprocess.run([sys.executable, KILL_SCRIPT, "0", str(whole), *RESUME_ARGS],
+    listed = subprocess.run([sys.executable, KILL_SCRIPT, "0", str(out), *args],
                             capture_output=True, text=True, env=env, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
-    return whole, json.loads(listed.stdout.strip().splitlines()[-1])
+    return out, json.loads(listed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _fit_uninterrupted(tmp_path_factory.mktemp("uninterrupted") / "run", RESUME_ARGS)
 
 
 @pytest.mark.parametrize("kill", ["after epoch 1", "after epoch 2", "during epoch 2"])
@@ -174,22 +177,33 @@ def test_a_resumed_fit_ends_as_the_uninterrupted_run(kill, uninterrupted, tmp_pa
     never interrupted, on this CPU. The data order of each epoch is drawn from the seed
     and the epoch, and the backup keeps where dropout's random numbers stand, so a resume
     takes both up where the killed run stopped."""
+    _kill_resume_and_compare(kill, *uninterrupted, tmp_path / "resumed", RESUME_ARGS)
+
+
+def test_a_resumed_augmented_fit_ends_as_the_uninterrupted_run(tmp_path):
+    """The same with random augmentation on: each batch's draws are seeded by the seed,
+    the epoch and the step, so the resumed epochs augment as the uninterrupted ones."""
+    args = [*RESUME_ARGS, "--set", "augmentation.translation=0.1",
+            "--set", "augmentation.flip=horizontal"]
+    whole, writes = _fit_uninterrupted(tmp_path / "whole", args)
+    _kill_resume_and_compare("after epoch 1", whole, writes, tmp_path / "resumed", args)
+
+
+def _kill_resume_and_compare(kill, whole, writes, out, args):
     from keras_hashing.training import runs
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     # every training in a process of its own, as a user runs them
-    fit = [sys.executable, "-m", "keras_hashing", "fit", "--quiet", *RESUME_ARGS, "--out"]
-    (whole, writes), out = uninterrupted, tmp_path / "resumed"
+    fit = [sys.executable, "-m", "keras_hashing", "fit", "--quiet", *args, "--out"]
     if kill.startswith("after"):  # the n-th backup state written, then dead at once
         # the write after the n-th state: that state is on disk, nothing after it
         states = [i + 2 for i, e in enumerate(writes) if e == "replace backup/state.json"]
         killed = subprocess.run([sys.executable, KILL_SCRIPT,
-                                 str(states[int(kill[-1]) - 1]), str(out), *RESUME_ARGS],
+                                 str(states[int(kill[-1]) - 1]), str(out), *args],
                                 capture_output=True, text=True, env=env, timeout=300)
         assert killed.returncode == 137
     else:
-        proc = subprocess.Popen([sys.executable, "-m", "keras_hashing", "fit", "--out",
-                                 str(out), "--quiet", *RESUME_ARGS], env=env,
+        proc = subprocess.Popen(fit + [str(out)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         state = out / "backup" / "state.json"
         deadline = time.time() + 240

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_hashing.data.splits import EpochOrder
 from keras_hashing.errors import DataError
+from keras_hashing.keras_internals import stateless_seeds
 
 # config ``augmentation`` keys -> Keras preprocessing layer (value: its strength)
 AUGMENTATIONS = {
@@ -34,8 +36,9 @@ def check_augmentation(spec) -> dict:
     return spec
 
 
-def augmentation_model(spec: dict, seed=0):
-    """A Keras Sequential of the random layers of ``spec`` (in its order), or None.
+def augmentation_model(spec: dict):
+    """A Keras Sequential of the random layers of ``spec`` (in its order), or None. Their
+    draws are seeded per batch by ``make_tf_dataset``, not by the layers.
 
     Example:
         >>> augmentation_model({"translation": 0.1, "zoom": 0.1}).layers[0].name
@@ -50,7 +53,7 @@ def augmentation_model(spec: dict, seed=0):
     for i, (key, value) in enumerate(spec.items()):
         cls = getattr(keras.layers, AUGMENTATIONS[key])
         args = (value, value) if key == "translation" else (value,)
-        layers.append(cls(*args, seed=seed + i, name=f"aug_{key}"))
+        layers.append(cls(*args, name=f"aug_{key}"))
     return keras.Sequential(layers, name="augmentation")
 
 
@@ -61,74 +64,81 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
     With ``with_index`` the labels are ``{"label": y, "index": i}`` where i is the
     example's position in the split (methods that keep per-example state need it).
     ``augmentation`` (a config mapping, see AUGMENTATIONS) applies random Keras
-    preprocessing layers to each batch after the cache, so every epoch sees new
-    variants; the images become float32 in the same 0..255 range. A streamed split
-    (image files, TFDS) is never cached: its file names are shuffled, decoded in
-    parallel and batched, so memory depends on the batch only.
+    preprocessing layers to each batch after the cache; the images become float32 in the
+    same 0..255 range. A streamed split (image files, TFDS) is never cached: its images
+    are decoded in parallel, in order, and batched, so memory depends on the batch only.
 
-    An in-memory split is shuffled anew at each pass by a permutation drawn from
-    (``seed``, the pass's epoch), counting from ``first_epoch``: epoch e sees the same
-    order whether it follows epoch e - 1 in this process or a resume after epoch e - 1.
+    Shuffled or augmented, each pass over the dataset is one epoch, counted from
+    ``first_epoch``, and everything random in it is drawn from (``seed``, epoch): the
+    order (``splits.EpochOrder``; a TFDS split, read in file order, is shuffled through a
+    buffer seeded the same way) and each batch's augmentation (seeded by its step in the
+    epoch). Epoch e is the same whether it follows epoch e - 1 in this process or a
+    resume after epoch e - 1.
+
+    Example:
+        >>> from keras_hashing.data.splits import ArraySplit
+        >>> split = ArraySplit(np.zeros((10, 8, 8, 1), np.uint8), np.arange(10))
+        >>> [int(len(y)) for _, y in make_tf_dataset(split, 4)]
+        [4, 4, 2]
     """
     import tensorflow as tf
 
     if len(split) == 0:
         raise DataError("cannot build a pipeline over an empty split")
-    if split.in_memory:
-        targets = split.y
-        if with_index:
-            targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
-        if shuffle:
-            ds = _epoch_shuffled(split.x, targets, seed, first_epoch)
-        else:
-            ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
-            if cache:
-                ds = ds.cache()
-    else:
-        ds = split.examples(shuffle, seed)
-        if with_index:
-            ds = ds.map(lambda x, y, i: (x, {"label": y, "index": i}))
-        else:
-            ds = ds.map(lambda x, y, i: (x, y))
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    augment = augmentation_model(augmentation or {}, seed=seed)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    augment = augmentation_model(augmentation or {})
+    if not shuffle and augment is None:  # the same batches at every pass
+        ds = _epoch_examples(split, False, seed, 0, with_index, cache)
+        return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+    def one_epoch(epoch):
+        ds = _epoch_examples(split, shuffle, seed, epoch, with_index, cache=False)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if augment is not None:
+            ds = ds.enumerate().map(
+                lambda step, batch: (_augmented(augment, batch[0], seed, epoch, step),
+                                     batch[1]),
+                num_parallel_calls=tf.data.AUTOTUNE)
+        return ds
+
+    ds = _epochs_from(first_epoch).flat_map(one_epoch)
+    if split.in_memory:  # as from_tensor_slices would know it: Keras counts the steps
+        whole, rest = divmod(len(split), batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            whole + (1 if rest and not drop_remainder else 0)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-class EpochOrder:
-    """The order of the examples at each pass over a split: pass k (from ``first_epoch``)
-    is ``default_rng([seed, k]).permutation(n)``, whatever came before it.
+def _epochs_from(first_epoch):
+    """A one-element dataset whose element is the next epoch's number each time it is
+    iterated (Keras iterates the training dataset once an epoch)."""
+    import itertools
 
-    Example:
-        >>> order = EpochOrder(5, seed=0, first_epoch=2)
-        >>> order.next().tolist() == EpochOrder(5, seed=0).permutation(2).tolist()
-        True
-    """
-
-    def __init__(self, n, seed=0, first_epoch=0):
-        self.n, self.seed, self.epoch = int(n), int(seed), int(first_epoch)
-
-    def permutation(self, epoch) -> np.ndarray:
-        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
-
-    def next(self) -> np.ndarray:
-        order = self.permutation(self.epoch)
-        self.epoch += 1
-        return order
-
-
-def _epoch_shuffled(x, targets, seed, first_epoch, chunk=1024):
-    """Examples of in-memory arrays in ``EpochOrder``: each new pass (Keras iterates the
-    dataset once an epoch) takes the next epoch's permutation."""
     import tensorflow as tf
 
-    order = EpochOrder(len(x), seed, first_epoch)
+    counter = itertools.count(int(first_epoch))
+    return tf.data.Dataset.from_generator(lambda: iter([next(counter)]),
+                                          output_signature=tf.TensorSpec((), tf.int64))
 
-    def chunks():
-        positions = order.next()
+
+def _epoch_examples(split, shuffle, seed, epoch, with_index, cache):
+    """Unbatched (image, target) of one epoch (a scalar tensor, or 0 when not shuffled)."""
+    import tensorflow as tf
+
+    if not split.in_memory:
+        ds = split.examples(shuffle, seed, epoch)
+        if with_index:
+            return ds.map(lambda x, y, i: (x, {"label": y, "index": i}))
+        return ds.map(lambda x, y, i: (x, y))
+    targets = split.y
+    if with_index:
+        targets = {"label": split.y, "index": np.arange(len(split), dtype=np.int64)}
+    if not shuffle:
+        ds = tf.data.Dataset.from_tensor_slices((split.x, targets))
+        return ds.cache() if cache else ds
+    x = split.x
+
+    def chunks(epoch, chunk=1024):
+        positions = EpochOrder(len(x), seed).permutation(int(epoch))
         for start in range(0, len(positions), chunk):
             rows = positions[start:start + chunk]
             yield x[rows], ({k: v[rows] for k, v in targets.items()}
@@ -139,11 +149,25 @@ def _epoch_shuffled(x, targets, seed, first_epoch, chunk=1024):
 
     target_spec = ({k: spec(v) for k, v in targets.items()} if isinstance(targets, dict)
                    else spec(targets))
-    # the length stated, as from_tensor_slices would know it: Keras then counts an epoch's
-    # steps up front instead of running into the end of the data
     return tf.data.Dataset.from_generator(
-        chunks, output_signature=(spec(x), target_spec)).unbatch().apply(
-            tf.data.experimental.assert_cardinality(len(x)))
+        chunks, args=(epoch,), output_signature=(spec(x), target_spec)).unbatch()
+
+
+def _augmented(augment, images, seed, epoch, step):
+    """``images`` through each random layer of ``augment`` with draws seeded by (seed,
+    the layer, epoch, step), so a batch's augmentation does not depend on what ran
+    before it in this process."""
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    for i, layer in enumerate(augment.layers):
+        key = tf.constant([int(seed), i], tf.int64)
+        for data in (epoch, step):
+            key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+        transformation = layer.get_random_transformation(
+            images, training=True, seed=stateless_seeds(key))
+        images = layer.transform_images(images, transformation, training=True)
+    return images
 
 
 def inference_dataset(split, batch_size):

@@ -41,7 +41,7 @@ import numpy as np
 
 from keras_hashing.data.images import (check_policy, handle_bad_images, load_images_dataset,
                                        warn)
-from keras_hashing.data.splits import StreamedSplit
+from keras_hashing.data.splits import EpochOrder, StreamedSplit
 from keras_hashing.errors import DataError
 from keras_hashing.fileio import open_regular, read_user_file
 
@@ -50,9 +50,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jxl")
 DEEPHASH_LISTS = {"train": "train.txt", "query": "test.txt", "database": "database.txt"}
 PATH_COLUMNS = ("path", "filename", "file", "image")
 LABEL_COLUMNS = ("label", "labels", "class", "classes")
-# Shuffle buffer of file names (strings, not pixels): bounded so memory stays bounded;
-# the names are also permuted once up front, so sorted folders still mix well.
-SHUFFLE_BUFFER = 100_000
 
 
 @dataclasses.dataclass
@@ -319,18 +316,17 @@ class FileSplit(StreamedSplit):
             tf.data.Dataset.from_tensor_slices(self.paths.astype(str)), self.image_size,
             self.channels).map(lambda img, ok, path: (img, ok))
 
-    def examples(self, shuffle=False, seed=0):
+    def examples(self, shuffle=False, seed=0, epoch=0):
         import tensorflow as tf
 
-        positions = np.arange(len(self), dtype=np.int64)
-        if shuffle:  # one fixed permutation, then a bounded buffer reshuffled every epoch
-            positions = np.random.default_rng(seed).permutation(positions)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (self.paths[positions].astype(str), self.y[positions], positions))
-        if shuffle:
-            ds = ds.shuffle(min(len(self), SHUFFLE_BUFFER), seed=seed,
-                            reshuffle_each_iteration=True)
-        ds = load_images_dataset(ds, self.image_size, self.channels, deterministic=not shuffle)
+        if shuffle:  # a whole new permutation each epoch: reading files is random access
+            positions = EpochOrder(len(self), seed).positions(epoch)
+        else:
+            positions = tf.data.Dataset.range(len(self))
+        paths, labels = tf.constant(self.paths.astype(str)), tf.constant(self.y)
+        ds = positions.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i), i))
+        # decoded in parallel but delivered in order: the order is the seed's alone
+        ds = load_images_dataset(ds, self.image_size, self.channels, deterministic=True)
         ds = handle_bad_images(ds, self.on_bad_image)
         return ds.map(lambda img, ok, path, y, i: (img, y, i))
 

@@ -62,6 +62,31 @@ class Split(abc.ABC):
         order: take labels from the subset, not from the parent)."""
 
 
+class EpochOrder:
+    """The order of the examples at each pass over a split: epoch e's is
+    ``default_rng([seed, e]).permutation(n)``, whatever came before it.
+
+    Example:
+        >>> EpochOrder(5, seed=0).permutation(2).tolist() == EpochOrder(5, 0).permutation(2).tolist()
+        True
+    """
+
+    def __init__(self, n, seed=0):
+        self.n, self.seed = int(n), int(seed)
+
+    def permutation(self, epoch) -> np.ndarray:
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.n)
+
+    def positions(self, epoch):
+        """Epoch ``epoch``'s order (a scalar tensor inside tf.data) as an unbatched
+        ``tf.data.Dataset`` of int64 positions."""
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_generator(
+            lambda e: iter([self.permutation(e).astype(np.int64)]), args=(epoch,),
+            output_signature=tf.TensorSpec((self.n,), tf.int64)).unbatch()
+
+
 @dataclasses.dataclass
 class ArraySplit(Split):
     """Images (N, H, W, C) uint8 held in memory, and labels (N,) or (N, C)."""
@@ -101,10 +126,11 @@ class StreamedSplit(Split):
         order; ``ok`` is False for an image that could not be read (its pixels zeros)."""
 
     @abc.abstractmethod
-    def examples(self, shuffle=False, seed=0):
+    def examples(self, shuffle=False, seed=0, epoch=0):
         """An unbatched ``tf.data.Dataset`` of (image, label, position in the split) for
-        training, shuffled with ``seed`` when asked; the split's bad-image policy applies
-        (skipped images are left out)."""
+        training; shuffled, in an order drawn from (``seed``, ``epoch``: an int or a
+        scalar tensor) alone. The split's bad-image policy applies (skipped images are
+        left out)."""
 
     @property
     def x(self) -> np.ndarray:

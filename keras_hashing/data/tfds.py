@@ -14,6 +14,9 @@ from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE
 from keras_hashing.data.splits import StreamedSplit, take_validation
 from keras_hashing.errors import DataError
 
+# decoded examples a TFDS split is shuffled through (its records are read in file order)
+TFDS_SHUFFLE_BUFFER = 10_000
+
 
 @dataclasses.dataclass
 class TfdsSplit(StreamedSplit):
@@ -38,10 +41,14 @@ class TfdsSplit(StreamedSplit):
     def images(self):
         return _tfds_examples(self).map(lambda x, y: (x, True))
 
-    def examples(self, shuffle=False, seed=0):
+    def examples(self, shuffle=False, seed=0, epoch=0):
+        import tensorflow as tf
+
         ds = _tfds_examples(self, with_index=True)
-        if shuffle:
-            ds = ds.shuffle(min(len(self), 10000), seed=seed, reshuffle_each_iteration=True)
+        if shuffle:  # read in file order, shuffled through a buffer seeded by the epoch
+            epoch_seed = tf.cast(epoch, tf.int64) * 2**32 + int(seed)
+            ds = ds.shuffle(min(len(self), TFDS_SHUFFLE_BUFFER), seed=epoch_seed,
+                            reshuffle_each_iteration=False)
         return ds
 
 

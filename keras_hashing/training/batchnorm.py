@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_hashing.keras_internals import nested_layers
+
 # A moving average that still holds more than this share of its starting value is stale.
 STALE_SHARE = 0.05
 # Batches averaged by a recalibration: precise BN's default count is 200; fewer suffice for
@@ -35,7 +37,7 @@ MAX_BATCHES = 100
 def trainable_batch_norms(model) -> list:
     """The trainable BatchNormalization layers of ``model``, nested ones included (a frozen
     layer keeps the statistics it was loaded with: it never trained on these images)."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+    return [layer for layer in nested_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 

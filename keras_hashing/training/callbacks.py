@@ -16,6 +16,7 @@ from keras_hashing.codes import unpack_bits
 from keras_hashing.data.images import warn
 from keras_hashing.evaluation import code_statistics, collapse_check, retrieval_metrics
 from keras_hashing.fileio import atomic_path, read_json, write_json, write_text
+from keras_hashing.keras_internals import nested_layers
 
 
 class RetrievalValidation(keras.callbacks.Callback):
@@ -105,9 +106,8 @@ def seed_generators(model) -> list:
     """Every ``keras.random.SeedGenerator`` of a model's layers (dropout's, a method's own),
     in a fixed order. Their states are not weights, so a checkpoint misses them and a
     resumed run would draw other dropout masks than the run it resumes."""
-    # _flatten_layers: Keras' own walk over nested layers (Keras 3.15)
     found = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in nested_layers(model, include_self=True):
         found += [value for value in vars(layer).values()
                   if isinstance(value, keras.random.SeedGenerator)]
     return found

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from keras_hashing.keras_internals import variable_index, variable_key
 from keras_hashing.models.layers import PACKAGE
 from keras_hashing.training.config import DECAYING_OPTIMIZERS
 
@@ -62,8 +63,7 @@ class TorchRMSprop(keras.optimizers.Optimizer):
         gradient = ops.cast(gradient, variable.dtype)
         if self.coupled_weight_decay:
             gradient = gradient + self.coupled_weight_decay * variable
-        # _get_variable_index: how Keras' own optimizers find a variable's slot (3.15)
-        square = self._square_averages[self._get_variable_index(variable)]
+        square = self._square_averages[variable_index(self, variable)]
         self.assign(square, self.alpha * square + (1 - self.alpha) * ops.square(gradient))
         self.assign_sub(variable, lr * gradient / (ops.sqrt(square) + self.eps))
 
@@ -117,12 +117,11 @@ def scale_learning_rate(optimizer, variables, multiplier: float) -> None:
     SGD and Adam alike that is exactly a per-variable learning rate (scaling gradients
     would not be, for Adam). The optimizer's class and saved config stay Keras' own.
     """
-    # _var_key: the key Keras' optimizers index a variable by (Keras 3.15)
-    keys = {optimizer._var_key(v) for v in variables}
+    keys = {variable_key(optimizer, v) for v in variables}
     update_step = optimizer.update_step
 
     def scaled_update_step(gradient, variable, learning_rate):
-        if optimizer._var_key(variable) in keys:
+        if variable_key(optimizer, variable) in keys:
             learning_rate = learning_rate * multiplier
         return update_step(gradient, variable, learning_rate)
 
