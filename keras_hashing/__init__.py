@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 _API = {
     "HammingIndex": ("keras_hashing.search.index", "HammingIndex"),
     "fit": ("keras_hashing.training.fit", "fit"),
-    "evaluate": ("keras_hashing.training.fit", "evaluate"),
-    "evaluate_model": ("keras_hashing.training.fit", "evaluate_model"),
-    "load_run": ("keras_hashing.training.runs", "load_run"),
+    "evaluate": ("keras_hashing.scoring", "evaluate"),
+    "evaluate_model": ("keras_hashing.scoring", "evaluate_model"),
+    "load_run": ("keras_hashing.runs", "load_run"),
     "resolve_config": ("keras_hashing.training.config", "resolve_config"),
     "load_dataset": ("keras_hashing.data.datasets", "load_dataset"),
     "export_run": ("keras_hashing.serving.export", "export_run"),

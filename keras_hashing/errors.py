@@ -27,3 +27,31 @@ class RunDirError(HashingError):
 
 class OutputError(HashingError):
     """An output path that cannot be written, or that would replace what it must not."""
+
+
+class ServingError(HashingError):
+    """An error answered by (or on the way to) TF Serving; ``status`` is the HTTP code."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelNotFoundError(ServingError):
+    """404: no such model or version is loaded."""
+
+
+class BadRequestError(ServingError):
+    """400: the request does not fit the signature (shape, dtype, names)."""
+
+
+class ServingUnavailableError(ServingError):
+    """5xx or connection refused, still after every retry."""
+
+
+class ServingTimeoutError(ServingError):
+    """No complete answer within the timeout."""
+
+
+class MalformedResponseError(ServingError):
+    """The server answered something that is not TF Serving's JSON."""

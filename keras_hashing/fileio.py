@@ -242,11 +242,6 @@ def file_starts_with(prefix: bytes):
     return kind
 
 
-def write_bytes(path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
 def write_text(path, text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)

@@ -48,7 +48,7 @@ def test_bad_inputs():
 def test_baselines_behind_the_hashing_model_api(method, digits, tmp_path):
     from keras_hashing.training.config import resolve_config
     from keras_hashing.serving.export import SavedModelEncoder, export_run
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
     from keras_hashing.training.fit import fit
 
     run = fit(resolve_config(overrides={"method": method, "bits": 16}), out=str(tmp_path / "r"),
@@ -83,7 +83,7 @@ def test_itq_on_a_trained_runs_features(trained_run, digits, tmp_path):
 
     from keras_hashing.training.config import resolve_config
     from keras_hashing.serving.export import SavedModelEncoder, export_run
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
     from keras_hashing.training.fit import fit
 
     source = tmp_path / "source"

@@ -172,7 +172,7 @@ def test_every_standard_protocol_trains_on_the_papers_count(protocol, tmp_path, 
 
 
 def test_protocol_k_of_each_benchmark():
-    from keras_hashing.training.fit import protocol_k
+    from keras_hashing.data.benchmarks import protocol_k
 
     assert protocol_k("cifar10", 54000) == 54000 and protocol_k("cifar10-1", 59000) == 59000
     assert protocol_k("nuswide", 10**5) == 5000 == protocol_k("coco", 10**5)

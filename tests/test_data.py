@@ -229,8 +229,8 @@ def test_one_fmnist_unseen_run_is_scored_under_fmnist_unseen_all(fake_fmnist, tm
     --protocol scores one trained model under both; a protocol that trains on other images
     (its queries could be training images) is refused, and so is a run without a record."""
     from keras_hashing.cli.main import main
-    from keras_hashing.training.fit import evaluate_model
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.scoring import evaluate_model
+    from keras_hashing.runs import load_run
 
     run = tmp_path / "run"
     assert main(["fit", "--method", "pcah", "--dataset", "fashion_mnist", "--data-dir",
@@ -262,10 +262,10 @@ def _epoch_split(kind, tmp_path, digits):
     if kind == "in memory":
         return digits.train.subset(np.arange(40))
     if kind == "image files":
-        from keras_hashing.data import sources
+        from keras_hashing.data import image_files
 
-        c = sources.read_folder(str(_png_folder(tmp_path, per_class=20)))
-        return sources.FileSplit(c.paths, c.labels, (16, 16), 3)
+        c = image_files.read_folder(str(_png_folder(tmp_path, per_class=20)))
+        return image_files.FileSplit(c.paths, c.labels, (16, 16), 3)
     return data.load_dataset("tfds:mnist").train
 
 

@@ -127,7 +127,7 @@ def test_two_workers_on_loopback_train_the_single_device_model(tmp_path):
 
     single_err = single.communicate(timeout=600)[1]
     assert single.returncode == 0, single_err[-3000:]
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
 
     a = load_run(str(tmp_path / "run")).model
     b = load_run(str(tmp_path / "single")).model

@@ -29,9 +29,9 @@ def test_read_json_errors_name_the_file(tmp_path):
 def _user_file_readers():
     """Every reader of a file a user names, as (name, suffix, read(path))."""
     from keras_hashing.data.datasets import read_idx
-    from keras_hashing.data.sources import read_csv_file, read_list_file, read_query_images
+    from keras_hashing.data.image_files import read_csv_file, read_list_file, read_query_images
     from keras_hashing.search.index import HammingIndex
-    from keras_hashing.training.config import load_yaml
+    from keras_hashing.configfile import load_yaml
 
     return [("npy queries", ".npy", lambda p: read_query_images([p], (8, 8, 1))),
             ("IDX", "", read_idx), ("IDX gz", ".gz", read_idx),

@@ -78,7 +78,7 @@ def test_a_format_pillow_reads_but_the_decoder_does_not_is_refused_alike(tmp_pat
     """TIFF: the service's header check and the decoder refuse it, naming the formats."""
     import tensorflow as tf
 
-    from keras_hashing.serving.service_api import ClientError, image_size_of
+    from keras_hashing.serving.search_request import ClientError, image_size_of
 
     blob = _encoded("TIFF", "RGB")
     with pytest.raises(ClientError, match="WEBP"):

@@ -77,7 +77,7 @@ def short_uh_run(tmp_path_factory):
 
 
 def test_b_table_survives_the_model_file(short_uh_run):
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
 
     loaded = load_run(short_uh_run.path).model
     np.testing.assert_array_equal(loaded.b_table.numpy(), short_uh_run.model.b_table.numpy())

@@ -6,7 +6,7 @@ import pytest
 from keras_hashing.errors import ConfigError
 from keras_hashing.models.methods import get_method
 from keras_hashing.models.methods.classifier_code import ClassifierCode, class_code_width
-from keras_hashing.training.runs import load_run
+from keras_hashing.runs import load_run
 
 
 def _logits(model, x):

@@ -214,7 +214,7 @@ def test_short_fit_beats_itq_on_digits(modern_run, itq_map):
 
 
 def test_run_reloads_and_encodes_the_same(modern_run, digits):
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
 
     loaded = load_run(modern_run.path).model
     x = digits.query.x[:50]
@@ -232,7 +232,7 @@ def test_hashnet_continuation_counts_steps_and_survives_a_resume(tmp_path, monke
     tests/test_reliability.py's; here the question is what the backup restores."""
     from keras_hashing.cli.main import main
     from keras_hashing.training.callbacks import TrainingBackup
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
 
     args = ["--method", "hashnet", "--bits", "16", "--epochs", "2", "--quiet",
             "--set", "val_database_size=300", "--set", "tensorboard_samples=50"]

@@ -4,7 +4,7 @@ import pytest
 
 from keras_hashing.training.config import resolve_config
 from keras_hashing.models.methods import canonical_name, get_method
-from keras_hashing.training.runs import load_run
+from keras_hashing.runs import load_run
 from keras_hashing.training.fit import fit
 
 SETS = {"dsh": [], "dpsh": ["learning_rate=0.002", "epochs=8"],

@@ -9,7 +9,7 @@ import pytest
 from keras_hashing.errors import ConfigError
 from keras_hashing.models.methods import get_method, method_names
 from keras_hashing.models.methods.ssdh import SSDH
-from keras_hashing.training.runs import load_run
+from keras_hashing.runs import load_run
 
 
 def test_registry_lists_and_rejects():

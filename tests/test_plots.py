@@ -8,7 +8,7 @@ from PIL import Image
 
 from keras_hashing.cli import main as cli
 
-from keras_hashing.training import plots
+from keras_hashing import plots
 
 
 def _png(path):

@@ -18,10 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from keras_hashing.cli import main as cli
 
 from keras_hashing.training import config
-
 from keras_hashing.data import datasets as data
-
-from keras_hashing import fileio
+from keras_hashing import configfile, fileio
 from keras_hashing.codes import pack_bits
 from keras_hashing.errors import HashingError
 from keras_hashing.search.index import HammingIndex
@@ -101,7 +99,7 @@ def _kill_points(writes, everywhere):
                          ids=["sample", "every-write"])
 def test_fit_killed_at_every_write_resumes_or_is_finished(everywhere, fit_writes, tmp_path,
                                                           capsys):
-    from keras_hashing.training import runs
+    from keras_hashing import runs
 
     points = _kill_points(fit_writes, everywhere)
     assert len(points) >= 3
@@ -190,7 +188,7 @@ def test_a_resumed_augmented_fit_ends_as_the_uninterrupted_run(tmp_path):
 
 
 def _kill_resume_and_compare(kill, whole, writes, out, args):
-    from keras_hashing.training import runs
+    from keras_hashing import runs
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     # every training in a process of its own, as a user runs them
@@ -228,8 +226,7 @@ def _kill_resume_and_compare(kill, whole, writes, out, args):
 
 WRITER = r"""
 import itertools, sys, numpy as np
-from keras_hashing import fileio
-from keras_hashing.training import config
+from keras_hashing import configfile, fileio
 from keras_hashing.search.index import HammingIndex
 d = sys.argv[1]
 for i in itertools.count():
@@ -238,7 +235,7 @@ for i in itertools.count():
     idx.add(np.full((2000 + 1000 * v, 8), v, np.uint8), labels=np.full(2000 + 1000 * v, v))
     idx.save(d + "/index.khi")
     fileio.write_json(d + "/metrics.json", {"v": v, "pad": "x" * (200000 + v)})
-    fileio.write_text(d + "/config.yaml", config.dump({"v": v, "pad": "y" * 100000}))
+    fileio.write_text(d + "/config.yaml", configfile.dump({"v": v, "pad": "y" * 100000}))
 """
 
 
@@ -247,7 +244,7 @@ def _check_versions(d):
     assert len(idx) in (2000, 3000)
     assert set(np.unique(idx.codes)) == {len(idx) // 1000 - 2}
     assert fileio.read_json(os.path.join(d, "metrics.json"))["v"] in (0, 1)
-    assert config.load_yaml(os.path.join(d, "config.yaml"))["v"] in (0, 1)
+    assert configfile.load_yaml(os.path.join(d, "config.yaml"))["v"] in (0, 1)
 
 
 def test_writers_killed_at_random_points_leave_old_or_new_files(tmp_path, request):
@@ -310,14 +307,14 @@ def _fuzz_readers(tmp_path, examples):
     @given(blob=_mutations(valid), text=st.text(max_size=120))
     def run(blob, text):
         path.write_bytes(blob)
-        for reader in (HammingIndex.load, config.load_yaml, fileio.read_json,
+        for reader in (HammingIndex.load, configfile.load_yaml, fileio.read_json,
                        lambda p: data.read_idx(str(p))):
             try:
                 reader(path)
             except HashingError:
                 pass
         path.write_text(text)
-        for reader in (config.load_yaml, fileio.read_json, _resolve):
+        for reader in (configfile.load_yaml, fileio.read_json, _resolve):
             try:
                 reader(path)
             except HashingError:
@@ -638,7 +635,7 @@ def test_tf_serving_error_body_becomes_one_line(bad_inputs, capsys, tmp_path):
 
 def test_bad_outputs_left_the_inputs_whole(bad_inputs):
     """After the whole table ran: the run still loads, the shards are unchanged."""
-    from keras_hashing.training import runs
+    from keras_hashing import runs
 
     d, run = bad_inputs
     assert runs.load_run(run).model.bits == 24
@@ -677,12 +674,12 @@ def test_a_refused_export_leaves_no_folders(bad_inputs, capsys):
 
 @pytest.mark.parametrize("kind", ["list", "csv"])
 def test_a_byte_order_mark_is_not_part_of_the_first_path(kind, tmp_path):
-    from keras_hashing.data import sources
+    from keras_hashing.data import image_files
 
     text = ("a.jpg 0\nb.jpg 1\n" if kind == "list" else "path,label\na.jpg,x\nb.jpg,y\n")
     listing = tmp_path / f"l.{kind}"
     listing.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8"
-    read = sources.read_list_file if kind == "list" else sources.read_csv_file
+    read = image_files.read_list_file if kind == "list" else image_files.read_csv_file
     collection = read(str(listing))
     assert [os.path.basename(p) for p in collection.paths] == ["a.jpg", "b.jpg"]
 

@@ -1,4 +1,4 @@
-"""The run directory as a transaction (keras_hashing.training.runs): what a folder is, who may
+"""The run directory as a transaction (keras_hashing.runs): what a folder is, who may
 write it, what a resume must match, and what a finished run holds."""
 
 import json
@@ -12,9 +12,10 @@ import pytest
 
 from keras_hashing.cli import main as cli
 
+from keras_hashing import configfile
 from keras_hashing.training import config
 
-from keras_hashing.training import runs
+from keras_hashing import runs
 from keras_hashing.errors import HashingError, RunDirError
 
 FAST = ["--epochs", "1", "--bits", "12", "--quiet", "--set", "val_database_size=200",
@@ -24,7 +25,7 @@ FAST = ["--epochs", "1", "--bits", "12", "--quiet", "--set", "val_database_size=
 def _interrupted_run(path, cfg, epoch=1):
     """A run folder as a kill after an epoch's backup leaves it."""
     os.makedirs(path / "backup", exist_ok=True)
-    (path / "config.yaml").write_text(config.dump(cfg))
+    (path / "config.yaml").write_text(configfile.dump(cfg))
     (path / "run.json").write_text(json.dumps({"format": runs.RUN_FORMAT, "state": "training"}))
     (path / "backup" / "state.json").write_text(json.dumps({"epoch": epoch,
                                                             "weights": "ckpt-1.weights.h5"}))

@@ -303,7 +303,7 @@ def test_a_swap_passes_the_start_up_checks_or_keeps_the_old_index(trained_run, c
                                                                    tmp_path, capsys):
     from fastapi.testclient import TestClient
 
-    from keras_hashing.training.runs import check_index_matches_run
+    from keras_hashing.runs import check_index_matches_run
 
     _, khi = collection
     live = tmp_path / "live.khi"
@@ -580,7 +580,7 @@ def test_radius_answers_are_capped_nearest_first_and_say_when_cut(client, collec
     uncut = client.post("/v1/search", json={"codes": codes, "radius": 0}).json()["results"]
     assert all(r["truncated"] is False for r in uncut)
     # the default cap holds with no limit given: every answer is bounded
-    from keras_hashing.serving.service_api import MAX_RADIUS_RESULTS
+    from keras_hashing.serving.search_request import MAX_RADIUS_RESULTS
 
     big = client.post("/v1/search", json={"codes": codes, "radius": index.bits}).json()
     assert all(len(r["ids"]) <= MAX_RADIUS_RESULTS for r in big["results"])

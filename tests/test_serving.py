@@ -11,10 +11,9 @@ from keras_hashing.cli import main as cli
 from keras_hashing.errors import HashingError
 from keras_hashing.serving.export import SavedModelEncoder, export_run
 from keras_hashing.search.index import HammingIndex
-from keras_hashing.serving.client import (BadRequestError, MalformedResponseError,
-                                          ModelNotFoundError, RetrievalClient,
-                                          ServingTimeoutError, ServingUnavailableError,
-                                          TFServingClient)
+from keras_hashing.errors import (BadRequestError, MalformedResponseError, ModelNotFoundError,
+                                  ServingTimeoutError, ServingUnavailableError)
+from keras_hashing.serving.client import RetrievalClient, TFServingClient
 from tf_serving_stub import TFServingStub
 
 
@@ -279,7 +278,7 @@ def test_stand_in_writes_floats_and_metadata_as_tf_serving(served):
 
 
 def test_a_loading_model_is_waited_for(served):
-    from keras_hashing.serving.client import ServingUnavailableError
+    from keras_hashing.errors import ServingUnavailableError
 
     server, _, _ = served
     server.loading.add("digits")
@@ -299,7 +298,7 @@ def test_a_loading_model_is_waited_for(served):
 
 
 def test_a_server_not_started_yet_is_waited_for():
-    from keras_hashing.serving.client import ServingUnavailableError
+    from keras_hashing.errors import ServingUnavailableError
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -360,7 +359,7 @@ def test_rerank_through_tf_serving_equals_the_run_in_process(served, trained_run
 
 def test_the_served_model_answers_the_digest_of_the_run_it_was_exported_from(served,
                                                                           trained_run):
-    from keras_hashing.training.runs import model_digest
+    from keras_hashing.runs import model_digest
 
     server, _, _ = served
     assert client(server).model_digest() == model_digest(trained_run.path)
@@ -373,7 +372,7 @@ def test_an_index_of_another_model_is_refused_through_tf_serving_on_every_path(
     they do in process, and accept one of the served model."""
     from PIL import Image
 
-    from keras_hashing.training.runs import model_digest
+    from keras_hashing.runs import model_digest
 
     server, _, index = served
     Image.fromarray(digits.query.x[0, :, :, 0]).save(tmp_path / "q.png")
@@ -401,7 +400,7 @@ def test_an_index_built_through_tf_serving_records_the_served_models_digest(
         served, trained_run, digits, tmp_path):
     from PIL import Image
 
-    from keras_hashing.training.runs import model_digest
+    from keras_hashing.runs import model_digest
 
     server, _, _ = served
     (tmp_path / "imgs" / "a").mkdir(parents=True)

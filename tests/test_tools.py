@@ -147,7 +147,7 @@ def test_per_class_map_tool_averages_back_to_the_recorded_map(trained_run, monke
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     import per_class_map
 
-    from keras_hashing.training.runs import load_run_with_splits
+    from keras_hashing.runs import load_run_with_splits
 
     by_class = per_class_map.per_class_map_of_run(trained_run.path)
     _, splits = load_run_with_splits(trained_run.path)

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from keras_hashing.errors import RunDirError
-from keras_hashing.training.runs import MODEL_FILE, default_run_dir, load_run
+from keras_hashing.runs import MODEL_FILE, default_run_dir, load_run
 
 
 def test_default_run_dir_never_overwrites_a_finished_run(tmp_path):

@@ -129,11 +129,11 @@ def measure_throughput(root, work, rounds=3, steps=30):
 def compare_index_build(work, root, rounds=5):
     """index build (the streaming path, its own batch size) vs model.predict over the same
     pipeline, alternated round by round; the ratio is the median of the rounds'."""
-    from keras_hashing import encoders
+    from keras_hashing import indexing
     from keras_hashing.data import datasets as data
     from keras_hashing.data import pipeline
     from keras_hashing.models.prediction import inference_batch_size
-    from keras_hashing.training.runs import load_run
+    from keras_hashing.runs import load_run
 
     model = load_run(os.path.join(work, f"run_{min_size(work)}")).model
     split = data.load_images_split(f"folder:{root}", model.image_shape)
@@ -147,8 +147,8 @@ def compare_index_build(work, root, rounds=5):
         reference.append(len(sub) / (time.time() - t))
         t = time.time()
         out = os.path.join(work, "tmp_bench.khi")
-        encoders.build_index(sub, out, model.bits, encoders.model_batches(model, sub, batch),
-                              {"bench": time.time()}, {})
+        indexing.build_index(sub, out, model.bits, indexing.model_batches(model, sub, batch),
+                             {"bench": time.time()}, {})
         ours.append(len(sub) / (time.time() - t))
         os.unlink(out)
     return {"images": len(sub), "batch_size": batch, "rounds": rounds,

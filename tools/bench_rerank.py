@@ -34,8 +34,8 @@ def run_gain(path) -> dict:
     spread their magnitude: ``peak_to_mean``, the median over queries of the largest
     |component| of the signed code over its mean |component| (1 for a code of +-c, large
     where a few components outvote the rest of the asymmetric inner product)."""
-    from keras_hashing.training.fit import evaluate_model
-    from keras_hashing.training.runs import load_run_with_splits
+    from keras_hashing.scoring import evaluate_model
+    from keras_hashing.runs import load_run_with_splits
 
     run, splits = load_run_with_splits(path)
     query = evaluate_model(run.model, splits)

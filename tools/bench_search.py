@@ -83,8 +83,8 @@ def learned_like_codes(rng, n, bits, centres=None, flip=0.06):
 def codes_from_run(run_dir, n, rng, flip=0.02):
     """A trained run's database codes, tiled to n with a few bits flipped per copy."""
     from keras_hashing.codes import pack_bits
-    from keras_hashing.training.runs import load_run
-    from keras_hashing.training.config import load_splits
+    from keras_hashing.runs import load_run
+    from keras_hashing.runs import load_splits
 
     run = load_run(run_dir)
     splits = load_splits(run.config)

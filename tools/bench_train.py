@@ -47,7 +47,7 @@ def worker(args) -> None:
     from keras_hashing.models.backbones import build_backbone
     from keras_hashing.training.config import resolve_config
     from keras_hashing.data.pipeline import make_tf_dataset
-    from keras_hashing.training.config import load_splits
+    from keras_hashing.runs import load_splits
     from keras_hashing.training.fit import build_model
 
     if args.strategy == "multiworker":  # no TF_CONFIG: one local worker

@@ -22,8 +22,8 @@ from keras_hashing import evaluation  # noqa: E402
 
 
 def spread_of_run(run_dir, items):
-    from keras_hashing.training.runs import load_run
-    from keras_hashing.training.config import load_splits
+    from keras_hashing.runs import load_run
+    from keras_hashing.runs import load_splits
 
     run = load_run(run_dir)
     splits = load_splits(run.config)

@@ -21,7 +21,7 @@ from keras_hashing.evaluation import map_by_class  # noqa: E402
 
 
 def per_class_map_of_run(run_dir) -> dict:
-    from keras_hashing.training.runs import load_run_with_splits
+    from keras_hashing.runs import load_run_with_splits
     from keras_hashing.encoders import encode_split
 
     run, splits = load_run_with_splits(run_dir)

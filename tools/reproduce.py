@@ -561,7 +561,7 @@ this library keeps the last epoch.
 
 def protocol_section(protocol: str, prows: list, figures: str) -> list:
     """The by-length table, the full rows and the figures of one protocol."""
-    from keras_hashing.training import plots
+    from keras_hashing import plots
 
     # the default table's cells show as – until run, so a reader sees what is missing
     planned = ({(c.label, c.bits) for c in default_cells([protocol]) if c.protocol == protocol}

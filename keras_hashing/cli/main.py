@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Deep supervised hashing for image retrieval.")
     p.add_argument("--version", action="version", version=f"keras-hashing {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)  # every command
     common.add_argument("--verbose", action="store_true",
                         help="also show TensorFlow's own start-up logs on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,10 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_data_flags() -> argparse.ArgumentParser:
+    """The flags of the commands that read a run's dataset again (evaluate, plot, encode,
+    index build): a moved copy of it, or another dataset of the same image shape."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--dataset", help="default: the run's dataset")
+    flags.add_argument("--data-dir",
+                       help="dataset files, or the base of relative paths in a list")
+    return flags
+
+
+def _quiet_flag() -> argparse.ArgumentParser:
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--quiet", action="store_true", help="no progress bars")
+    return flags
+
+
 def _fit_parser(sub, common) -> None:
     from keras_hashing.models.methods import method_names
 
-    f = sub.add_parser("fit", parents=[common],
+    f = sub.add_parser("fit", parents=[common, _quiet_flag()],
                        help="train a hashing model and write a run directory",
                        epilog="example: keras-hashing fit --method ssdh --dataset digits "
                               "--bits 48 --epochs 20 --out runs/digits48")
@@ -109,23 +124,20 @@ def _fit_parser(sub, common) -> None:
     f.add_argument("--features-from", metavar="RUN",
                    help="lsh/pcah/itq: hash the features of this trained run's backbone "
                         "instead of raw pixels")
-    f.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _evaluate_parser(sub, common) -> None:
-    e = sub.add_parser("evaluate", parents=[common],
+    e = sub.add_parser("evaluate", parents=[common, _run_data_flags(), _quiet_flag()],
                        help="retrieval metrics of a run on its query/database",
                        epilog="example: keras-hashing evaluate --run runs/digits48")
     e.add_argument("--run", required=True)
-    e.add_argument("--data-dir")
     e.add_argument("--protocol", help="score under another protocol of the run's dataset "
                    "that trains on the same images (e.g. fmnist-unseen-all for a "
                    "fmnist-unseen run); refused where the training split differs")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _encode_parser(sub, common) -> None:
-    c = sub.add_parser("encode", parents=[common], help="packed codes of a dataset split, to .npz",
+    c = sub.add_parser("encode", parents=[common, _run_data_flags(), _quiet_flag()], help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
                               "--out q.npz")
     _add_split_args(c)
@@ -134,7 +146,7 @@ def _encode_parser(sub, common) -> None:
 def _index_parser(sub, common) -> None:
     i = sub.add_parser("index", help="build a Hamming index file")
     isub = i.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-    ib = isub.add_parser("build", parents=[common],
+    ib = isub.add_parser("build", parents=[common, _run_data_flags(), _quiet_flag()],
                          help="encode a split or a collection into an index file "
                          "(streamed; an interrupted build resumes when rerun)",
                          epilog="examples: keras-hashing index build --run runs/d48 --out "
@@ -154,7 +166,7 @@ def _index_parser(sub, common) -> None:
 
 
 def _plot_parser(sub, common) -> None:
-    pl = sub.add_parser("plot", parents=[common],
+    pl = sub.add_parser("plot", parents=[common, _run_data_flags()],
                         help="PR curve, precision@k, bit balance, retrieval grid",
                         epilog="examples: keras-hashing plot --run runs/d48\n"
                                "  keras-hashing plot --run runs/d48 --runs runs/d12 runs/d24 "
@@ -163,7 +175,6 @@ def _plot_parser(sub, common) -> None:
     pl.add_argument("--run", required=True)
     pl.add_argument("--runs", nargs="*", default=[], help="more runs for the mAP-vs-bits plot")
     pl.add_argument("--out", help="folder for the PNGs (default RUN/plots)")
-    pl.add_argument("--data-dir")
 
 
 def _config_parser(sub, common) -> None:
@@ -260,17 +271,14 @@ def _add_split_args(p, serving=False) -> None:
     p.add_argument("--images", metavar="SOURCE",
                    help="encode this collection instead of a dataset split: folder:PATH, "
                         "list:FILE or csv:FILE (streamed; paths and labels are kept)")
-    p.add_argument("--dataset", help="default: the run's dataset")
     p.add_argument("--split", choices=("train", "val", "query", "database"),
                    help="the split of the dataset to encode (default: database)")
-    p.add_argument("--data-dir", help="dataset files, or the base of relative paths in a list")
     p.add_argument("--batch-size", type=int,
                    help="most images per batch (default 256; large images get fewer, "
                         "about 1M pixels a batch)")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                    help="an unreadable image stops the command (default) or is left out")
     p.add_argument("--out", required=True)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     if serving:
         p.add_argument("--serving-url", help="encode --images with TF Serving at this URL")
         _served_model_args(p, timeout=30.0)
@@ -283,7 +291,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     global _stdout, _verbose_startup
     _stdout = sys.stdout
-    _verbose_startup = bool(getattr(args, "verbose", False))
+    _verbose_startup = args.verbose
     try:
         # Progress bars (Keras prints them to stdout) go to stderr: stdout carries only
         # the results, so `keras-hashing evaluate ... | jq` works.
@@ -323,7 +331,7 @@ def cmd_fit(args) -> int:
     _quiet_tensorflow()
     from keras_hashing.training import fit as training
 
-    run = training.fit(cfg, out=args.out, verbose=0 if args.quiet else "auto",
+    run = training.fit(cfg, out=args.out, verbose=_verbose(args),
                        restart=args.restart, force=args.force)
     q = run.metrics["query"]
     summary = {"run": run.path, "val_map_all": run.metrics["validation"]["best_map_all"],
@@ -344,18 +352,16 @@ def _image_size(values):
 
 def _run_and_splits(args):
     _quiet_tensorflow()
-    from keras_hashing.training.runs import load_run_with_splits
+    from keras_hashing.runs import load_run_with_splits
 
-    return load_run_with_splits(args.run, getattr(args, "dataset", None),
-                                getattr(args, "data_dir", None))
+    return load_run_with_splits(args.run, args.dataset, args.data_dir)
 
 
 def cmd_evaluate(args) -> int:
     _quiet_tensorflow()
-    from keras_hashing.training.fit import evaluate
+    from keras_hashing.scoring import evaluate
 
-    emit(json.dumps(evaluate(args.run, getattr(args, "dataset", None),
-                             getattr(args, "data_dir", None), verbose=_verbose(args),
+    emit(json.dumps(evaluate(args.run, args.dataset, args.data_dir, verbose=_verbose(args),
                              protocol=args.protocol), indent=2))
     return 0
 
@@ -366,15 +372,15 @@ def _split_to_encode(args):
         raise HashingError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.run:
         _quiet_tensorflow()
-    from keras_hashing.training.encoding import encoding_input
+    from keras_hashing.indexing import encoding_input
 
-    return encoding_input(args.run, args.images, getattr(args, "dataset", None), args.split,
+    return encoding_input(args.run, args.images, args.dataset, args.split,
                           args.data_dir, args.on_bad_image)
 
 
 def cmd_encode(args) -> int:
     from keras_hashing import encoders
-    from keras_hashing.training.encoding import check_codes_output
+    from keras_hashing.indexing import check_codes_output
 
     check_codes_output(args.out, args.run, args.images)
     run, split, _ = _split_to_encode(args)
@@ -408,14 +414,14 @@ def cmd_index(args) -> int:
     run, split, source = _split_to_encode(args)
     if args.serving_url:
         client = _serving_client(args)
-        from keras_hashing.encoders import index_from_serving
+        from keras_hashing.indexing import index_from_serving
 
         index, skipped, resumed_from = index_from_serving(
             client, split, args.out, source, min(args.batch_size or 32, 64), args.concurrency,
             _verbose(args))
     else:
         from keras_hashing.models.prediction import inference_batch_size
-        from keras_hashing.training.encoding import index_from_run
+        from keras_hashing.indexing import index_from_run
 
         batch_size = inference_batch_size(run.model.image_shape, args.batch_size or 256)
         index, skipped, resumed_from = index_from_run(
@@ -441,12 +447,12 @@ def _check_timeout(seconds) -> None:
 
 
 def _verbose(args):
-    return 0 if getattr(args, "quiet", False) else "auto"
+    return 0 if args.quiet else "auto"
 
 
 def cmd_plot(args) -> int:
-    from keras_hashing.training import plots
-    from keras_hashing.training.runs import metric_rows
+    from keras_hashing import plots
+    from keras_hashing.runs import metric_rows
 
     # runs of other data are refused before anything is drawn
     rows = metric_rows([args.run, *args.runs]) if args.runs else None
@@ -460,6 +466,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_config(args) -> int:
+    from keras_hashing import configfile
     from keras_hashing.training import config
 
     cfg = config.resolve_config(args.config, {"method": args.method, "dataset": args.dataset},
@@ -471,7 +478,7 @@ def cmd_config(args) -> int:
     cfg["params"] = {**cls.default_params, **cfg["params"]}
     source = config.recipe_path(cfg["method"], cfg["dataset"]) if not args.config else args.config
     emit(f"# {cfg['method']} on {cfg['dataset']}; recipe: {source or 'none (defaults)'}")
-    emit(config.dump(cfg).rstrip("\n"))
+    emit(configfile.dump(cfg).rstrip("\n"))
     return 0
 
 
@@ -504,21 +511,13 @@ def cmd_serve(args) -> int:
         raise HashingError(f"--port must be in 1..65535, got {args.port}")
     token = args.token or os.environ.get(service.TOKEN_ENV) or None
     encoder = check_index = None  # without an encoder: codes and database ids only
-    what = f"index {args.index}"
-    # check_index runs at start-up and on every swap of the file
-    if args.serving_url:
-        from keras_hashing.encoders import check_index_matches_served
+    if args.serving_url or args.run:
+        from keras_hashing.indexing import open_encoder
 
-        encoder = _serving_client(args)
-        check_index = functools.partial(check_index_matches_served, client=encoder, what=what)
-    elif args.run:
-        _quiet_tensorflow()
-        from keras_hashing.encoders import KerasEncoder
-        from keras_hashing.training.runs import check_index_matches_run, load_run
-
-        run = load_run(args.run)
-        encoder = KerasEncoder(run.model)
-        check_index = functools.partial(check_index_matches_run, run, what=what)
+        # check_index runs at start-up and on every swap of the file
+        opened = open_encoder(args.run, _serving_client(args) if args.serving_url else None,
+                              f"index {args.index}", verbose=_verbose_startup)
+        encoder, check_index = opened.encoder, opened.check_index
     app = service.create_app(args.index, encoder, token=token, method=args.index_method,
                              check_index=check_index, mmap=args.mmap)
     import uvicorn

@@ -47,9 +47,13 @@ def default_validation(protocol) -> str:
     return "none" if protocol in PROTOCOL_K else "from-train"
 
 
-def protocol_k(protocol) -> int | None:
-    """The k of a protocol's mAP@k (None: mAP@all); None for other protocols."""
-    return PROTOCOL_K.get(protocol)
+def protocol_k(protocol, num_database: int) -> int:
+    """The k of the protocol's mAP@k (``PROTOCOL_K``): the database size
+    for an mAP@all protocol, 1000 for a protocol that names none."""
+    if protocol in PROTOCOL_K:
+        k = PROTOCOL_K[protocol]
+        return num_database if k is None else k
+    return 1000
 
 
 def cifar10_positions(y, is_test, protocol: str, rng, validation="none") -> dict:

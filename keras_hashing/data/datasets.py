@@ -9,14 +9,14 @@ Names:
   does unless ``download=False`` or it is already prepared under ``data_dir``; streamed
   from the prepared files.
 * ``folder:PATH``, ``list:FILE`` (or ``list:DIR`` of DeepHash-pytorch's train.txt,
-  test.txt, database.txt), ``csv:FILE``: a collection on disk (``keras_hashing.data.sources``),
+  test.txt, database.txt), ``csv:FILE``: a collection on disk (``keras_hashing.data.image_files``),
   streamed and decoded batch by batch.
 
 Images are raw pixels: uint8 (H, W, C) in 0..255. The model rescales them, so clients
 send pixels as they are. Labels are class ids (N,) or multi-hot (N, C).
 
 A split (``splits.Split``) is held in memory (``ArraySplit``: digits, Fashion-MNIST) or
-streamed (``sources.FileSplit`` for image files, ``tfds.TfdsSplit`` for TensorFlow
+streamed (``image_files.FileSplit`` for image files, ``tfds.TfdsSplit`` for TensorFlow
 Datasets): all have ``y``, ``len``, ``image_shape``, ``subset(indices)`` and go through
 ``pipeline.make_tf_dataset`` and ``pipeline.inference_dataset``; only labels are held in
 memory for a streamed one.
@@ -41,9 +41,9 @@ import struct
 import numpy as np
 
 from keras_hashing.data import benchmarks
-from keras_hashing.data import sources
+from keras_hashing.data import image_files
 from keras_hashing.data import images
-from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE, FileSplit, load_images
+from keras_hashing.data.image_files import DEFAULT_IMAGE_SIZE, FileSplit, load_images
 from keras_hashing.data.tfds import tfds_splits
 from keras_hashing.data.splits import (VALIDATION_SETTINGS, ArraySplit, DatasetSplits, carve,
                                       stratified_take, take_validation)
@@ -69,7 +69,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_UNSEEN_FOLDS = ((8, 9), (0, 1), (2, 3), (4, 5), (6, 7))
 UNSEEN_PROTOCOLS = ("fmnist-unseen", "fmnist-unseen-all")
 FASHION_MNIST_APT = "apt-get update && apt-get install -y dataset-fashion-mnist"
-IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
+IMAGE_EXTENSIONS = image_files.IMAGE_EXTENSIONS
 PROTOCOLS = {
     "digits": ("digits",),
     "fashion_mnist": ("fmnist", "fmnist-reduced", "fmnist-unseen", "fmnist-unseen-all"),
@@ -82,12 +82,12 @@ PROTOCOLS = {
 
 def dataset_kind(name: str) -> str:
     """The kind of a ``dataset:`` spec: digits, fashion_mnist, tfds, or a collection's
-    (``sources.source_kind``: folder, list, csv); DataError for anything else."""
+    (``image_files.source_kind``: folder, list, csv); DataError for anything else."""
     if name in ("digits", "fashion_mnist"):
         return name
     if name.startswith("tfds:") and len(name) > len("tfds:"):
         return "tfds"
-    kind = sources.source_kind(name)
+    kind = image_files.source_kind(name)
     if kind:
         return kind
     raise DataError(f"unknown dataset {name!r}; use digits, fashion_mnist, tfds:NAME, "
@@ -179,14 +179,14 @@ def _file_splits(name, data_dir, rng, image_size, channels, on_bad_image, valida
         return FileSplit(c.paths, c.labels, size, channels or 3, on_bad_image)
 
     if kind == "list" and os.path.isdir(path):
-        parts = sources.read_deephash_lists(path, data_dir)
+        parts = image_files.read_deephash_lists(path, data_dir)
         train = as_split(parts["train"])
         val_idx, train_idx = take_validation(train.y, rng, validation, fraction=0.1)
         splits = {"query": as_split(parts["query"]), "database": as_split(parts["database"]),
                   "val": train.subset(val_idx), "train": train.subset(train_idx)}
-        collection = sources.concatenate(list(parts.values()))  # every class of the three
+        collection = image_files.concatenate(list(parts.values()))  # every class of the three
     else:
-        collection = sources.read_source(name, data_dir, on_bad_image)
+        collection = image_files.read_source(name, data_dir, on_bad_image)
         whole = as_split(collection)
         _check_class_sizes(whole.y, collection.class_names, path)
         q_idx, db_idx = stratified_take(whole.y, fraction=0.1, rng=rng)
@@ -339,10 +339,10 @@ def load_images_split(spec, image_shape, data_dir=None, on_bad_image="fail") -> 
     Example:
         >>> split = load_images_split("list:photos.txt", (224, 224, 3))  # doctest: +SKIP
     """
-    if sources.source_kind(spec) is None:
+    if image_files.source_kind(spec) is None:
         raise DataError(f"--images takes folder:PATH, list:FILE (or list:DIR) or csv:FILE, "
                         f"got {spec!r}")
-    collection = sources.read_source(spec, data_dir, on_bad_image)
+    collection = image_files.read_source(spec, data_dir, on_bad_image)
     return FileSplit(collection.paths, collection.labels, tuple(image_shape[:2]),
                      int(image_shape[2]), on_bad_image)
 

@@ -10,7 +10,7 @@ import re
 import numpy as np
 
 from keras_hashing.data.benchmarks import CIFAR10_PROTOCOLS, cifar10_positions
-from keras_hashing.data.sources import DEFAULT_IMAGE_SIZE
+from keras_hashing.data.image_files import DEFAULT_IMAGE_SIZE
 from keras_hashing.data.splits import StreamedSplit, take_validation
 from keras_hashing.errors import DataError
 

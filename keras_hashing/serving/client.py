@@ -33,41 +33,15 @@ import urllib.parse
 import numpy as np
 
 from keras_hashing.codes import as_packed
-from keras_hashing.errors import CodeLengthError, HashingError
+from keras_hashing.errors import (BadRequestError, CodeLengthError, HashingError,
+                                  MalformedResponseError, ModelNotFoundError, ServingError,
+                                  ServingTimeoutError, ServingUnavailableError)
 from keras_hashing.pixels import check_pixels
 
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "encode_bytes"
 # answers the sha256 of the run's model.keras that the export was made from
 MODEL_INFO_SIGNATURE = "model_info"
-
-
-class ServingError(HashingError):
-    """An error answered by (or on the way to) TF Serving; ``status`` is the HTTP code."""
-
-    def __init__(self, message, status=None):
-        super().__init__(message)
-        self.status = status
-
-
-class ModelNotFoundError(ServingError):
-    """404: no such model or version is loaded."""
-
-
-class BadRequestError(ServingError):
-    """400: the request does not fit the signature (shape, dtype, names)."""
-
-
-class ServingUnavailableError(ServingError):
-    """5xx or connection refused, still after every retry."""
-
-
-class ServingTimeoutError(ServingError):
-    """No complete answer within the timeout."""
-
-
-class MalformedResponseError(ServingError):
-    """The server answered something that is not TF Serving's JSON."""
 
 
 def check_number(name, value, low, high, low_open=True) -> float:

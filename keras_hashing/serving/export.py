@@ -183,7 +183,7 @@ def _first_missing(path):
 
 def export_run(run_dir, base="saved_models", name=None, version=None) -> str:
     """Export the model of a run directory; metadata carries its dataset and metrics."""
-    from keras_hashing.training.runs import load_run, model_digest
+    from keras_hashing.runs import load_run, model_digest
 
     run = load_run(run_dir)
     name = name or os.path.basename(os.path.normpath(run_dir))

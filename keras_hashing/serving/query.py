@@ -27,7 +27,7 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
     ``rerank`` (an int R >= k, with ``run_path``) re-ranks the Hamming top R by the
     asymmetric score of each query's real-valued code (``HammingIndex.search``).
     """
-    from keras_hashing.data.sources import read_query_images
+    from keras_hashing.data.image_files import read_query_images
     from keras_hashing.search.index import HammingIndex
     from keras_hashing.serving.client import RetrievalClient
 
@@ -43,33 +43,20 @@ def search_images(index_path, images, k=10, run_path=None, serving=None, show=No
         from keras_hashing.fileio import check_output_path, file_starts_with
 
         check_output_path(show, inputs=[index_path, *images], kind=file_starts_with(b"\x89PNG"))
-    if serving is not None:
-        from keras_hashing.encoders import check_index_matches_served
+    from keras_hashing.indexing import open_encoder
 
+    if serving is not None:  # TF Serving decodes and resizes the files itself
         pixels, blobs, names = read_query_images(images)
-        serving.wait_until_available(wait)
-        check_index_matches_served(index, serving, f"index {index_path}")
-        encoder = serving
-    elif run_path:
-        from keras_hashing.startup import quiet_tensorflow
-
-        quiet_tensorflow(verbose)
-        from keras_hashing.encoders import KerasEncoder
-        from keras_hashing.training.runs import check_index_matches_run, load_run
-
-        run = load_run(run_path)
-        check_index_matches_run(run, index, f"index {index_path}")
-        encoder = KerasEncoder(run.model)
-        pixels, blobs, names = read_query_images(images, run.model.image_shape)
-        pixels = check_pixels(pixels, run.model.image_shape)
-    else:
-        raise HashingError("give --run RUN or --serving-url URL --model NAME to encode the "
-                           "query images")
+    opened = open_encoder(run_path, serving, f"index {index_path}", wait=wait, verbose=verbose)
+    opened.check_index(index)
+    if opened.model is not None:
+        pixels, blobs, names = read_query_images(images, opened.model.image_shape)
+        pixels = check_pixels(pixels, opened.model.image_shape)
     if rerank is not None:
-        result = _reranked(index, k, int(rerank), pixels, blobs,
-                           None if serving is not None else run.model, serving)
+        result = _reranked(index, k, int(rerank), pixels, blobs, opened.model, serving)
     else:
-        result = RetrievalClient(encoder, index).query(images=pixels, image_bytes=blobs, k=k)
+        result = RetrievalClient(opened.encoder, index).query(images=pixels, image_bytes=blobs,
+                                                              k=k)
     if show:
         _show(index, result, pixels, names, show)
     rows = []
@@ -104,8 +91,8 @@ def _reranked(index, k, depth, pixels, blobs, model=None, serving=None):
 def _show(index, result, pixels, names, path) -> None:
     """The PNG grid of each query and its neighbours."""
     from keras_hashing.data.datasets import images_of_index
-    from keras_hashing.data.sources import load_images
-    from keras_hashing.training import plots
+    from keras_hashing.data.image_files import load_images
+    from keras_hashing import plots
 
     neighbours, labels, class_names = images_of_index(index, result.ids)
     if pixels is None:  # encoded by TF Serving: decode the queries for the picture

@@ -37,7 +37,7 @@ import numpy as np
 
 from keras_hashing.errors import HashingError, IndexFileError
 from keras_hashing.search.index import HammingIndex
-from keras_hashing.serving.service_api import (INT64_MAX, INT64_MIN, ClientError,
+from keras_hashing.serving.search_request import (INT64_MAX, INT64_MIN, ClientError,
                                                image_size_of)
 from keras_hashing.fileio import open_regular
 
@@ -423,7 +423,7 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
     from starlette.concurrency import run_in_threadpool
 
     from keras_hashing.serving.batching import encode_batcher, search_batcher
-    from keras_hashing.serving.service_api import SearchRequest, search
+    from keras_hashing.serving.search_request import SearchRequest, search
 
     searches = search_batcher()
     encodes = None if encoder is None else encode_batcher(encoder, max_delay=max_delay)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import keras
 
+from keras_hashing.data.pipeline import make_tf_dataset
 from keras_hashing.keras_internals import nested_layers
 
 # A moving average that still holds more than this share of its starting value is stale.
@@ -99,3 +100,15 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
         if layers and recalibrate_batch_norm(self.model, self.batches(), self.max_batches,
                                              layers):
             self.recalibrated_epochs.append(epoch + 1)
+
+
+def recalibration_callback(cfg, splits):
+    """The epoch-end BatchNormalization recalibration of cfg's ``recalibrate_batchnorm``,
+    on un-augmented training batches."""
+    steps = cfg["steps_per_epoch"] or -(-len(splits.train) // cfg["batch_size"])
+
+    def batches():  # shuffled: a folder's files come sorted by class
+        return (images for images, _ in make_tf_dataset(
+            splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"], cache=False))
+
+    return RecalibrateBatchNorm(batches, steps, always=cfg["recalibrate_batchnorm"] is True)

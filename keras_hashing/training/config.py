@@ -15,55 +15,11 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 
 import yaml
 
+from keras_hashing.configfile import load_yaml, parse_yaml
 from keras_hashing.errors import ConfigError
-from keras_hashing.fileio import read_user_file
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-5`` and ``4e-6`` as floats.
-
-    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
-    ``lambda1: 1e-5`` loaded as the string "1e-5" and failed deep in training.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-# A config is a few dozen values. YAML aliases can make a small file expand without
-# bound ("billion laughs": 9 levels of 10 aliases are 10^9 values) or into a cycle, and
-# everything that walks the result (merging, dumping, validating) would run for minutes.
-MAX_CONFIG_VALUES = 100_000
-
-
-def _yaml_load(stream, source="config"):
-    data = yaml.load(stream, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    if expanded_size(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
-        raise ConfigError(f"{source}: expands to more than {MAX_CONFIG_VALUES:,} values "
-                          "through YAML aliases (&anchor / *alias); refused")
-    return data
-
-
-def expanded_size(data, limit: int) -> int:
-    """How many values ``data`` holds once every alias is expanded, counting stops just
-    past ``limit`` (a cycle is unbounded)."""
-    count, stack = 0, [data]
-    while stack and count <= limit:
-        node = stack.pop()
-        count += 1
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, (list, tuple, set)):
-            stack.extend(node)
-    return count
 
 
 # seeds go to numpy's and TensorFlow's generators, which take 32-bit seeds
@@ -160,23 +116,6 @@ def recipe_path(method: str, dataset: str):
     return path if os.path.isfile(path) else None
 
 
-def load_yaml(path) -> dict:
-    """A YAML mapping from ``path``; errors name the file."""
-    def parse(f):
-        try:
-            return _yaml_load(f, str(path))
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ConfigError(f"{path}: not valid YAML ({first})") from None
-
-    data = read_user_file(path, parse, "a YAML config", ConfigError, "r")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of key: value")
-    return data
-
-
 def parse_sets(items) -> dict:
     """``["a=1", "params.beta=0.5"]`` -> ``{"a": 1, "params": {"beta": 0.5}}`` (YAML values)."""
     out: dict = {}
@@ -185,7 +124,7 @@ def parse_sets(items) -> dict:
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            value = _yaml_load(raw) if raw else None
+            value = parse_yaml(raw) if raw else None
         except (yaml.YAMLError, ValueError):  # ValueError: an int past 4,300 digits
             value = raw
         node = out
@@ -392,31 +331,3 @@ def _check_image_settings(cfg: dict) -> None:
                 raise ConfigError(f"{key} applies to image files and tfds: datasets; "
                                   f"{cfg['dataset']}'s images have one size and channel "
                                   f"count: leave {key} out")
-
-
-def dump(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=True, default_flow_style=False)
-
-
-def load_splits(cfg: dict):
-    """The splits (``data.datasets.DatasetSplits``) a resolved config trains and
-    evaluates on."""
-    from keras_hashing.data.datasets import load_dataset
-
-    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
-                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
-                        channels=cfg["channels"], download=cfg.get("download", True),
-                        on_bad_image=cfg.get("on_bad_image", "fail"),
-                        unseen_fold=cfg.get("unseen_fold"),
-                        # a run from before the setting held validation out
-                        validation=cfg.get("validation", "from-train"))
-
-
-def resolved_image_size(cfg: dict):
-    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
-    from keras_hashing.data.sources import source_kind
-    from keras_hashing.models.backbones import application_name
-
-    if cfg["image_size"] or not application_name(cfg["backbone"]):
-        return cfg["image_size"]
-    return [224, 224] if source_kind(cfg["dataset"]) else None

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 from keras_hashing.training.config import resolve_config  # noqa: E402
 from keras_hashing.data.pipeline import make_tf_dataset  # noqa: E402
 from keras_hashing.models.methods.base import gather_global_batch  # noqa: E402
-from keras_hashing.training.config import load_splits  # noqa: E402
+from keras_hashing.runs import load_splits  # noqa: E402
 from keras_hashing.training.fit import build_model  # noqa: E402
 
 STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one per process

@@ -16,8 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from keras_hashing import codes as codes_lib
 from keras_hashing.data.images import SUPPORTED_FORMATS
-from keras_hashing.errors import DataError
-from keras_hashing.serving.client import BadRequestError, ServingError
+from keras_hashing.errors import BadRequestError, DataError, ServingError
 
 MAX_QUERIES = 64
 MAX_K = 1000

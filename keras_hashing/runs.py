@@ -32,6 +32,7 @@ import shutil
 import socket
 
 from keras_hashing import __version__
+from keras_hashing.configfile import dump, load_yaml
 from keras_hashing.errors import RunDirError
 from keras_hashing.fileio import open_regular, read_json, write_json, write_text
 
@@ -117,11 +118,10 @@ def default_run_dir(cfg: dict, base="runs") -> str:
 def config_differences(path, cfg: dict) -> list:
     """The keys (dotted) whose value in the run's config.yaml differs from ``cfg``, other
     than those a resume may change; ["config.yaml"] when the file cannot be read."""
-    from keras_hashing.training import config as config_lib
     from keras_hashing.errors import HashingError
 
     try:
-        started = config_lib.load_yaml(os.path.join(path, CONFIG_FILE))
+        started = load_yaml(os.path.join(path, CONFIG_FILE))
     except HashingError:
         return [CONFIG_FILE]
     return [key for key in _diff(started, cfg) if key.split(".")[0] not in RESUMABLE_CHANGES]
@@ -190,10 +190,8 @@ class RunWriter:
         for name in (STATE_FILE, CONFIG_FILE, LOGS_DIR):
             if not os.path.exists(os.path.join(self.path, name)):
                 self._added.append(name)
-        from keras_hashing.training import config as config_lib
-
         self._write_state("training")
-        write_text(os.path.join(self.path, CONFIG_FILE), config_lib.dump(cfg))
+        write_text(os.path.join(self.path, CONFIG_FILE), dump(cfg))
 
     def _lock(self):
         import fcntl
@@ -292,7 +290,6 @@ def save_run(path, model, cfg: dict, metrics: dict) -> None:
     """Write model.keras, config.yaml and metrics.json, each atomically."""
     import numpy as np
 
-    from keras_hashing.training import config as config_lib
     from keras_hashing.fileio import atomic_path
 
     for weight in model.weights:
@@ -301,7 +298,7 @@ def save_run(path, model, cfg: dict, metrics: dict) -> None:
                               "run is not saved (lower the learning rate)")
     with atomic_path(os.path.join(path, MODEL_FILE), suffix=".keras") as tmp:
         model.save(tmp)
-    write_text(os.path.join(path, CONFIG_FILE), config_lib.dump(cfg))
+    write_text(os.path.join(path, CONFIG_FILE), dump(cfg))
     write_json(os.path.join(path, METRICS_FILE), metrics)
 
 
@@ -415,7 +412,6 @@ def load_run(path, need_metrics=False) -> Run:
     """
     import keras
 
-    from keras_hashing.training import config as config_lib
     from keras_hashing.models.methods import get_method
 
     path = os.fspath(path)
@@ -429,7 +425,7 @@ def load_run(path, need_metrics=False) -> Run:
     model_path = os.path.join(path, MODEL_FILE)
     if kind != "finished" or not os.path.isfile(model_path):
         raise RunDirError(f"{path} has no {MODEL_FILE}; is it a finished keras-hashing run?")
-    cfg = config_lib.load_yaml(os.path.join(path, CONFIG_FILE))
+    cfg = load_yaml(os.path.join(path, CONFIG_FILE))
     try:
         get_method(cfg.get("method", "ssdh"))  # registers the class before loading
         model = keras.saving.load_model(model_path)
@@ -486,7 +482,6 @@ def load_run_with_splits(path, dataset=None, data_dir=None, protocol=None):
     shape the model takes. ``protocol``: the run's dataset split by another protocol that
     trains on the same images (fmnist-unseen's model judged by fmnist-unseen-all), so
     one trained model is scored under both without training twice."""
-    from keras_hashing.training.config import load_splits
     from keras_hashing.errors import DataError
 
     run = load_run(path)
@@ -576,3 +571,27 @@ def metric_rows(paths, metric="map_all") -> list:
         raise RunDirError(f"the runs were trained on different data ({groups}); their mAP "
                           "is not comparable: plot each group separately")
     return rows
+
+
+def load_splits(cfg: dict):
+    """The splits (``data.datasets.DatasetSplits``) a resolved config trains and
+    evaluates on."""
+    from keras_hashing.data.datasets import load_dataset
+
+    return load_dataset(cfg["dataset"], protocol=cfg["protocol"], data_dir=cfg["data_dir"],
+                        seed=cfg["seed"], image_size=resolved_image_size(cfg),
+                        channels=cfg["channels"], download=cfg.get("download", True),
+                        on_bad_image=cfg.get("on_bad_image", "fail"),
+                        unseen_fold=cfg.get("unseen_fold"),
+                        # a run from before the setting held validation out
+                        validation=cfg.get("validation", "from-train"))
+
+
+def resolved_image_size(cfg: dict):
+    """cfg's image_size; for image files under an ImageNet backbone, 224 x 224."""
+    from keras_hashing.data.image_files import source_kind
+    from keras_hashing.models.backbones import application_name
+
+    if cfg["image_size"] or not application_name(cfg["backbone"]):
+        return cfg["image_size"]
+    return [224, 224] if source_kind(cfg["dataset"]) else None

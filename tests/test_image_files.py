@@ -13,9 +13,9 @@ from keras_hashing.data import datasets as data
 from keras_hashing.data import tfds as tfds_data
 from keras_hashing.data import pipeline
 from keras_hashing.data import images
-from keras_hashing.data import sources
+from keras_hashing.data import image_files
 
-from keras_hashing import encoders as streaming
+from keras_hashing import indexing
 from keras_hashing.models import prediction
 from keras_hashing.training.config import resolve_config
 from keras_hashing.errors import DataError, IndexFileError
@@ -50,15 +50,15 @@ def collection(tmp_path_factory):
 # -- parsing ------------------------------------------------------------------------------
 def test_list_file_multi_hot_one_hot_ids_and_names(tmp_path):
     (tmp_path / "multi.txt").write_text("a.jpg 1 0 1\nsub/b.jpg 0 1 0\n")
-    c = sources.read_list_file(str(tmp_path / "multi.txt"))
+    c = image_files.read_list_file(str(tmp_path / "multi.txt"))
     assert c.multi_label and c.labels.tolist() == [[1, 0, 1], [0, 1, 0]]
     assert c.paths.tolist() == [str(tmp_path / "a.jpg"), str(tmp_path / "sub/b.jpg")]
     (tmp_path / "onehot.txt").write_text("a.jpg 0 0 1\nb.jpg 1 0 0\n")
-    c = sources.read_list_file(str(tmp_path / "onehot.txt"), data_dir="/data")
+    c = image_files.read_list_file(str(tmp_path / "onehot.txt"), data_dir="/data")
     assert not c.multi_label and c.labels.tolist() == [2, 0]  # one-hot rows are classes
     assert c.paths.tolist() == ["/data/a.jpg", "/data/b.jpg"]  # --data-dir wins
     (tmp_path / "names.txt").write_text("a.jpg cat\n/abs/b.jpg dog\n# comment\nc.jpg cat\n")
-    c = sources.read_list_file(str(tmp_path / "names.txt"))
+    c = image_files.read_list_file(str(tmp_path / "names.txt"))
     assert c.labels.tolist() == [0, 1, 0] and c.class_names == ["cat", "dog"]
     assert c.paths[1] == "/abs/b.jpg"
 
@@ -72,19 +72,19 @@ def test_list_file_multi_hot_one_hot_ids_and_names(tmp_path):
 def test_bad_list_files_say_what_and_where(tmp_path, text, message):
     (tmp_path / "l.txt").write_text(text)
     with pytest.raises(DataError, match=message):
-        sources.read_list_file(str(tmp_path / "l.txt"))
+        image_files.read_list_file(str(tmp_path / "l.txt"))
 
 
 def test_csv_with_single_and_multi_labels(tmp_path):
     (tmp_path / "a.csv").write_text("Path,Labels\nx.jpg,beach|sea\ny.jpg,sea\nz.jpg,city\n")
-    c = sources.read_csv_file(str(tmp_path / "a.csv"))
+    c = image_files.read_csv_file(str(tmp_path / "a.csv"))
     assert c.class_names == ["beach", "city", "sea"]
     assert c.labels.tolist() == [[1, 0, 1], [0, 0, 1], [0, 1, 0]]
     (tmp_path / "b.csv").write_text("image,class\nx.jpg,3\ny.jpg,1\n")
-    assert sources.read_csv_file(str(tmp_path / "b.csv")).labels.tolist() == [3, 1]
+    assert image_files.read_csv_file(str(tmp_path / "b.csv")).labels.tolist() == [3, 1]
     (tmp_path / "c.csv").write_text("name,label\nx.jpg,1\n")
     with pytest.raises(DataError, match="no path column"):
-        sources.read_csv_file(str(tmp_path / "c.csv"))
+        image_files.read_csv_file(str(tmp_path / "c.csv"))
 
 
 def test_deephash_list_folder_gives_train_query_database(tmp_path, collection):
@@ -107,13 +107,13 @@ def test_deephash_lists_of_class_names_share_one_id_per_name(tmp_path):
     (tmp_path / "train.txt").write_text("a.jpg cat\nb.jpg dog\nc.jpg emu\n")
     (tmp_path / "test.txt").write_text("d.jpg emu\n")  # alone it would be class 0
     (tmp_path / "database.txt").write_text("e.jpg dog\nf.jpg emu\n")
-    parts = sources.read_deephash_lists(str(tmp_path))
+    parts = image_files.read_deephash_lists(str(tmp_path))
     assert parts["query"].labels.tolist() == [2]
     assert parts["database"].labels.tolist() == [1, 2]
     assert parts["train"].class_names == ["cat", "dog", "emu"]
     (tmp_path / "test.txt").write_text("d.jpg 2\n")
     with pytest.raises(DataError, match="by class name, others by id"):
-        sources.read_deephash_lists(str(tmp_path))
+        image_files.read_deephash_lists(str(tmp_path))
 
 
 # -- streaming ----------------------------------------------------------------------------
@@ -127,8 +127,8 @@ def test_file_pipeline_decodes_every_image_with_its_label(tmp_path):
         path = tmp_path / "ab"[i % 2] / f"{i}.png"
         Image.fromarray(img).save(path)
         expected[str(path)] = (img, i % 2)
-    c = sources.read_folder(str(tmp_path))
-    split = sources.FileSplit(c.paths, c.labels, (12, 12), 3)
+    c = image_files.read_folder(str(tmp_path))
+    split = image_files.FileSplit(c.paths, c.labels, (12, 12), 3)
     batches = list(pipeline.make_tf_dataset(split, 4, shuffle=True, seed=3))
     assert [len(x) for x, _ in batches] == [4, 2]
     images = np.concatenate([x.numpy() for x, _ in batches])
@@ -148,8 +148,8 @@ def test_bad_images_fail_by_name_or_are_skipped_with_a_report(tmp_path, capfd):
     good = (tmp_path / "a" / "0.jpg").read_bytes()
     (tmp_path / "a" / "1.jpg").write_bytes(good[:len(good) // 3])  # truncated
     (tmp_path / "b" / "2.jpg").write_bytes(b"not a jpeg")
-    c = sources.read_folder(str(tmp_path))
-    split = sources.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="fail")
+    c = image_files.read_folder(str(tmp_path))
+    split = image_files.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="fail")
     with pytest.raises(DataError, match=r"a/1\.jpg: cannot read image"):
         prediction.predict_split(_tiny_model(), split)
     import tensorflow as tf
@@ -157,7 +157,7 @@ def test_bad_images_fail_by_name_or_are_skipped_with_a_report(tmp_path, capfd):
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
         list(pipeline.make_tf_dataset(split, 6))
     assert "a/1.jpg" in str(images.bad_image_error(caught.value))
-    skip = sources.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="skip")
+    skip = image_files.FileSplit(c.paths, c.labels, (8, 8), 3, on_bad_image="skip")
     seen = sum(len(x) for x, _ in pipeline.make_tf_dataset(skip, 6))
     assert seen == 4
     assert "a/1.jpg" in capfd.readouterr().err
@@ -233,7 +233,7 @@ def test_index_build_over_images_keeps_paths_and_labels(tmp_path, photo_run, col
     np.testing.assert_array_equal(index.codes, model_codes)
     assert not os.path.exists(str(out) + ".partial")
     # a query read from one of the files gets exactly the code the index holds for it
-    query = sources.load_images([index.paths[7]], (16, 16), 3)
+    query = image_files.load_images([index.paths[7]], (16, 16), 3)
     np.testing.assert_array_equal(photo_run.model.encode(query)[0], index.codes[7])
 
 
@@ -243,26 +243,26 @@ def test_interrupted_index_build_resumes_to_the_same_file(tmp_path, photo_run, c
     split = data.load_images_split(f"folder:{collection / 'folder'}", (16, 16, 3))
     fingerprint = {"run": photo_run.path, "count": len(split)}
     clean = tmp_path / "clean.khi"
-    streaming.build_index(split, str(clean), 16,
-                          streaming.model_batches(photo_run.model, split, 4), fingerprint, {})
+    indexing.build_index(split, str(clean), 16,
+                          indexing.model_batches(photo_run.model, split, 4), fingerprint, {})
 
     def dying_batches(start):  # killed after two batches
-        for i, batch in enumerate(streaming.model_batches(photo_run.model, split, 4)(start)):
+        for i, batch in enumerate(indexing.model_batches(photo_run.model, split, 4)(start)):
             if i == 2:
                 raise KeyboardInterrupt
             yield batch
 
     out = tmp_path / "resumed.khi"
     with pytest.raises(KeyboardInterrupt):
-        streaming.build_index(split, str(out), 16, dying_batches, fingerprint, {})
+        indexing.build_index(split, str(out), 16, dying_batches, fingerprint, {})
     assert not out.exists() and os.path.isdir(str(out) + ".partial")
     # a kill between a data write and its checkpoint leaves bytes past the state
     with open(os.path.join(str(out) + ".partial", "codes.bin"), "ab") as f:
         f.write(b"\x07" * 5)
     with pytest.raises(IndexFileError, match="other inputs"):
-        streaming.build_index(split, str(out), 16, dying_batches, {"other": 1}, {})
-    _, _, resumed_from = streaming.build_index(
-        split, str(out), 16, streaming.model_batches(photo_run.model, split, 4), fingerprint, {})
+        indexing.build_index(split, str(out), 16, dying_batches, {"other": 1}, {})
+    _, _, resumed_from = indexing.build_index(
+        split, str(out), 16, indexing.model_batches(photo_run.model, split, 4), fingerprint, {})
     assert resumed_from == 8
     a, b = HammingIndex.load(clean), HammingIndex.load(out)
     np.testing.assert_array_equal(a.codes, b.codes)
@@ -278,7 +278,7 @@ def test_a_resumed_index_build_refuses_a_changed_file_list(tmp_path, photo_run, 
 
     folder = tmp_path / "folder"
     shutil.copytree(collection / "folder", folder)
-    model_batches = streaming.model_batches
+    model_batches = indexing.model_batches
 
     def dying(model, split, batch_size=256, verbose=0):
         def batches(start):
@@ -290,10 +290,10 @@ def test_a_resumed_index_build_refuses_a_changed_file_list(tmp_path, photo_run, 
 
     out = tmp_path / "i.khi"
     spec = f"folder:{folder}"
-    monkeypatch.setattr(streaming, "model_batches", dying)
+    monkeypatch.setattr(indexing, "model_batches", dying)
     assert cli.main(["index", "build", "--run", photo_run.path, "--images", spec,
                      "--out", str(out), "--quiet"]) == 130  # as Ctrl-C
-    monkeypatch.setattr(streaming, "model_batches", model_batches)
+    monkeypatch.setattr(indexing, "model_batches", model_batches)
     (folder / "blue" / "0.jpg").rename(folder / "green" / "moved.jpg")
     assert cli.main(["index", "build", "--run", photo_run.path, "--images", spec,
                      "--out", str(out), "--quiet"]) == 2
@@ -588,7 +588,7 @@ def test_tfds_offline_download_names_the_url_and_the_way_out(monkeypatch):
 BOMB_CHECK = r"""
 import os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-from keras_hashing.data.sources import load_images
+from keras_hashing.data.image_files import load_images
 from keras_hashing.errors import DataError
 load_images([sys.argv[2]], (8, 8), 1)  # TensorFlow warmed up on a normal image
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
