@@ -13,7 +13,12 @@ alternate run by run, and a ratio is the median of the per-round ratios):
 4. multi-index hashing: radius-2 search and exact 10-NN vs our linear scan, on uniform
    codes and on skewed "learned-like" codes, with the MIH tables' extra memory;
 5. the SSDH paper's headline: per-comparison time and memory of 64-bit Hamming codes
-   against 4096-d float32 Euclidean search (faiss IndexFlatL2 and numpy BLAS).
+   against 4096-d float32 Euclidean search (faiss IndexFlatL2 and numpy BLAS);
+6. cold start (``--only cold``): one search in a new process whose kernel cache is empty
+   (a new machine) and in the next one, and ``keras-hashing search`` end to end, both.
+
+The scan runs on the kernel ``KH_SEARCH_KERNEL`` selects (the compiled one by default);
+run with ``KH_SEARCH_KERNEL=numpy`` for the numpy scan's figures.
 
 Learned-like codes: 10 cluster centres with 6% of bits flipped per code (the shape of a
 trained model's codes: a few dense regions); ``--codes-from RUN`` uses a trained run's
@@ -44,7 +49,7 @@ from keras_hashing.search import mih, scan  # noqa: E402
 from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
 from keras_hashing.fileio import read_json, write_json  # noqa: E402
 
-SECTIONS = ("exhaustive", "passes", "latency", "mih", "headline")
+SECTIONS = ("exhaustive", "passes", "latency", "mih", "headline", "cold")
 
 
 def median_time(fn, repeats):
@@ -291,6 +296,63 @@ def bench_headline(rng, n, nq, repeats, faiss):
     return row
 
 
+SEARCH_IN_A_NEW_PROCESS = """
+import sys, time, numpy as np
+t = time.perf_counter()
+from keras_hashing.search import scan
+db = scan.Database(np.random.default_rng(0).integers(0, 256, ({n}, 8), dtype=np.uint8), 64)
+imported = time.perf_counter()
+scan.top_k(db, db.codes[:1], 10)
+print(imported - t, time.perf_counter() - imported)
+"""
+
+
+def bench_cold_start(n, rounds=3):
+    """Seconds of one search in a new process: with an empty kernel cache (a new
+    machine: numba compiles) and with the cache the first one wrote; and the same for
+    ``keras-hashing search`` end to end (TensorFlow's import and a digits model's
+    encoding included), median of ``rounds``."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="kh-cold-")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    code = SEARCH_IN_A_NEW_PROCESS.format(n=min(n, 100_000))
+    cli = [sys.executable, "-m", "keras_hashing"]
+    run, index = os.path.join(work, "run"), os.path.join(work, "d.khi")
+    subprocess.run(cli + ["fit", "--epochs", "1", "--bits", "64", "--out", run, "--quiet"],
+                   env=env, check=True, capture_output=True)
+    subprocess.run(cli + ["index", "build", "--run", run, "--out", index, "--quiet"],
+                   env=env, check=True, capture_output=True)
+    query = os.path.join(work, "q.png")
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(query)
+    search = cli + ["search", "--run", run, "--index", index, "--images", query, "-k", "10"]
+    rows = {}
+    for name, first_cache in (("first (empty cache)", True), ("later (cached)", False)):
+        scan_s, total_s = [], []
+        for _ in range(rounds):
+            cache = os.path.join(work, "numba-cache")
+            if first_cache:
+                shutil.rmtree(cache, ignore_errors=True)
+            env["NUMBA_CACHE_DIR"] = cache
+            out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            scan_s.append(float(out[1]))
+            if first_cache:
+                shutil.rmtree(cache, ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run(search, env=env, check=True, capture_output=True)
+            total_s.append(time.perf_counter() - start)
+        rows[name] = {"first_search_s": round(statistics.median(scan_s), 3),
+                      "keras_hashing_search_s": round(statistics.median(total_s), 2)}
+        print(f"cold start, {name}: first search {rows[name]['first_search_s']} s, "
+              f"keras-hashing search {rows[name]['keras_hashing_search_s']} s", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,6 +364,7 @@ def main(argv=None) -> int:
     p.add_argument("--codes-from", help="a trained run directory for real learned codes")
     p.add_argument("--only", choices=SECTIONS, action="append")
     p.add_argument("--quick", action="store_true", help="100k codes, 200 queries, 1 repeat")
+    p.add_argument("--bits", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     try:
@@ -312,21 +375,26 @@ def main(argv=None) -> int:
         args.n, args.queries, args.repeats, args.headline_n = 100_000, 200, 1, 5_000
     only = set(args.only or SECTIONS)
     rng = np.random.default_rng(0)
+    from keras_hashing.search import kernel
+
     results = {"machine": machine(), "command": " ".join(["python"] + sys.argv),
-               "numpy": np.__version__, "faiss": faiss.__version__}
+               "numpy": np.__version__, "faiss": faiss.__version__,
+               "kernel": kernel.kernel_name()}
     if "exhaustive" in only:
-        results["exhaustive"] = bench_exhaustive(rng, args.n, args.queries, args.k, (64, 256),
+        results["exhaustive"] = bench_exhaustive(rng, args.n, args.queries, args.k, args.bits,
                                                  (1, 2), args.repeats, faiss)
     if "passes" in only:
         results["passes"] = bench_passes(rng, args.n, min(args.queries, 256), args.k,
                                          (64, 256), args.repeats, faiss)
     if "latency" in only:
-        results["latency"] = bench_latency(rng, args.n, (64, 256), (1, 2), faiss)
+        results["latency"] = bench_latency(rng, args.n, args.bits, (1, 2), faiss)
     if "mih" in only:
         results["mih"] = bench_mih(rng, args.n, args.queries, args.repeats, args.codes_from)
     if "headline" in only:
         results["headline"] = bench_headline(rng, args.headline_n, min(args.queries, 200),
                                              args.repeats, faiss)
+    if "cold" in only:
+        results["cold"] = bench_cold_start(args.n)
     if args.out:
         write_json(args.out, merged_with_file(args.out, results, args.only))
     print(json.dumps(results, indent=1))

@@ -1,4 +1,5 @@
-"""Exhaustive Hamming scans over packed codes, blocked and threaded (numpy only).
+"""Exhaustive Hamming scans over packed codes, blocked and threaded (numpy, or the
+compiled kernel of ``kernel``).
 
 The kernel behind ``HammingIndex.search``: queries are taken a block at a time (tens),
 the database a block at a time (thousands of codes, so one block of XOR/popcount results
@@ -8,7 +9,7 @@ position, and blocks are visited in position order). Survivors are picked with
 ``np.nonzero`` and the pool is re-ranked only when it has grown, so almost all the time
 is spent in three vectorised passes (XOR, popcount, compare) over the database.
 
-Query blocks run on a thread pool: numpy's ufuncs release the GIL.
+Query blocks run on a thread pool: numpy's ufuncs (and the compiled kernel) release the GIL.
 
 Results equal a full sort by (distance, position): exact distances, ties by position.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from keras_hashing.codes import word_columns
 from keras_hashing.errors import HashingError
+from keras_hashing.search import kernel
 
 MAX_THREADS = 256
 
@@ -42,6 +44,9 @@ DB_BLOCK = 8192
 QUERY_BLOCK = 32
 # Codes of the first block whose k-th distance sets each query's first cut-off.
 FIRST_CUT_SAMPLE = 4096
+# Codes a compiled scan of a memory-mapped index converts to words at a time (8 MiB a
+# word): the memory of a scan stays bounded whatever the index's size.
+MAPPED_CHUNK = 1 << 20
 
 
 def block_width(queries: int) -> int:
@@ -105,6 +110,18 @@ class Database:
         if self.words is not None:
             return self.words[:, start:stop]
         return word_columns(np.asarray(self.codes[start:stop]), self.bits)
+
+    def word_chunks(self, start=0, stop=None):
+        """(words, first, last, offset) covering codes start:stop for the compiled
+        kernel: the whole in-memory array with the range, or each MAPPED_CHUNK of a
+        memory-mapped index converted on its own (positions offset + index)."""
+        stop = self.n if stop is None else stop
+        if self.words is not None:
+            yield self.words, start, stop, 0
+            return
+        for first in range(start, stop, MAPPED_CHUNK):
+            last = min(stop, first + MAPPED_CHUNK)
+            yield self.words_block(first, last), 0, last - first, first
 
 
 class FlatScan:
@@ -239,9 +256,9 @@ def query_words(queries: np.ndarray, nwords: int) -> np.ndarray:
 def top_k(db: Database, queries, k: int, threads=None):
     """The k nearest codes of every query: (distances int32 (Q, k'), positions (Q, k')).
 
-    k' = min(k, N); equal distances are ordered by position. Threads take query blocks
-    (a single query runs on one thread: splitting the database between threads was
-    slower for one query at 64 and 256 bits, measured).
+    k' = min(k, N); equal distances are ordered by position. Threads take query blocks;
+    with the compiled kernel (``kernel``), a few queries split the database between the
+    threads instead (one query then runs on every core).
     """
     queries = np.asarray(queries, np.uint8)
     nq = queries.shape[0]
@@ -250,6 +267,8 @@ def top_k(db: Database, queries, k: int, threads=None):
         return np.zeros((nq, k), np.int32), np.zeros((nq, k), np.int64)
     qw = query_words(queries, db.nwords)
     threads = default_threads() if threads is None else max(1, int(threads))
+    if kernel.enabled():
+        return _compiled_top_k(db, qw, k, threads)
     blocks = query_blocks(nq, threads)
     out_d = np.empty((nq, k), np.int32)
     out_p = np.empty((nq, k), np.int64)
@@ -258,12 +277,39 @@ def top_k(db: Database, queries, k: int, threads=None):
         s, e = bounds
         out_d[s:e], out_p[s:e] = _top_k_block(db, qw[:, s:e], k)
 
-    if threads == 1 or len(blocks) == 1:
-        for b in blocks:
-            work(b)
-    else:
-        list(thread_pool(min(threads, len(blocks))).map(work, blocks))
+    _run(work, blocks, threads)
     return out_d, out_p
+
+
+def _run(work, parts, threads) -> list:
+    """work(part) for every part, on the thread pool when there are several."""
+    if threads == 1 or len(parts) == 1:
+        return [work(p) for p in parts]
+    return list(thread_pool(min(threads, len(parts))).map(work, parts))
+
+
+def _compiled_top_k(db: Database, qw, k: int, threads: int):
+    nq = qw.shape[1]
+
+    def scan_codes(queries, start, stop):
+        state = kernel.TopKState(queries[1] - queries[0], min(k, stop - start), db.bits)
+        for words, first, last, offset in db.word_chunks(start, stop):
+            state.scan(qw[:, queries[0]:queries[1]], words, first, last, offset)
+        return state.result()
+
+    if threads == 1 or nq > QUERY_BLOCK or nq * db.n * db.nwords < kernel.MIN_SPLIT_WORDS:
+        out = _run(lambda b: scan_codes(b, 0, db.n), query_blocks(nq, threads), threads)
+        return np.concatenate([d for d, _ in out]), np.concatenate([p for _, p in out])
+    # A few queries (one query block): each thread scans a share of the database for all
+    # of them, so the database is read once, not once a thread; each share's top k
+    # holds the share's part of the overall top k.
+    bounds = np.linspace(0, db.n, threads + 1).round().astype(int)
+    shares = _run(lambda i: scan_codes((0, nq), int(bounds[i]), int(bounds[i + 1])),
+                  list(range(threads)), threads)
+    d = np.concatenate([s[0] for s in shares], axis=1)
+    p = np.concatenate([s[1] for s in shares], axis=1)
+    order = np.lexsort((p, d), axis=1)[:, :k]  # by distance, then position
+    return np.take_along_axis(d, order, 1), np.take_along_axis(p, order, 1)
 
 
 def within_radius(db: Database, queries, radius: int, threads=None):
@@ -275,6 +321,19 @@ def within_radius(db: Database, queries, radius: int, threads=None):
     threads = default_threads() if threads is None else max(1, int(threads))
     blocks = query_blocks(nq, threads)
     width = db.bits + 1
+
+    def compiled(bounds):
+        s, e = bounds
+        parts = [kernel.within_radius_words(qw[:, s:e], words, radius, db.bits, offset)
+                 for words, _, _, offset in db.word_chunks()]
+        if len(parts) == 1:
+            return parts[0]
+        # chunks in position order: a stable sort on (query, distance) orders them all
+        rows = np.concatenate([np.repeat(np.arange(e - s), c) for c, _, _ in parts])
+        dist = np.concatenate([d for _, d, _ in parts])
+        order = np.argsort(rows * width + dist, kind="stable")
+        return (sum(c for c, _, _ in parts), dist[order],
+                np.concatenate([p for _, _, p in parts])[order])
 
     def work(bounds):
         s, e = bounds
@@ -299,10 +358,7 @@ def within_radius(db: Database, queries, radius: int, threads=None):
 
     if db.n == 0 or nq == 0:
         return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
-    if threads == 1 or len(blocks) == 1:
-        results = [work(b) for b in blocks]
-    else:
-        results = list(thread_pool(min(threads, len(blocks))).map(work, blocks))
+    results = _run(compiled if kernel.enabled() else work, blocks, threads)
     counts = np.concatenate([r[0] for r in results])
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return (lims, np.concatenate([r[1] for r in results]).astype(np.int32),
