@@ -70,8 +70,8 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
 
     Shuffled or augmented, each pass over the dataset is one epoch, counted from
     ``first_epoch``, and everything random in it is drawn from (``seed``, epoch): the
-    order (``splits.EpochOrder``; a TFDS split, read in file order, is shuffled through a
-    buffer seeded the same way) and each batch's augmentation (seeded by its step in the
+    order (``splits.EpochOrder``; a TFDS split, read in file order, is shuffled a window
+    at a time, seeded the same way) and each batch's augmentation (seeded by its step in the
     epoch). Epoch e is the same whether it follows epoch e - 1 in this process or a
     resume after epoch e - 1.
 

@@ -14,8 +14,8 @@ from keras_hashing.data.image_files import DEFAULT_IMAGE_SIZE
 from keras_hashing.data.splits import StreamedSplit, take_validation
 from keras_hashing.errors import DataError
 
-# decoded examples a TFDS split is shuffled through (its records are read in file order)
-TFDS_SHUFFLE_BUFFER = 10_000
+# decoded examples a TFDS split is shuffled among (its records are read in file order)
+TFDS_SHUFFLE_WINDOW = 10_000
 
 
 @dataclasses.dataclass
@@ -42,14 +42,28 @@ class TfdsSplit(StreamedSplit):
         return _tfds_examples(self).map(lambda x, y: (x, True))
 
     def examples(self, shuffle=False, seed=0, epoch=0):
-        import tensorflow as tf
-
         ds = _tfds_examples(self, with_index=True)
-        if shuffle:  # read in file order, shuffled through a buffer seeded by the epoch
-            epoch_seed = tf.cast(epoch, tf.int64) * 2**32 + int(seed)
-            ds = ds.shuffle(min(len(self), TFDS_SHUFFLE_BUFFER), seed=epoch_seed,
-                            reshuffle_each_iteration=False)
+        if shuffle:  # read in file order: shuffled a window at a time
+            ds = _window_shuffled(ds, seed, epoch, min(len(self), TFDS_SHUFFLE_WINDOW))
         return ds
+
+
+def _window_shuffled(ds, seed, epoch, window):
+    """``ds`` shuffled within consecutive windows of ``window`` examples, each window by
+    a permutation drawn from (seed, epoch, window number) alone: a resume after epoch e
+    shuffles epoch e + 1 as the uninterrupted run did. (``Dataset.shuffle`` takes no
+    seed that changes with the epoch inside a pipeline.)"""
+    import tensorflow as tf
+
+    def shuffled(number, batch):
+        key = tf.constant([int(seed), 0], tf.int64)
+        for data in (epoch, number):
+            key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(batch[0])[0]),
+                                                         seed=key)
+        return tuple(tf.gather(part, order) for part in batch)
+
+    return ds.batch(window).enumerate().map(shuffled).unbatch()
 
 
 def tfds_splits(tfds_name, data_dir, rng, image_size, channels, download,
