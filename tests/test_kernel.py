@@ -25,6 +25,7 @@ def _codes(rng, n, bits, distinct=None):
 
 
 def _both(monkeypatch, fn):
+    monkeypatch.setattr(kernel, "MIN_KERNEL_WORK", 0)  # compiled however small the scan
     monkeypatch.setenv("KH_SEARCH_KERNEL", "numpy")
     reference = fn()
     monkeypatch.setenv("KH_SEARCH_KERNEL", "numba")
@@ -67,6 +68,19 @@ def test_compiled_radius_search_is_the_numpy_scans(monkeypatch, bits):
                     np.testing.assert_array_equal(a, b)
 
 
+def test_a_small_one_off_scan_stays_on_numpy_and_a_loaded_kernel_takes_every_scan():
+    code = ("import sys, numpy as np\n"
+            "from keras_hashing.search import kernel, scan\n"
+            "db = scan.Database(np.zeros((1000, 8), np.uint8), 64)\n"
+            "scan.top_k(db, np.zeros((3, 8), np.uint8), 5)\n"
+            "small = 'numba' in sys.modules\n"
+            "kernel.load()\n"
+            "print(small, kernel.use_for(1))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "KH_SEARCH_KERNEL": ""})
+    assert out.stdout.split() == ["False", "True"]
+
+
 def test_the_kernel_setting_is_checked_and_numpy_turns_it_off(monkeypatch):
     monkeypatch.setenv("KH_SEARCH_KERNEL", "fast")
     with pytest.raises(HashingError, match="KH_SEARCH_KERNEL must be one of numba, numpy"):
@@ -81,6 +95,7 @@ SEARCH_ONCE = """
 import json, time, numpy as np
 t = time.perf_counter()
 from keras_hashing.search import kernel, kernel_numba, scan
+kernel.MIN_KERNEL_WORK = 0
 db = scan.Database(np.zeros((100, 8), np.uint8), 64)
 scan.top_k(db, np.zeros((1, 8), np.uint8), 5, threads=1)
 scan.within_radius(db, np.zeros((1, 8), np.uint8), 2, threads=1)

@@ -12,7 +12,8 @@ Compiled functions are cached on disk (numba's ``cache=True``): ``NUMBA_CACHE_DI
 set, else the package's ``__pycache__`` when writable, else ``~/.cache/numba``; a new
 process loads them instead of compiling (``cache_location`` says where).
 
-``KH_SEARCH_KERNEL=numpy`` turns the kernel off; without numba it is off.
+``KH_SEARCH_KERNEL=numpy`` turns the kernel off; without numba it is off. A process
+loads it on its first scan big enough to pay for loading (``use_for``).
 
 Example:
     >>> import numpy as np
@@ -25,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 
 import numpy as np
@@ -32,6 +34,9 @@ import numpy as np
 from keras_hashing.errors import HashingError
 
 KERNELS = ("numba", "numpy")
+# Scan work (queries x codes x 64-bit words) from which a process loads the kernel: the
+# numpy scan takes about 1 ns per unit of it, so loading (0.7 s) then pays for itself.
+MIN_KERNEL_WORK = 1 << 28
 # Queries x 64-bit words of codes below which a few queries are not split across the
 # threads: measured on the 2-core EPYC, one query over 1M x 64-bit codes (1M) takes
 # 0.24 ms on one thread and 0.35 ms split in two (the hand-over costs more than it
@@ -40,13 +45,14 @@ MIN_SPLIT_WORDS = 4 << 20
 
 
 def kernel_name() -> str:
-    """``KH_SEARCH_KERNEL`` ("numba" or "numpy"); by default numba where it imports."""
+    """``KH_SEARCH_KERNEL`` ("numba" or "numpy"); by default numba where it is installed.
+    Finding out imports nothing."""
     env = os.environ.get("KH_SEARCH_KERNEL", "").strip().lower()
     if env and env not in KERNELS:
         raise HashingError(f"KH_SEARCH_KERNEL must be one of {', '.join(KERNELS)}, got {env!r}")
     if env == "numpy":
         return "numpy"
-    if _compiled() is None:
+    if importlib.util.find_spec("numba") is None:
         if env == "numba":
             raise HashingError("KH_SEARCH_KERNEL=numba but numba is not installed "
                                "(pip install numba)")
@@ -56,6 +62,21 @@ def kernel_name() -> str:
 
 def enabled() -> bool:
     return kernel_name() == "numba"
+
+
+def use_for(work: int) -> bool:
+    """Whether a scan of ``work`` (queries x codes x 64-bit words) runs compiled: the
+    kernel is on, and it is loaded already or the scan is big enough to pay for loading
+    it (numba's import and the cached kernels, about 0.7 s here). A one-off search of a
+    few queries in a new process (the CLI's ``search``) stays on numpy, whose answer is
+    the same; ``serve`` loads the kernel at start-up (``load``)."""
+    return enabled() and (_compiled.cache_info().currsize > 0 or work >= MIN_KERNEL_WORK)
+
+
+def load() -> bool:
+    """Load (or compile, once per machine) the kernels now, where they are on; whether
+    they are."""
+    return enabled() and _compiled() is not None
 
 
 def cache_location() -> str:

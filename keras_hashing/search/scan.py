@@ -267,7 +267,7 @@ def top_k(db: Database, queries, k: int, threads=None):
         return np.zeros((nq, k), np.int32), np.zeros((nq, k), np.int64)
     qw = query_words(queries, db.nwords)
     threads = default_threads() if threads is None else max(1, int(threads))
-    if kernel.enabled():
+    if kernel.use_for(nq * db.n * db.nwords):
         return _compiled_top_k(db, qw, k, threads)
     blocks = query_blocks(nq, threads)
     out_d = np.empty((nq, k), np.int32)
@@ -358,7 +358,8 @@ def within_radius(db: Database, queries, radius: int, threads=None):
 
     if db.n == 0 or nq == 0:
         return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
-    results = _run(compiled if kernel.enabled() else work, blocks, threads)
+    results = _run(compiled if kernel.use_for(nq * db.n * db.nwords) else work, blocks,
+                   threads)
     counts = np.concatenate([r[0] for r in results])
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return (lims, np.concatenate([r[1] for r in results]).astype(np.int32),

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import io
+import json
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from importlib import resources
 import numpy as np
 
 from keras_hashing.errors import HashingError, IndexFileError
+from keras_hashing.search import kernel
 from keras_hashing.search.index import HammingIndex
 from keras_hashing.serving.search_request import (INT64_MAX, INT64_MIN, ClientError,
                                                image_size_of)
@@ -305,6 +307,8 @@ def create_app(index_path, encoder=None, token=None, max_body=MAX_BODY_BYTES,
             check_index(index)
 
     holder = IndexHolder(index_path, method=method, check=check, mmap=mmap)
+    # the compiled scan loads now, not inside the first request's latency
+    kernel.load()
 
     async def watch_index():
         while True:
@@ -432,7 +436,10 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
     @app.post("/v1/search")
     async def search_route(body: SearchRequest):
         """Nearest database items of each query (codes, images or database ids)."""
-        return await search(body, holder.current, encodes, searches)
+        answer = await search(body, holder.current, encodes, searches)
+        # plain ints and strings already: FastAPI's jsonable_encoder would walk every list
+        return Response(json.dumps(answer, separators=(",", ":")),
+                        media_type="application/json")
 
     @app.get("/v1/index")
     async def index_info():
