@@ -412,6 +412,7 @@ def load_run(path, need_metrics=False) -> Run:
     """
     import keras
 
+    from keras_hashing.models.hub_backbones import hub_preset, import_keras_hub
     from keras_hashing.models.methods import get_method
 
     path = os.fspath(path)
@@ -426,6 +427,8 @@ def load_run(path, need_metrics=False) -> Run:
     if kind != "finished" or not os.path.isfile(model_path):
         raise RunDirError(f"{path} has no {MODEL_FILE}; is it a finished keras-hashing run?")
     cfg = load_yaml(os.path.join(path, CONFIG_FILE))
+    if any(hub_preset(cfg.get(key)) is not None for key in ("backbone", "features_from")):
+        import_keras_hub()  # registers KerasHub's layers, which the model holds
     try:
         get_method(cfg.get("method", "ssdh"))  # registers the class before loading
         model = keras.saving.load_model(model_path)

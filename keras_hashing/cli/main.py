@@ -111,7 +111,7 @@ def _fit_parser(sub, common) -> None:
     f.add_argument("--backbone", help="small_cnn, lenet, flatten or applications:NAME "
                    "(a keras.applications model, e.g. applications:ResNet50)")
     f.add_argument("--weights", help="applications backbones: imagenet (downloaded by Keras "
-                   "once) or a local weights file")
+                   "once) or a local weights file; hub backbones: preset (the preset's own)")
     f.add_argument("--image-size", type=int, nargs="+", metavar="PX",
                    help="resize images to PX (square) or H W")
     f.add_argument("--on-bad-image", choices=("fail", "skip"),

@@ -28,6 +28,8 @@ import re
 import keras
 
 from keras_hashing.errors import ConfigError, DataError
+from keras_hashing.models.hub_backbones import (PRESET_WEIGHTS, build_hub_backbone,
+                                                hub_preset, load_preset_weights)
 from keras_hashing.models.layers import PACKAGE, batch_norm
 
 SMALL_CNN = "small_cnn"
@@ -75,9 +77,11 @@ def build_backbone(spec="small_cnn", input_shape=(28, 28, 1), weights=None, widt
     if isinstance(spec, str) and spec.startswith("applications:"):
         return _application(spec.split(":", 1)[1], tuple(input_shape), weights, name,
                             feature_map, feature_layer)
-    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet', 'flatten' or "
-                      "'applications:NAME' "
-                      "(a keras.applications model, e.g. applications:ResNet50)")
+    if hub_preset(spec) is not None:
+        return build_hub_backbone(hub_preset(spec), tuple(input_shape), name, feature_map)
+    raise ConfigError(f"unknown backbone {spec!r}; use 'small_cnn', 'lenet', 'flatten', "
+                      "'applications:NAME' (a keras.applications model, e.g. "
+                      "applications:ResNet50) or 'hub:PRESET' (a KerasHub preset)")
 
 
 def _small_cnn(input_shape, width, convs_per_block, feature_dim, dropout, reg, name,
@@ -280,6 +284,17 @@ def application_name(spec):
     return None
 
 
+def pretrained_weights(spec):
+    """The trained weights a pretrained backbone spec names: "imagenet" for
+    ``applications:NAME``, "preset" for ``hub:PRESET``; None for any other value (a run
+    folder, or a backbone with no pretrained weights)."""
+    if application_name(spec):
+        return "imagenet"
+    if hub_preset(spec) is not None:
+        return PRESET_WEIGHTS
+    return None
+
+
 def load_pretrained(backbone, spec, weights, feature_layer="pooled") -> None:
     """Load ``weights`` ("imagenet" or a file) into the application inside ``backbone``
     (built with ``feature_layer``).
@@ -287,10 +302,16 @@ def load_pretrained(backbone, spec, weights, feature_layer="pooled") -> None:
     The model a run saves then holds these weights itself, so loading a finished run
     never downloads anything.
     """
+    if hub_preset(spec) is not None:
+        if weights != PRESET_WEIGHTS:
+            raise ConfigError(f"a hub: backbone takes weights: {PRESET_WEIGHTS} (the "
+                              f"preset's own) or none, not {weights!r}")
+        load_preset_weights(backbone, hub_preset(spec))
+        return
     app_name = application_name(spec)
     if app_name is None:
-        raise ConfigError(f"weights: {weights!r} needs an applications:NAME backbone, not "
-                          f"{spec!r}")
+        raise ConfigError(f"weights: {weights!r} needs an applications:NAME or hub:PRESET "
+                          f"backbone, not {spec!r}")
     inner = next(layer for layer in backbone.layers if isinstance(layer, keras.Model))
     shape = tuple(backbone.input_shape[1:])
     pretrained = _application_base(app_name, shape, weights,

@@ -76,10 +76,27 @@ class LSH(_LinearHash):
 
 
 class PCAH(_LinearHash):
-    """Top-K principal directions, then sign."""
+    """Top-K principal directions, then sign; with ``rotate``, a random orthogonal
+    rotation of them first (balances the variance between the bits: the training-free
+    "Hashing-Baseline" recipe over frozen foundation-model features, arXiv 2509.14427).
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(100, 16))
+        >>> PCAH(8, rotate=True).fit(x).encode(x).shape
+        (100, 1)
+    """
+
+    def __init__(self, bits, seed=0, rotate=False):
+        super().__init__(bits, seed)
+        self.rotate = bool(rotate)
 
     def _fit_weights(self, centred):
-        return self._pca(centred)
+        pca = self._pca(centred)
+        if not self.rotate:
+            return pca
+        rotation, _ = np.linalg.qr(np.random.default_rng(self.seed).normal(
+            size=(self.bits, self.bits)))
+        return pca @ rotation
 
 
 class ITQ(_LinearHash):

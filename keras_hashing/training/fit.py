@@ -23,6 +23,7 @@ from keras_hashing.data.benchmarks import protocol_k
 from keras_hashing.data.pipeline import make_tf_dataset
 from keras_hashing.data.splits import SPLIT_NAMES, DatasetSplits, split_digest
 from keras_hashing.errors import RunDirError
+from keras_hashing.models.backbones import load_pretrained, pretrained_weights
 from keras_hashing.models.devices import accelerator_visible
 from keras_hashing.models.methods import get_method
 from keras_hashing.runs import (BACKUP_DIR, LOGS_DIR, Run, RunWriter, check_writable,
@@ -46,10 +47,11 @@ def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
         model = _build_model(cfg, splits)
     finally:  # the layers keep their policy; nothing else built later inherits it
         keras.mixed_precision.set_global_policy(policy)
-    if cfg["weights"]:
-        from keras_hashing.models.backbones import load_pretrained
-
-        load_pretrained(model.backbone, model.backbone_spec, cfg["weights"],
+    # a closed-form baseline over a pretrained backbone (--features-from hub:PRESET) hashes
+    # that backbone's trained features: the training-free baseline
+    weights = cfg["weights"] or pretrained_weights(cfg.get("features_from"))
+    if weights:
+        load_pretrained(model.backbone, model.backbone_spec, weights,
                         model.backbone_kwargs.get("feature_layer", "pooled"))
     return model
 
@@ -72,7 +74,9 @@ def _build_model(cfg: dict, splits: DatasetSplits):
     params = cls.data_params(dict(cfg["params"]), splits)
     # a closed-form baseline may hash another run's features: training loads that run and
     # hands its model over (models never load runs themselves)
-    source = load_run(cfg["features_from"]).model if cfg.get("features_from") else None
+    source = None
+    if cfg.get("features_from") and not pretrained_weights(cfg["features_from"]):
+        source = load_run(cfg["features_from"]).model
     backbone, backbone_kwargs = cls.backbone_for(cfg, splits, source)
     model = cls(bits=cfg["bits"], input_shape=splits.input_shape,
                 num_classes=splits.num_classes, multi_label=splits.multi_label,

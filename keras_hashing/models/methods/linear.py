@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_hashing.models import baselines
+from keras_hashing.models.backbones import pretrained_weights
 from keras_hashing.errors import ConfigError
 from keras_hashing.models.layers import PACKAGE
 from keras_hashing.models.methods.base import HashingModel
@@ -37,6 +38,8 @@ class LinearHashing(HashingModel):
     def backbone_for(cls, cfg, splits, source=None):
         """Raw pixels (``flatten``), or the backbone of ``source``, the model of the trained
         run ``features_from`` (checked to take these images and give a vector)."""
+        if source is None and pretrained_weights(cfg.get("features_from")):
+            return cfg["features_from"], {}  # a pretrained backbone: the training-free baseline
         if source is None:
             if cfg["backbone"] != "flatten":
                 raise ConfigError(f"{cls.method_name} hashes raw pixels (backbone: flatten) "
@@ -69,8 +72,7 @@ class LinearHashing(HashingModel):
             for i in range(0, len(images), batch_size)])
 
     def after_fit(self, splits, seed=0):
-        est = self.estimator(self.bits, seed=self.params["seed"]).fit(
-            self.features(splits.train.x))
+        est = self.estimator(self.bits, **self.params).fit(self.features(splits.train.x))
         w, c = est.projection()
         self.projection.set_weights([w.astype("float32"), c.astype("float32")])
         out = {}
@@ -90,6 +92,8 @@ class LSHModel(LinearHashing):
 class PCAHModel(LinearHashing):
     method_name = "pcah"
     estimator = baselines.PCAH
+    # rotate: a random orthogonal rotation after PCA (the Hashing-Baseline recipe)
+    default_params = {"seed": 0, "rotate": False}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
