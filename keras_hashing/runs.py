@@ -41,6 +41,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 STATE_FILE = "run.json"
 BACKUP_DIR = "backup"
+# inside the backup: a frozen backbone's cached training features (training.feature_cache)
+FEATURES_DIR = "features"
 LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
 # What a run itself writes under logs/: TensorBoard event files, named
@@ -312,8 +314,18 @@ def remove_backup(path) -> None:
         if name == "state.json" or (name.startswith("ckpt-") and name.endswith(".weights.h5")) \
                 or (name.startswith(".") and ".tmp" in name):
             _unlink(os.path.join(backup, name))
+    features = os.path.join(backup, FEATURES_DIR)
+    if os.path.isdir(features):
+        for name in os.listdir(features):
+            if re.fullmatch(r"train-[0-9a-f]+\.npy|\..*\.tmp.*", name):
+                _unlink(os.path.join(features, name))
+        _rmdir_if_empty(features)
+    _rmdir_if_empty(backup)
+
+
+def _rmdir_if_empty(folder) -> None:
     try:
-        os.rmdir(backup)
+        os.rmdir(folder)
     except OSError:
         pass
 

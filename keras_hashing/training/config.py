@@ -58,6 +58,11 @@ DEFAULTS = {
     # mode), then the backbone trains at learning_rate x backbone_lr_multiplier
     "backbone_warmup_epochs": 0,
     "backbone_lr_multiplier": 1.0,
+    # the backbone frozen for the whole run (a feature extractor, in inference mode); with
+    # feature_cache and no augmentation the training split is encoded once and the head
+    # trains on the stored features (training.feature_cache)
+    "freeze_backbone": False,
+    "feature_cache": True,
     # re-estimate BatchNormalization statistics on training batches at each epoch end:
     # "auto" where a layer's moving averages still hold over 5% of their start (momentum
     # 0.999 layers before 3,000 steps; training.batchnorm), true every epoch, false never
@@ -198,9 +203,13 @@ def validate(cfg: dict) -> dict:
     if cfg["steps_per_epoch"] is not None:
         _check_int(cfg, "steps_per_epoch", 1)
     _check_int(cfg, "backbone_warmup_epochs", 0)
-    for key in ("download", "mixed_precision"):
+    for key in ("download", "mixed_precision", "freeze_backbone", "feature_cache"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["freeze_backbone"] and cfg["backbone_warmup_epochs"]:
+        raise ConfigError("freeze_backbone keeps the backbone frozen for the whole run; "
+                          "backbone_warmup_epochs freezes it for the first epochs only: "
+                          "give one or the other")
     if cfg["recalibrate_batchnorm"] not in (True, False, "auto"):
         raise ConfigError(f"recalibrate_batchnorm must be auto, true or false, got "
                           f"{cfg['recalibrate_batchnorm']!r}")

@@ -29,7 +29,7 @@ from keras_hashing.models.methods import get_method
 from keras_hashing.runs import (BACKUP_DIR, LOGS_DIR, Run, RunWriter, check_writable,
                                 default_run_dir, load_run, load_splits)
 from keras_hashing.scoring import evaluate_model
-from keras_hashing.training import custom_loop
+from keras_hashing.training import custom_loop, feature_cache
 from keras_hashing.training.batchnorm import recalibration_callback
 from keras_hashing.training.optimizers import l2_weight_decay, make_optimizer
 from keras_hashing.training.strategy import jit_compile_default, make_strategy
@@ -53,6 +53,8 @@ def build_model(cfg: dict, splits: DatasetSplits, mixed_precision=None):
     if weights:
         load_pretrained(model.backbone, model.backbone_spec, weights,
                         model.backbone_kwargs.get("feature_layer", "pooled"))
+    if cfg.get("freeze_backbone"):
+        model.backbone.trainable = False  # a feature extractor for the whole run
     return model
 
 
@@ -186,7 +188,8 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
         validation.set_model(model)
         validation.on_train_end()
     elif model.gradient_training:
-        _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose)
+        _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
+                       os.path.join(work, BACKUP_DIR))
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
@@ -254,16 +257,31 @@ def _callbacks(cfg, model, splits, logs, validation, backup, recalibration=None)
     return [StopOnNonFinite()] + model.training_callbacks(splits) + callbacks
 
 
-def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose):
-    """Gradient training: Keras' fit, or the custom loop under multi-worker."""
+def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
+                   backup_dir):
+    """Gradient training: Keras' fit, or the custom loop under multi-worker; on a frozen
+    backbone's cached features where ``feature_cache.eligible``."""
     multi_worker = custom_loop.multi_worker(strategy)
-    train = make_tf_dataset(splits.train, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+    train_split = splits.train
+    if feature_cache.eligible(cfg, model):
+        features = feature_cache.train_features(model, splits.train, backup_dir)
+        if features is not None:
+            train_split = feature_cache.feature_split(features, splits.train)
+            model.trains_on_features = True
+    train = make_tf_dataset(train_split, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
                             with_index=model.needs_index, augmentation=cfg["augmentation"],
                             # every worker must take the same number of full global steps
                             drop_remainder=multi_worker,
                             # a resumed run takes up the data order where it stopped
                             first_epoch=initial_epoch)
-    if multi_worker:
+    try:
+        _run_fit(cfg, model, splits, train, strategy, steps, callbacks, initial_epoch, verbose)
+    finally:
+        model.trains_on_features = False  # every later call takes images
+
+
+def _run_fit(cfg, model, splits, train, strategy, steps, callbacks, initial_epoch, verbose):
+    if custom_loop.multi_worker(strategy):
         custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
                                        initial_epoch=initial_epoch, callbacks=callbacks,
                                        verbose=verbose)

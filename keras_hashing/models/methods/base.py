@@ -146,6 +146,10 @@ class HashingModel(keras.Model):
     default_params: dict = {}
     term_names: tuple = ()
     min_bits = 1  # the shortest code the method can make (SDSH's rotation needs 2)
+    # set by fit while the head trains on a frozen backbone's cached features
+    trains_on_features = False
+    # False where the loss needs the images themselves (UH-BDNN reconstructs the pixels)
+    feature_cacheable = True
 
     def __init__(self, bits, input_shape, num_classes=None, multi_label=False,
                  backbone="small_cnn", backbone_kwargs=None, weight_decay=0.0, params=None,
@@ -254,7 +258,14 @@ class HashingModel(keras.Model):
     # -- forward -----------------------------------------------------------------------
     def call(self, images, training=False):
         x = self.rescale(ops.cast(images, "float32"))
-        outputs = self.head(self.backbone(x, training=training), training=training)
+        # a frozen backbone is a feature extractor: inference mode (dropout off, batch
+        # statistics kept), so its features are what a feature cache stores
+        return self.outputs_of(self.backbone(x, training=training and self.backbone.trainable),
+                               training=training)
+
+    def outputs_of(self, features, training=False) -> dict:
+        """The head's outputs for backbone ``features`` (what ``call`` gives for images)."""
+        outputs = self.head(features, training=training)
         # Losses and binarisation work in float32 also under a mixed-precision policy
         # (float16 layers); a no-op otherwise.
         return {k: ops.cast(v, "float32") if "float" in str(v.dtype) else v
@@ -279,9 +290,12 @@ class HashingModel(keras.Model):
         return terms, gradient_loss, decay
 
     def train_step(self, data):
-        images, targets = data[0], data[1]
+        inputs, targets = data[0], data[1]
         with tf.GradientTape() as tape:
-            outputs = self(images, training=True)
+            # the training split's stored backbone features (a frozen backbone's cache,
+            # training.feature_cache), or its images
+            outputs = (self.outputs_of(ops.cast(inputs, "float32"), training=True)
+                       if self.trains_on_features else self(inputs, training=True))
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Under a strategy every replica computes the loss of the *global* batch (so
             # pairs and triplets span replicas) with gradients flowing only through its own

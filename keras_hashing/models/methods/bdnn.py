@@ -249,6 +249,8 @@ class UHBDNN(BDNN):
         (1, 2)
     """
 
+    feature_cacheable = False  # its loss reconstructs the pixels
+
     method_name = "uh-bdnn"
     supervised = False
     default_params = {**BDNN.default_params, "dcc_sweeps": 10}

@@ -1,0 +1,87 @@
+"""Cached frozen features (keras_hashing.training.feature_cache): the head trained on
+stored features is the model trained on images, and a changed split or backbone never
+reuses them."""
+
+import numpy as np
+import pytest
+
+from keras_hashing.training import feature_cache
+
+
+def _fit(tmp_path, name, cache, monkeypatch, calls):
+    from keras_hashing.runs import load_run
+    from keras_hashing.training.config import resolve_config
+    from keras_hashing.training.fit import fit
+
+    real = feature_cache.train_features
+
+    def counted(*args, **kwargs):
+        features = real(*args, **kwargs)
+        calls.append(None if features is None else features.shape)
+        return features
+
+    monkeypatch.setattr(feature_cache, "train_features", counted)
+    cfg = resolve_config(overrides={"bits": 16, "epochs": 2}, recipe=False, sets=[
+        "freeze_backbone=true", f"feature_cache={str(cache).lower()}",
+        "val_database_size=200", "tensorboard_samples=50"])
+    fit(cfg, out=str(tmp_path / name), verbose=0)
+    return load_run(str(tmp_path / name))
+
+
+def test_the_head_trained_on_cached_features_is_the_head_trained_on_images(tmp_path,
+                                                                          monkeypatch):
+    calls = []
+    cached = _fit(tmp_path, "cached", True, monkeypatch, calls)
+    assert calls and calls[0] is not None and calls[0][0] == cached.metrics["num_train"]
+    online = _fit(tmp_path, "online", False, monkeypatch, calls)
+    assert len(calls) == 1  # the second fit trained on images
+    for a, b in zip(cached.model.get_weights(), online.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-4)
+    assert not any((tmp_path / "cached").rglob("*.npy"))  # gone with the backup
+
+
+def test_stored_features_are_reused_and_a_changed_image_or_backbone_is_not(tmp_path,
+                                                                          monkeypatch,
+                                                                          digits):
+    from keras_hashing.data.splits import ArraySplit
+    from keras_hashing.models.methods.ssdh import SSDH
+
+    model = SSDH(bits=16, input_shape=(8, 8, 1), num_classes=10)
+    model.backbone.trainable = False
+    split = digits.train.subset(np.arange(300))
+    first = feature_cache.train_features(model, split, str(tmp_path))
+    assert first.shape == (300, 256) and isinstance(first, np.memmap)
+    expected = np.asarray(model.backbone(model.rescale(split.x.astype("float32")),
+                                         training=False))
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+
+    def never(model):
+        raise AssertionError("the stored features should have been read")
+
+    monkeypatch.setattr(feature_cache, "_extractor", never)
+    np.testing.assert_array_equal(feature_cache.train_features(model, split, str(tmp_path)),
+                                  first)
+    changed_x = split.x.copy()
+    changed_x[7, 0, 0, 0] ^= 1
+    changed = ArraySplit(changed_x, split.y)
+    assert feature_cache.feature_key(model, changed) != feature_cache.feature_key(model, split)
+    other = SSDH(bits=16, input_shape=(8, 8, 1), num_classes=10)
+    assert feature_cache.feature_key(other, split) != feature_cache.feature_key(model, split)
+    with pytest.raises(AssertionError, match="should have been read"):
+        feature_cache.train_features(model, changed, str(tmp_path))
+    assert len(list((tmp_path / feature_cache.FEATURES_DIR).glob("*.npy"))) == 1  # no stray
+
+
+def test_only_a_frozen_backbone_without_augmentation_trains_on_a_cache():
+    from keras_hashing.models.methods import get_method
+    from keras_hashing.training.config import resolve_config
+
+    ssdh = get_method("ssdh")(bits=16, input_shape=(8, 8, 1), num_classes=10)
+    uh = get_method("uh-bdnn")(bits=16, input_shape=(8, 8, 1), backbone="flatten",
+                               params={"num_train": 4})
+    frozen = resolve_config(sets=["freeze_backbone=true"], recipe=False)
+    assert feature_cache.eligible(frozen, ssdh)
+    assert not feature_cache.eligible(frozen, uh)  # its loss needs the pixels
+    for sets in (["freeze_backbone=false"], ["freeze_backbone=true", "feature_cache=false"],
+                 ["freeze_backbone=true", "augmentation.flip=horizontal"]):
+        assert not feature_cache.eligible(resolve_config(sets=sets, recipe=False), ssdh)
