@@ -149,3 +149,38 @@ def test_weights_of_a_hub_backbone_are_the_presets_or_none(dino):
     net = build_backbone(f"hub:{dino}", (8, 8, 1))
     with pytest.raises(ConfigError, match="weights: preset"):
         load_pretrained(net, f"hub:{dino}", "imagenet")
+
+
+def test_csq_on_a_folder_trains_from_cached_hub_features_and_exports(dino, tmp_path,
+                                                                      monkeypatch):
+    """The foundation-model recipe on a user's folder: a frozen hub backbone, the head
+    trained on cached features, and a SavedModel that encodes as the run does."""
+    from PIL import Image
+
+    from keras_hashing.cli import main as cli
+    from keras_hashing.runs import load_run, load_splits
+    from keras_hashing.serving.export import SavedModelEncoder, export_run
+    from keras_hashing.training import feature_cache
+
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+        os.makedirs(tmp_path / "photos" / f"class{c}")
+        for i in range(24):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (20, 20, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(
+                tmp_path / "photos" / f"class{c}" / f"{i}.png")
+    stored = []
+    real = feature_cache.train_features
+    monkeypatch.setattr(feature_cache, "train_features",
+                        lambda *a, **k: stored.append(real(*a, **k)) or stored[-1])
+    out = tmp_path / "run"
+    assert cli.main(["fit", "--method", "csq", "--dataset", f"folder:{tmp_path / 'photos'}",
+                     "--backbone", f"hub:{dino}", "--weights", "preset", "--image-size", "16",
+                     "--bits", "16", "--epochs", "2", "--set", "freeze_backbone=true",
+                     "--out", str(out), "--quiet"]) == 0
+    assert len(stored) == 1 and stored[0] is not None and stored[0].shape[1] == 16
+    run = load_run(str(out))
+    images = load_splits(run.config).query.x
+    saved = export_run(str(out), base=str(tmp_path / "saved"), name="photos")
+    np.testing.assert_array_equal(SavedModelEncoder(saved).encode(images),
+                                  run.model.encode(images))
