@@ -317,7 +317,7 @@ def remove_backup(path) -> None:
     features = os.path.join(backup, FEATURES_DIR)
     if os.path.isdir(features):
         for name in os.listdir(features):
-            if re.fullmatch(r"train-[0-9a-f]+\.npy|\..*\.tmp.*", name):
+            if re.fullmatch(r"(train|val)-[0-9a-f]+\.npy|\..*\.tmp.*", name):
                 _unlink(os.path.join(features, name))
         _rmdir_if_empty(features)
     _rmdir_if_empty(backup)

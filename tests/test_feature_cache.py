@@ -13,14 +13,14 @@ def _fit(tmp_path, name, cache, monkeypatch, calls):
     from keras_hashing.training.config import resolve_config
     from keras_hashing.training.fit import fit
 
-    real = feature_cache.train_features
+    real = feature_cache.split_features
 
     def counted(*args, **kwargs):
         features = real(*args, **kwargs)
         calls.append(None if features is None else features.shape)
         return features
 
-    monkeypatch.setattr(feature_cache, "train_features", counted)
+    monkeypatch.setattr(feature_cache, "split_features", counted)
     cfg = resolve_config(overrides={"bits": 16, "epochs": 2}, recipe=False, sets=[
         "freeze_backbone=true", f"feature_cache={str(cache).lower()}",
         "val_database_size=200", "tensorboard_samples=50"])
@@ -32,9 +32,10 @@ def test_the_head_trained_on_cached_features_is_the_head_trained_on_images(tmp_p
                                                                           monkeypatch):
     calls = []
     cached = _fit(tmp_path, "cached", True, monkeypatch, calls)
-    assert calls and calls[0] is not None and calls[0][0] == cached.metrics["num_train"]
+    # train and val, each encoded once
+    assert [c[0] for c in calls] == [cached.metrics["num_train"], cached.metrics["num_val"]]
     online = _fit(tmp_path, "online", False, monkeypatch, calls)
-    assert len(calls) == 1  # the second fit trained on images
+    assert len(calls) == 2  # the second fit trained on images
     for a, b in zip(cached.model.get_weights(), online.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=2e-4)
     assert not any((tmp_path / "cached").rglob("*.npy"))  # gone with the backup
@@ -49,7 +50,7 @@ def test_stored_features_are_reused_and_a_changed_image_or_backbone_is_not(tmp_p
     model = SSDH(bits=16, input_shape=(8, 8, 1), num_classes=10)
     model.backbone.trainable = False
     split = digits.train.subset(np.arange(300))
-    first = feature_cache.train_features(model, split, str(tmp_path))
+    first = feature_cache.split_features(model, split, str(tmp_path))
     assert first.shape == (300, 256) and isinstance(first, np.memmap)
     expected = np.asarray(model.backbone(model.rescale(split.x.astype("float32")),
                                          training=False))
@@ -59,7 +60,7 @@ def test_stored_features_are_reused_and_a_changed_image_or_backbone_is_not(tmp_p
         raise AssertionError("the stored features should have been read")
 
     monkeypatch.setattr(feature_cache, "_extractor", never)
-    np.testing.assert_array_equal(feature_cache.train_features(model, split, str(tmp_path)),
+    np.testing.assert_array_equal(feature_cache.split_features(model, split, str(tmp_path)),
                                   first)
     changed_x = split.x.copy()
     changed_x[7, 0, 0, 0] ^= 1
@@ -68,7 +69,7 @@ def test_stored_features_are_reused_and_a_changed_image_or_backbone_is_not(tmp_p
     other = SSDH(bits=16, input_shape=(8, 8, 1), num_classes=10)
     assert feature_cache.feature_key(other, split) != feature_cache.feature_key(model, split)
     with pytest.raises(AssertionError, match="should have been read"):
-        feature_cache.train_features(model, changed, str(tmp_path))
+        feature_cache.split_features(model, changed, str(tmp_path))
     assert len(list((tmp_path / feature_cache.FEATURES_DIR).glob("*.npy"))) == 1  # no stray
 
 

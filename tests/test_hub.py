@@ -170,15 +170,15 @@ def test_csq_on_a_folder_trains_from_cached_hub_features_and_exports(dino, tmp_p
             Image.fromarray(pixels.astype(np.uint8)).save(
                 tmp_path / "photos" / f"class{c}" / f"{i}.png")
     stored = []
-    real = feature_cache.train_features
-    monkeypatch.setattr(feature_cache, "train_features",
+    real = feature_cache.split_features
+    monkeypatch.setattr(feature_cache, "split_features",
                         lambda *a, **k: stored.append(real(*a, **k)) or stored[-1])
     out = tmp_path / "run"
     assert cli.main(["fit", "--method", "csq", "--dataset", f"folder:{tmp_path / 'photos'}",
                      "--backbone", f"hub:{dino}", "--weights", "preset", "--image-size", "16",
                      "--bits", "16", "--epochs", "2", "--set", "freeze_backbone=true",
                      "--out", str(out), "--quiet"]) == 0
-    assert len(stored) == 1 and stored[0] is not None and stored[0].shape[1] == 16
+    assert len(stored) == 2 and all(f is not None and f.shape[1] == 16 for f in stored)
     run = load_run(str(out))
     images = load_splits(run.config).query.x
     saved = export_run(str(out), base=str(tmp_path / "saved"), name="photos")

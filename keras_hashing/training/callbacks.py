@@ -38,11 +38,15 @@ class RetrievalValidation(keras.callbacks.Callback):
         database: retrieval database for validation (a subset of the training split).
         bits: code length.
         restore_best: restore the best epoch's weights at the end.
+        encode: ``(model, split) -> (packed codes, kept)``; default
+            ``encoders.encode_split`` (images), ``feature_cache.encode_features`` for
+            splits of cached features.
     """
 
-    def __init__(self, queries, database, bits, restore_best=True, map_k=None):
+    def __init__(self, queries, database, bits, restore_best=True, map_k=None, encode=None):
         super().__init__()
         self.queries, self.database = queries, database
+        self.encode = encode
         self.bits = bits
         self.map_k = map_k  # the protocol's mAP@k, logged as val_map_at_k
         self.restore_best = restore_best
@@ -55,8 +59,9 @@ class RetrievalValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from keras_hashing.encoders import encode_split
 
-        q_codes, q_kept = encode_split(self.model, self.queries)
-        db_codes, db_kept = encode_split(self.model, self.database)
+        encode = self.encode or encode_split
+        q_codes, q_kept = encode(self.model, self.queries)
+        db_codes, db_kept = encode(self.model, self.database)
         metrics = retrieval_metrics(q_codes, db_codes, self.queries.y[q_kept],
                                     self.database.y[db_kept], self.bits,
                                     map_at=(None,) if self.map_k is None else (None, self.map_k),

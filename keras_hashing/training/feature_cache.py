@@ -2,7 +2,8 @@
 and no augmentation, the training split goes through the backbone once and the head
 trains on the stored features, so an epoch costs the head's work, not the backbone's.
 
-The features are a ``.npy`` file (float32, N x D) in the run's backup folder, written
+The features of the training and validation splits (validation then scores the head on
+them too) are ``.npy`` files (float32, N x D) in the run's backup folder, written
 under a temporary name and renamed into place, memory-mapped when read, and named by a
 digest of what they depend on: the backbone's configuration and weights, the image
 shape and the training split's digest (its images and labels, in order). A changed
@@ -14,7 +15,7 @@ stored, so the model trained on the cache is the model trained on images (the sa
 seed gives the same weights within float tolerance: ``tests/test_feature_cache.py``).
 
 Example:
-    >>> features = train_features(model, splits.train, "RUN/backup")    # doctest: +SKIP
+    >>> features = split_features(model, splits.train, "RUN/backup")    # doctest: +SKIP
     >>> features.shape                                                 # doctest: +SKIP
     (5395, 384)
 """
@@ -55,11 +56,36 @@ def feature_key(model, split) -> str:
     return digest.hexdigest()[:24]
 
 
-def train_features(model, split, folder):
+def cached_splits(cfg: dict, model, splits, folder):
+    """{"train", "val"}: the two splits with their stored features in place of images
+    (``feature_split``), where this fit trains on a cache (``eligible``); else None."""
+    if not eligible(cfg, model):
+        return None
+    found = {}
+    for name in ("train", "val"):
+        features = split_features(model, splits.split(name), folder, name)
+        if features is None:
+            return None
+        found[name] = feature_split(features, splits.split(name))
+    return found
+
+
+def encode_features(model, split, batch=1024):
+    """(packed codes, kept) of a split of features, as ``encoders.encode_split`` gives
+    for images (validation on the cache: the model's head only)."""
+    from keras_hashing.codes import pack_bits
+
+    bits = [np.asarray(model.binarize(model.outputs_of(
+        np.asarray(split.x[start:start + batch], np.float32))["code"]), np.uint8)
+        for start in range(0, len(split), batch)]
+    return pack_bits(np.concatenate(bits)), np.ones(len(split), bool)
+
+
+def split_features(model, split, folder, name="train"):
     """(N, D) float32 features of ``split`` through ``model``'s frozen backbone, read from
     ``folder`` when stored there, else computed and stored; None when some image of a
     streamed split cannot be read (the images path then applies the bad-image policy)."""
-    path = os.path.join(folder, FEATURES_DIR, f"train-{feature_key(model, split)}.npy")
+    path = os.path.join(folder, FEATURES_DIR, f"{name}-{feature_key(model, split)}.npy")
     if os.path.isfile(path):
         return np.load(path, mmap_mode="r")
     os.makedirs(os.path.dirname(path), exist_ok=True)

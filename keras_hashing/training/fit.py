@@ -156,10 +156,15 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
                       jit_compile=jit_compile_default())
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
+    # a frozen backbone's stored features stand in for the images of train and val
+    cached = (feature_cache.cached_splits(cfg, model, splits, os.path.join(work, BACKUP_DIR))
+              if model.gradient_training else None)
+    fitted = cached or {"train": splits.train, "val": splits.val}
     # validation "none": the last epoch is kept and val only monitors the fit
-    validation = RetrievalValidation(splits.val, splits.train.subset(db_idx), cfg["bits"],
-                                     map_k=protocol_k(splits.protocol, len(db_idx)),
-                                     restore_best=splits.validation != "none")
+    validation = RetrievalValidation(fitted["val"], fitted["train"].subset(db_idx),
+                                     cfg["bits"], map_k=protocol_k(splits.protocol, len(db_idx)),
+                                     restore_best=splits.validation != "none",
+                                     encode=feature_cache.encode_features if cached else None)
     recalibration = (recalibration_callback(cfg, splits) if cfg["recalibrate_batchnorm"]
                      else None)
     # Workers other than the chief resume from the chief's backup (a shared --out) and
@@ -189,7 +194,7 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
         validation.on_train_end()
     elif model.gradient_training:
         _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
-                       os.path.join(work, BACKUP_DIR))
+                       fitted["train"] if cached else None)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
@@ -258,17 +263,14 @@ def _callbacks(cfg, model, splits, logs, validation, backup, recalibration=None)
 
 
 def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
-                   backup_dir):
-    """Gradient training: Keras' fit, or the custom loop under multi-worker; on a frozen
-    backbone's cached features where ``feature_cache.eligible``."""
+                   train_features=None):
+    """Gradient training: Keras' fit, or the custom loop under multi-worker; on
+    ``train_features`` (a split of a frozen backbone's stored features) where given."""
     multi_worker = custom_loop.multi_worker(strategy)
-    train_split = splits.train
-    if feature_cache.eligible(cfg, model):
-        features = feature_cache.train_features(model, splits.train, backup_dir)
-        if features is not None:
-            train_split = feature_cache.feature_split(features, splits.train)
-            model.trains_on_features = True
-    train = make_tf_dataset(train_split, cfg["batch_size"], shuffle=True, seed=cfg["seed"],
+    model.trains_on_features = train_features is not None
+    train = make_tf_dataset(splits.train if train_features is None else train_features,
+                            cfg["batch_size"], shuffle=True,
+                            seed=cfg["seed"],
                             with_index=model.needs_index, augmentation=cfg["augmentation"],
                             # every worker must take the same number of full global steps
                             drop_remainder=multi_worker,
