@@ -24,7 +24,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
+from machine_info import save_rows  # noqa: E402  (tools/ is on sys.path)
 
 
 def dino_preset(work) -> str:
@@ -88,11 +88,8 @@ def main(argv=None) -> int:
                      "images": images, "cached": cached,
                      "speedup": round(images["train_seconds"] / cached["train_seconds"], 2)})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": machine(), "command": " ".join(["python"] + sys.argv), "rows": rows}
     if args.out:
-        from keras_hashing.fileio import write_json
-
-        write_json(args.out, result)
+        save_rows(args.out, rows, sys.argv)
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from machine_info import machine  # noqa: E402  (tools/ is on sys.path)
+from machine_info import save_rows  # noqa: E402  (tools/ is on sys.path)
 
 # DINOv2's published sizes (facebookresearch/dinov2: ViT-S/14, B/14, L/14)
 SIZES = {
@@ -72,11 +72,8 @@ def main(argv=None) -> int:
     for name, spec in SIZES.items():
         rows.append(bench(name, spec, args.batch, args.repeats, work))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": machine(), "command": " ".join(["python"] + sys.argv), "rows": rows}
     if args.out:
-        from keras_hashing.fileio import write_json
-
-        write_json(args.out, result)
+        save_rows(args.out, rows, sys.argv)
     return 0
 
 

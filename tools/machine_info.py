@@ -52,3 +52,11 @@ def machine() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {gpu}"
+
+
+def save_rows(path, rows, argv) -> None:
+    """Write a benchmark's rows with the machine and the command that measured them."""
+    from keras_hashing.fileio import write_json
+
+    write_json(path, {"machine": machine(), "command": " ".join(["python"] + list(argv)),
+                      "rows": rows})
