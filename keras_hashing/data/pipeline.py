@@ -101,6 +101,12 @@ def make_tf_dataset(split, batch_size, shuffle=False, seed=0, cache=True,
         return ds
 
     ds = _epochs_from(first_epoch).flat_map(one_epoch)
+    # every worker of a multi-worker strategy builds the whole epoch and keeps its share
+    # of the elements (the source is a generator, not files tf.data could split)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    ds = ds.with_options(options)
     if split.in_memory:  # as from_tensor_slices would know it: Keras counts the steps
         whole, rest = divmod(len(split), batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(

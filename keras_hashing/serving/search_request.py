@@ -29,6 +29,8 @@ MAX_RERANK = 10_000
 # Every answer is bounded: a radius query returns at most this many items per query (its
 # nearest; ``limit`` lowers it, and ``truncated`` says when the ball held more)
 MAX_RADIUS_RESULTS = 1000
+# results an answer builds on the event loop itself (a few hundred microseconds at most)
+INLINE_RESULTS = 1000
 MAX_IMAGE_PIXELS = 50_000_000  # per query image, checked from its header before decoding
 
 
@@ -194,7 +196,10 @@ async def search(body: SearchRequest, index, encodes=None, searches=None) -> dic
         else:
             dist, ids = await searches.submit((index, codes, k))
         rows = [(row_ids, row_dist, None) for row_ids, row_dist in zip(ids, dist)]
-    # the answer's lists are built off the event loop too: other requests go on meanwhile
+    # a large answer's lists are built off the event loop, so other requests go on
+    # meanwhile; a small one is built here (a thread hop costs 0.15 ms, more than it)
+    if sum(len(row[0]) for row in rows) <= INLINE_RESULTS:
+        return {"results": _results(index, rows)}
     return {"results": await asyncio.to_thread(_results, index, rows)}
 
 
