@@ -246,6 +246,14 @@ def test_reproduce_reports_spread_and_orders_only_what_welch_separates(monkeypat
     assert "| a | 32 | 0.9200 ± 0.0100 (n = 3) | 0.7000 ± 0.0707 (n = 5) | -0.2200 |" in unseen
     assert reproduce.welch_p([0.9], [0.8, 0.7]) is None  # one run: no test
     assert reproduce.welch_p([0.9, 0.9], [0.9, 0.9]) is None  # no spread: no test
+    # folds move every method together: paired by fold, b is below a although the two
+    # cells' spreads overlap; Welch over the pooled folds would call them tied
+    folds = (rows("a", "fmnist-unseen", [0.9, 0.6, 0.8, 0.7, 0.5], "fold")
+             + rows("b", "fmnist-unseen", [0.86, 0.55, 0.77, 0.64, 0.47], "fold"))
+    ranked = reproduce.orderings(folds, "fmnist-unseen", 32)
+    assert [(m, above) for m, _, above in ranked] == [("a", ["b"]), ("b", [])]
+    assert reproduce.welch_p([0.9, 0.6, 0.8, 0.7, 0.5], [0.86, 0.55, 0.77, 0.64, 0.47]) > 0.5
+    assert reproduce.paired_p({0: 0.9, 1: 0.8}, {2: 0.7, 3: 0.6}) is None  # no shared fold
 
 
 def test_reproduce_marks_over_budget(monkeypatch):
