@@ -171,21 +171,23 @@ def radius(qwords, words, first, last, offset, r, bits):
         stop = min(last, start + CODE_BLOCK)
         for q in range(nq):
             distances(qwords, q, words, start, stop, dist)
-            if not any_below(dist, 0, stop - start, r + 1):
-                continue
-            for i in range(stop - start):
-                if dist[i] <= r:
-                    if found == capacity:
-                        capacity *= 2
-                        grown = np.empty(capacity, np.int64)
-                        grown[:found] = keys[:found]
-                        keys = grown
-                        grown = np.empty(capacity, np.int64)
-                        grown[:found] = positions[:found]
-                        positions = grown
-                    keys[found] = q * (bits + 1) + dist[i]
-                    positions[found] = offset + start + i
-                    found += 1
+            for sub in range(0, stop - start, SURVIVOR_CHECK):
+                end = min(stop - start, sub + SURVIVOR_CHECK)
+                if not any_below(dist, sub, end, r + 1):
+                    continue
+                for i in range(sub, end):
+                    if dist[i] <= r:
+                        if found == capacity:
+                            capacity *= 2
+                            grown = np.empty(capacity, np.int64)
+                            grown[:found] = keys[:found]
+                            keys = grown
+                            grown = np.empty(capacity, np.int64)
+                            grown[:found] = positions[:found]
+                            positions = grown
+                        keys[found] = q * (bits + 1) + dist[i]
+                        positions[found] = offset + start + i
+                        found += 1
     # a stable counting sort on (query, distance): positions stay in order
     width = nq * (bits + 1)
     starts = np.zeros(width + 1, np.int64)
