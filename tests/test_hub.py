@@ -43,25 +43,51 @@ def test_a_hub_backbone_is_the_presets_converter_tower_and_cls_token(dino):
     converter = keras_hub.layers.ImageConverter.from_preset(dino)
     images = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
     grey = np.repeat(images * 255.0, 3, axis=-1)
-    expected = np.asarray(tower(converter(grey)))[:, 0]
+    expected = np.asarray(tower({"images": converter(grey)}))[:, 0]
     np.testing.assert_allclose(np.asarray(net(images)), expected, atol=1e-5)
 
 
-def test_siglip_gives_its_pooled_image_embedding(tmp_path):
-    from keras_hashing.models.backbones import build_backbone
+def _two_tower_preset(path, family):
+    """A tiny CLIP or SigLIP preset (its text tower only makes the backbone whole)."""
+    sizes = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
+    text = dict(vocabulary_size=50, embedding_dim=16, max_sequence_length=8, **sizes)
+    if family == "clip":
+        vision = keras_hub.models.CLIPVisionEncoder(patch_size=4, image_shape=(16, 16, 3),
+                                                    **sizes)
+        keras_hub.models.CLIPBackbone(vision, keras_hub.models.CLIPTextEncoder(**text),
+                                      projection_dim=12).save_to_preset(str(path))
+        converter = keras_hub.layers.CLIPImageConverter(image_size=(16, 16), scale=1 / 255)
+    else:
+        vision = keras_hub.models.SigLIPVisionEncoder(patch_size=4, image_shape=(16, 16, 3),
+                                                      **sizes)
+        keras_hub.models.SigLIPBackbone(vision, keras_hub.models.SigLIPTextEncoder(**text)
+                                        ).save_to_preset(str(path))
+        converter = keras_hub.layers.SigLIPImageConverter(image_size=(16, 16),
+                                                          scale=1 / 127.5, offset=-1.0)
+    converter.save_to_preset(str(path))
+    return str(path)
 
-    vision = keras_hub.models.SigLIPVisionEncoder(
-        patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
-        image_shape=(16, 16, 3))
-    text = keras_hub.models.SigLIPTextEncoder(
-        vocabulary_size=50, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
-        intermediate_dim=32, max_sequence_length=8)
-    keras_hub.models.SigLIPBackbone(vision, text).save_to_preset(str(tmp_path / "siglip"))
-    keras_hub.layers.SigLIPImageConverter(
-        image_size=(16, 16), scale=1 / 127.5, offset=-1.0).save_to_preset(
-            str(tmp_path / "siglip"))
-    net = build_backbone(f"hub:{tmp_path / 'siglip'}", (8, 8, 3))
-    assert tuple(net.output.shape) == (None, 16)
+
+@pytest.mark.parametrize("family, dim", [("clip", 12), ("siglip", 16)])
+def test_clip_and_siglip_give_their_image_embedding(tmp_path, family, dim):
+    """CLIP's pooled embedding projected to its joint space (12-d here), SigLIP's pooled
+    one; the preset's trained weights land in the tower, and a saved model loads."""
+    import keras
+
+    from keras_hashing.models.backbones import build_backbone, load_pretrained
+
+    preset = _two_tower_preset(tmp_path / family, family)
+    net = build_backbone(f"hub:{preset}", (8, 8, 3))
+    assert tuple(net.output.shape) == (None, dim)
+    load_pretrained(net, f"hub:{preset}", "preset")
+    trained = keras_hub.models.Backbone.from_preset(preset)
+    converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    images = np.random.default_rng(1).random((2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(trained.get_vision_embeddings(converter(images * 255.0)))
+    np.testing.assert_allclose(np.asarray(net(images)), expected, atol=1e-5)
+    net.save(tmp_path / "net.keras")
+    again = keras.saving.load_model(tmp_path / "net.keras")
+    np.testing.assert_allclose(np.asarray(again(images)), expected, atol=1e-5)
 
 
 def test_fit_with_preset_weights_saves_a_run_that_loads_exports_and_indexes(dino, tmp_path):
@@ -76,7 +102,7 @@ def test_fit_with_preset_weights_saves_a_run_that_loads_exports_and_indexes(dino
                                     "bits": 16, "epochs": 1}, recipe=False)
     model = build_model(cfg, load_splits(cfg))
     preset = keras_hub.models.Backbone.from_preset(dino)
-    tower = model.backbone.get_layer(preset.name)
+    tower = model.backbone.get_layer("vision_tower").get_layer(preset.name)
     for ours, theirs in zip(tower.get_weights(), preset.get_weights()):
         np.testing.assert_array_equal(ours, theirs)  # --weights preset: the preset's own
 
@@ -151,10 +177,11 @@ def test_weights_of_a_hub_backbone_are_the_presets_or_none(dino):
         load_pretrained(net, f"hub:{dino}", "imagenet")
 
 
-def test_csq_on_a_folder_trains_from_cached_hub_features_and_exports(dino, tmp_path,
-                                                                      monkeypatch):
+def test_csq_on_a_folder_trains_from_cached_hub_features_exports_and_serves(dino, tmp_path,
+                                                                             monkeypatch):
     """The foundation-model recipe on a user's folder: a frozen hub backbone, the head
-    trained on cached features, and a SavedModel that encodes as the run does."""
+    trained on cached features, a SavedModel that encodes as the run does, and the
+    search service answering an image with its own copy in the index."""
     from PIL import Image
 
     from keras_hashing.cli import main as cli
@@ -184,3 +211,22 @@ def test_csq_on_a_folder_trains_from_cached_hub_features_and_exports(dino, tmp_p
     saved = export_run(str(out), base=str(tmp_path / "saved"), name="photos")
     np.testing.assert_array_equal(SavedModelEncoder(saved).encode(images),
                                   run.model.encode(images))
+    # served: an image file of the indexed folder finds itself at distance 0 (k = the
+    # whole index: a trained class shares one code, so ties at 0 run past a small k)
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from keras_hashing.encoders import KerasEncoder
+    from keras_hashing.serving import service
+
+    index = tmp_path / "photos.khi"
+    assert cli.main(["index", "build", "--run", str(out), "--images",
+                     f"folder:{tmp_path / 'photos'}", "--out", str(index), "--quiet"]) == 0
+    photo = tmp_path / "photos" / "class1" / "3.png"
+    with TestClient(service.create_app(str(index), KerasEncoder(run.model))) as client:
+        answer = client.post("/v1/search", json={"images": [
+            {"b64": base64.b64encode(photo.read_bytes()).decode()}], "k": 72}).json()
+    first = answer["results"][0]
+    assert first["distances"][0] == 0
+    assert str(photo) in [p for p, d in zip(first["paths"], first["distances"]) if d == 0]

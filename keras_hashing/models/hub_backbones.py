@@ -8,7 +8,9 @@ feature vector: pixels back to 0..255, grey repeated to three channels, then the
 own image converter (its image size, and its scale and offset: rescaling or ImageNet
 mean and std), then the vision tower. The feature is the one each family's model card
 retrieves with: DINOv2 / DINOv3's CLS token of the last layer (after its final layer
-norm); CLIP, SigLIP (2) and MetaCLIP 2's pooled image embedding of the vision encoder.
+norm); CLIP, SigLIP (2) and MetaCLIP 2's image embedding (KerasHub's
+``get_vision_embeddings``: pooled, and projected into the joint space by CLIP and
+MetaCLIP 2).
 
 keras-hub is an optional extra (``pip install "keras-hashing[hub]"``). The weights follow
 ``--weights`` as for ``applications:``: none (random initialisation of the preset's
@@ -32,7 +34,8 @@ HUB_PREFIX = "hub:"
 EXTRA = 'pip install "keras-hashing[hub]"'
 # ``weights`` values of a hub backbone: the preset's trained weights
 PRESET_WEIGHTS = "preset"
-# vision towers whose output is a token sequence: the CLS token is the feature
+# image backbones whose output is a token sequence: the CLS token is the feature (the
+# others give their image embedding through get_vision_embeddings)
 TOKEN_BACKBONES = ("DINOV2Backbone", "DINOV3Backbone")
 
 
@@ -72,38 +75,39 @@ def build_hub_backbone(preset, input_shape, name="backbone", feature_map=False,
         raise ConfigError("this method needs a convolutional feature map; a hub: backbone "
                           "gives one feature vector")
     backbone, converter = _from_preset(preset, load_weights)
-    tower, tokens = vision_tower(backbone)
+    tower = vision_tower(backbone, converter)
     inputs = keras.Input(tuple(input_shape))
     x = keras.layers.Rescaling(255.0)(inputs)  # the model's [0, 1] back to pixels
     if input_shape[-1] == 1:
         x = keras.layers.Concatenate(name="grey_to_rgb")([x, x, x])
-    features = tower(converter(x))
-    if tokens:
-        features = ClassToken(name="cls_token")(features)
-    return keras.Model(inputs, features, name=name)
+    return keras.Model(inputs, tower(converter(x)), name=name)
 
 
-def vision_tower(backbone):
-    """(the image model of a KerasHub backbone, whether it gives tokens)."""
+def vision_tower(backbone, converter) -> keras.Model:
+    """The preset's images (the converter's size) to its retrieval feature, as one model
+    named ``vision_tower``: DINOv2 / DINOv3's CLS token; the image embedding of CLIP,
+    SigLIP and MetaCLIP 2 (``get_vision_embeddings``: pooled, and projected where the
+    family projects)."""
+    size = tuple(int(v) for v in (converter.image_size or backbone.image_shape[:2]))
+    images = keras.Input((*size, 3))
     kind = type(backbone).__name__
     if kind in TOKEN_BACKBONES:
-        return backbone, True
-    encoder = getattr(backbone, "vision_encoder", None)  # CLIP, SigLIP, MetaCLIP 2
-    if encoder is None:
+        features = ClassToken(name="cls_token")(backbone(images))
+    elif callable(getattr(type(backbone), "get_vision_embeddings", None)):
+        features = backbone.get_vision_embeddings(images)
+    else:
         raise ConfigError(f"hub: {kind} is not an image backbone keras-hashing knows "
-                          f"(DINOv2 or DINOv3, or the vision encoder of CLIP, SigLIP or "
-                          f"MetaCLIP 2)")
-    return encoder, False
+                          "(DINOv2 or DINOv3, or the image tower of CLIP, SigLIP or "
+                          "MetaCLIP 2)")
+    return keras.Model(images, features, name="vision_tower")
 
 
 def load_preset_weights(backbone, preset) -> None:
     """Copy the preset's trained weights into the vision tower inside ``backbone`` (a
     model of ``build_hub_backbone``)."""
-    trained, _ = _from_preset(preset, load_weights=True)
-    tower, _ = vision_tower(trained)
-    inner = next(layer for layer in backbone.layers
-                 if isinstance(layer, keras.Model) and layer.name == tower.name)
-    inner.set_weights(tower.get_weights())
+    trained, converter = _from_preset(preset, load_weights=True)
+    backbone.get_layer("vision_tower").set_weights(
+        vision_tower(trained, converter).get_weights())
 
 
 def _from_preset(preset, load_weights):
