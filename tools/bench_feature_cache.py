@@ -24,20 +24,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from machine_info import save_rows  # noqa: E402  (tools/ is on sys.path)
-
-
-def dino_preset(work) -> str:
-    import keras_hub
-
-    path = os.path.join(work, "dinov2_small_56")
-    keras_hub.models.DINOV2Backbone(patch_size=14, hidden_dim=384, num_layers=12, num_heads=6,
-                                    intermediate_dim=1536, image_shape=(56, 56, 3),
-                                    position_embedding_shape=(518, 518, 3)
-                                    ).save_to_preset(path)
-    keras_hub.layers.DINOV2ImageConverter(image_size=(56, 56), scale=1 / 255.0
-                                          ).save_to_preset(path)
-    return path
+from bench_hub import SIZES, dinov2_preset  # noqa: E402  (tools/ is on sys.path)
+from machine_info import save_rows  # noqa: E402
 
 
 def digits_folder(work) -> str:
@@ -81,7 +69,9 @@ def main(argv=None) -> int:
     digits_folder(work)
     rows = []
     for name, backbone, size in (("mobilenetv3small", "applications:MobileNetV3Small", 32),
-                                 ("dinov2_small_56", f"hub:{dino_preset(work)}", 56)):
+                                 ("dinov2_small_56", "hub:" + dinov2_preset(
+                                     os.path.join(work, "dinov2_small_56"),
+                                     SIZES["dinov2_small"], 56), 56)):
         images = fit_seconds(work, name, backbone, size, args.epochs, cache=False)
         cached = fit_seconds(work, name, backbone, size, args.epochs, cache=True)
         rows.append({"backbone": name, "image_size": size, "epochs": args.epochs,

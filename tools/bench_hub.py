@@ -36,17 +36,23 @@ SIZES = {
 }
 
 
-def bench(name, spec, batch, repeats, work):
+def dinov2_preset(path, spec, image_size) -> str:
+    """A local DINOv2 preset of ``spec`` (a SIZES entry), random weights, for square
+    images of ``image_size``; its path."""
     import keras_hub
 
-    from keras_hashing.models.backbones import build_backbone
-
-    path = os.path.join(work, name)
-    keras_hub.models.DINOV2Backbone(patch_size=14, image_shape=(224, 224, 3),
+    keras_hub.models.DINOV2Backbone(patch_size=14, image_shape=(image_size, image_size, 3),
                                     position_embedding_shape=(518, 518, 3),
                                     **spec).save_to_preset(path)
-    keras_hub.layers.DINOV2ImageConverter(image_size=(224, 224), scale=1 / 255.0
-                                          ).save_to_preset(path)
+    keras_hub.layers.DINOV2ImageConverter(image_size=(image_size, image_size),
+                                          scale=1 / 255.0).save_to_preset(path)
+    return path
+
+
+def bench(name, spec, batch, repeats, work):
+    from keras_hashing.models.backbones import build_backbone
+
+    path = dinov2_preset(os.path.join(work, name), spec, 224)
     net = build_backbone(f"hub:{path}", (224, 224, 3))
     images = np.random.default_rng(0).random((batch, 224, 224, 3)).astype("float32")
     net.predict(images, verbose=0)
