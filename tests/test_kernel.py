@@ -1,6 +1,7 @@
 """The compiled scan kernel (keras_hashing.search.kernel) gives exactly what the numpy
 scan gives: distances, positions and the order of ties, on every path a search takes."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ from keras_hashing.codes import pack_bits
 from keras_hashing.errors import HashingError
 from keras_hashing.search import kernel, scan
 
-pytestmark = pytest.mark.skipif(kernel._compiled() is None, reason="numba is a dependency")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                reason="numba is a dependency")
 
 
 def _codes(rng, n, bits, distinct=None):

@@ -10,7 +10,7 @@ only with a distance strictly below it) is the smallest distance whose count rea
 
 Compiled functions are cached on disk (numba's ``cache=True``): ``NUMBA_CACHE_DIR`` when
 set, else the package's ``__pycache__`` when writable, else ``~/.cache/numba``; a new
-process loads them instead of compiling (``cache_location`` says where).
+process loads them instead of compiling.
 
 ``KH_SEARCH_KERNEL=numpy`` turns the kernel off; without numba it is off. A process
 loads it on its first scan big enough to pay for loading (``use_for``).
@@ -61,6 +61,7 @@ def kernel_name() -> str:
 
 
 def enabled() -> bool:
+    """Whether the compiled kernel is on (``kernel_name``)."""
     return kernel_name() == "numba"
 
 
@@ -77,14 +78,6 @@ def load() -> bool:
     """Load (or compile, once per machine) the kernels now, where they are on; whether
     they are."""
     return enabled() and _compiled() is not None
-
-
-def cache_location() -> str:
-    """Where numba keeps the compiled kernels of this module."""
-    compiled = _compiled()
-    if compiled is None:
-        return ""
-    return compiled["top_k"]._cache._cache_path
 
 
 def top_k_words(qwords, words, k: int, bits: int):

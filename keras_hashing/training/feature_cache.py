@@ -32,6 +32,8 @@ from keras_hashing.data.pipeline import inference_dataset
 from keras_hashing.data.splits import ArraySplit, split_digest
 from keras_hashing.fileio import atomic_path
 from keras_hashing.runs import FEATURES_DIR
+
+# images a batch of the one encoding pass
 BATCH = 128
 
 
