@@ -108,8 +108,10 @@ def _fit_parser(sub, common) -> None:
                         "(visible GPUs or logical CPUs), multiworker (TF_CONFIG)")
     f.add_argument("--logical-cpus", type=int, metavar="N",
                    help="split the CPU into N logical devices (mirrored without GPUs)")
-    f.add_argument("--backbone", help="small_cnn, lenet, flatten or applications:NAME "
-                   "(a keras.applications model, e.g. applications:ResNet50)")
+    f.add_argument("--backbone", help="small_cnn, lenet, flatten, applications:NAME (a "
+                   "keras.applications model, e.g. applications:ResNet50) or hub:PRESET (a "
+                   "KerasHub preset or preset folder, e.g. hub:dinov2_small; needs "
+                   "keras-hashing[hub])")
     f.add_argument("--weights", help="applications backbones: imagenet (downloaded by Keras "
                    "once) or a local weights file; hub backbones: preset (the preset's own)")
     f.add_argument("--image-size", type=int, nargs="+", metavar="PX",
@@ -121,9 +123,10 @@ def _fit_parser(sub, common) -> None:
                    help="tfds:NAME must already be prepared under --data-dir")
     f.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 on a GPU (loss scaling included); off on CPU")
-    f.add_argument("--features-from", metavar="RUN",
-                   help="lsh/pcah/itq: hash the features of this trained run's backbone "
-                        "instead of raw pixels")
+    f.add_argument("--features-from", metavar="SOURCE",
+                   help="lsh/pcah/itq: hash the features of a trained run's backbone (RUN) "
+                        "or of a pretrained one (hub:PRESET, applications:NAME) instead of "
+                        "raw pixels")
 
 
 def _evaluate_parser(sub, common) -> None:
