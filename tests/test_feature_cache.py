@@ -56,10 +56,10 @@ def test_stored_features_are_reused_and_a_changed_image_or_backbone_is_not(tmp_p
                                          training=False))
     np.testing.assert_allclose(first, expected, atol=1e-5)
 
-    def never(model):
+    def never(images, batch_size=512):
         raise AssertionError("the stored features should have been read")
 
-    monkeypatch.setattr(feature_cache, "_extractor", never)
+    monkeypatch.setattr(model, "features", never)
     np.testing.assert_array_equal(feature_cache.split_features(model, split, str(tmp_path)),
                                   first)
     changed_x = split.x.copy()

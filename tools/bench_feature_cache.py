@@ -1,10 +1,10 @@
 """Fit time with a frozen backbone, on images and on cached features, side by side.
 
 For each backbone, two ``keras-hashing fit`` runs of SSDH on scikit-learn's digits
-written as a folder of 32 x 32 PNGs (read at the backbone's size), the same seed and settings, ``freeze_backbone=true``, one with
-``feature_cache=false``: reports the fit's training seconds (the cache's one-time
-encoding included), seconds per epoch and the speed-up, and whether the two runs'
-query mAP agree. Backbones: ``applications:MobileNetV3Small`` (random weights) and a
+written as a folder of 32 x 32 PNGs (read at the backbone's size), the same seed and
+settings, ``freeze_backbone=true``, one with ``feature_cache=false``: reports the fit's
+training seconds (the cache's one-time encoding included), seconds per epoch and the
+speed-up, and whether the two runs' query mAP agree. Backbones: ``applications:MobileNetV3Small`` (random weights) and a
 ``hub:`` DINOv2 of the small size's configuration (random weights, 56 x 56 images so
 that CPU runs stay short), saved as a local preset.
 
@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench_hub import SIZES, dinov2_preset  # noqa: E402  (tools/ is on sys.path)
-from machine_info import save_rows  # noqa: E402
+from machine_info import report_rows  # noqa: E402
 
 
 def digits_folder(work) -> str:
@@ -59,6 +59,15 @@ def fit_seconds(work, name, backbone, size, epochs, cache) -> dict:
             "query_map_all": round(metrics["query"]["map_all"], 4)}
 
 
+def compare(work, name, backbone, size, epochs) -> dict:
+    """One backbone's fit on images and on cached features, side by side."""
+    images = fit_seconds(work, name, backbone, size, epochs, cache=False)
+    cached = fit_seconds(work, name, backbone, size, epochs, cache=True)
+    return {"backbone": name, "image_size": size, "epochs": epochs, "images": images,
+            "cached": cached,
+            "speedup": round(images["train_seconds"] / cached["train_seconds"], 2)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,21 +76,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="kh-cache-")
     digits_folder(work)
-    rows = []
-    for name, backbone, size in (("mobilenetv3small", "applications:MobileNetV3Small", 32),
-                                 ("dinov2_small_56", "hub:" + dinov2_preset(
-                                     os.path.join(work, "dinov2_small_56"),
-                                     SIZES["dinov2_small"], 56), 56)):
-        images = fit_seconds(work, name, backbone, size, args.epochs, cache=False)
-        cached = fit_seconds(work, name, backbone, size, args.epochs, cache=True)
-        rows.append({"backbone": name, "image_size": size, "epochs": args.epochs,
-                     "images": images, "cached": cached,
-                     "speedup": round(images["train_seconds"] / cached["train_seconds"], 2)})
-        print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        save_rows(args.out, rows, sys.argv)
+    dino = "hub:" + dinov2_preset(os.path.join(work, "dinov2_small_56"),
+                                  SIZES["dinov2_small"], 56)
+    backbones = (("mobilenetv3small", "applications:MobileNetV3Small", 32),
+                 ("dinov2_small_56", dino, 56))
+    report_rows((compare(work, name, backbone, size, args.epochs)
+                 for name, backbone, size in backbones), args.out, sys.argv)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

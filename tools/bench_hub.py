@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from machine_info import save_rows  # noqa: E402  (tools/ is on sys.path)
+from machine_info import report_rows  # noqa: E402  (tools/ is on sys.path)
 
 # DINOv2's published sizes (facebookresearch/dinov2: ViT-S/14, B/14, L/14)
 SIZES = {
@@ -74,14 +73,9 @@ def main(argv=None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="kh-hub-")
-    rows = []
-    for name, spec in SIZES.items():
-        rows.append(bench(name, spec, args.batch, args.repeats, work))
-        print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        save_rows(args.out, rows, sys.argv)
+    report_rows((bench(name, spec, args.batch, args.repeats, work)
+                 for name, spec in SIZES.items()), args.out, sys.argv)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,9 +54,19 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}"
 
 
-def save_rows(path, rows, argv) -> None:
-    """Write a benchmark's rows with the machine and the command that measured them."""
+def report_rows(rows, out, argv) -> list:
+    """Print each of a benchmark's rows (an iterable, measured as it is consumed) as a
+    JSON line, then write them to ``out`` (if given) with the machine and the command
+    that measured them; the rows."""
+    import json
+
     from keras_hashing.fileio import write_json
 
-    write_json(path, {"machine": machine(), "command": " ".join(["python"] + list(argv)),
-                      "rows": rows})
+    done = []
+    for row in rows:
+        done.append(row)
+        print(json.dumps(row), flush=True)
+    if out:
+        write_json(out, {"machine": machine(), "command": " ".join(["python"] + list(argv)),
+                         "rows": done})
+    return done

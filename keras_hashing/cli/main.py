@@ -140,7 +140,8 @@ def _evaluate_parser(sub, common) -> None:
 
 
 def _encode_parser(sub, common) -> None:
-    c = sub.add_parser("encode", parents=[common, _run_data_flags(), _quiet_flag()], help="packed codes of a dataset split, to .npz",
+    c = sub.add_parser("encode", parents=[common, _run_data_flags(), _quiet_flag()],
+                       help="packed codes of a dataset split, to .npz",
                        epilog="example: keras-hashing encode --run runs/d48 --split query "
                               "--out q.npz")
     _add_split_args(c)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_hashing.data.splits import EpochOrder
+from keras_hashing.data.splits import EpochOrder, stateless_key
 from keras_hashing.errors import DataError
 from keras_hashing.keras_internals import stateless_seeds
 
@@ -167,9 +167,7 @@ def _augmented(augment, images, seed, epoch, step):
 
     images = tf.cast(images, tf.float32)
     for i, layer in enumerate(augment.layers):
-        key = tf.constant([int(seed), i], tf.int64)
-        for data in (epoch, step):
-            key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
+        key = stateless_key(seed, i, epoch, step)
         transformation = layer.get_random_transformation(
             images, training=True, seed=stateless_seeds(key))
         images = layer.transform_images(images, transformation, training=True)

@@ -87,6 +87,18 @@ class EpochOrder:
             output_signature=tf.TensorSpec((self.n,), tf.int64)).unbatch()
 
 
+def stateless_key(seed, salt, *data):
+    """A stateless random seed (int64 tensor of shape (2,)) drawn from ``[seed, salt]``
+    and then each of ``data`` (ints or scalar tensors: an epoch, a step) in turn: what a
+    pipeline's random op of that epoch and step draws from, whatever ran before it."""
+    import tensorflow as tf
+
+    key = tf.constant([int(seed), int(salt)], tf.int64)
+    for value in data:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
 @dataclasses.dataclass
 class ArraySplit(Split):
     """Images (N, H, W, C) uint8 held in memory, and labels (N,) or (N, C)."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_hashing.data.benchmarks import CIFAR10_PROTOCOLS, cifar10_positions
 from keras_hashing.data.image_files import DEFAULT_IMAGE_SIZE
-from keras_hashing.data.splits import StreamedSplit, take_validation
+from keras_hashing.data.splits import StreamedSplit, stateless_key, take_validation
 from keras_hashing.errors import DataError
 
 # decoded examples a TFDS split is shuffled among (its records are read in file order)
@@ -56,11 +56,9 @@ def _window_shuffled(ds, seed, epoch, window):
     import tensorflow as tf
 
     def shuffled(number, batch):
-        key = tf.constant([int(seed), 0], tf.int64)
-        for data in (epoch, number):
-            key = tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64))
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(batch[0])[0]),
-                                                         seed=key)
+                                                         seed=stateless_key(seed, 0, epoch,
+                                                                            number))
         return tuple(tf.gather(part, order) for part in batch)
 
     return ds.batch(window).enumerate().map(shuffled).unbatch()

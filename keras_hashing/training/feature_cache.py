@@ -91,7 +91,6 @@ def split_features(model, split, folder, name="train"):
     if os.path.isfile(path):
         return np.load(path, mmap_mode="r")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    extract = _extractor(model)
     dim = int(model.backbone.output.shape[-1])
     try:
         with atomic_path(path, suffix=".npy") as tmp:  # an error leaves no file behind
@@ -101,7 +100,7 @@ def split_features(model, split, folder, name="train"):
             for images, ok in inference_dataset(split, BATCH):
                 if not np.all(ok):
                     raise _Unreadable
-                out[start:start + len(images)] = np.asarray(extract(images))
+                out[start:start + len(images)] = model.features(images.numpy())
                 start += len(images)
             out.flush()
             del out
@@ -117,14 +116,3 @@ class _Unreadable(Exception):
 def feature_split(features, split) -> ArraySplit:
     """The training split with features in place of images (same order and labels)."""
     return ArraySplit(features, split.y)
-
-
-def _extractor(model):
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def extract(images):
-        x = model.rescale(tf.cast(images, tf.float32))
-        return model.backbone(x, training=False)
-
-    return extract

@@ -356,6 +356,18 @@ class HashingModel(keras.Model):
         return ops.minimum(1.0, step / float(steps))
 
     # -- inference ----------------------------------------------------------------------
+    def features(self, images, batch_size=512) -> np.ndarray:
+        """The backbone's features (N, D) of raw images, in inference mode: what a
+        closed-form baseline fits on and what a frozen backbone's cache stores.
+
+        """
+        # Batched calls rather than predict, which fails under MultiWorkerMirroredStrategy.
+        images = np.asarray(images)
+        return np.concatenate([
+            np.asarray(self.backbone(self.rescale(images[i:i + batch_size].astype(np.float32)),
+                                     training=False))
+            for i in range(0, len(images), batch_size)])
+
     def embed(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """Continuous codes h (N, K) as float32."""
         return np.asarray(self.predict_arrays(images, batch_size, verbose)["code"], np.float32)

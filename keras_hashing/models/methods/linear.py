@@ -13,7 +13,6 @@ search, evaluation and TF Serving export as the deep methods.
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from keras_hashing.models import baselines
 from keras_hashing.models.backbones import pretrained_weights
@@ -62,14 +61,6 @@ class LinearHashing(HashingModel):
 
     def loss_terms(self, outputs, targets):
         raise TypeError(f"{self.method_name} is fitted in closed form, not by gradients")
-
-    def features(self, images, batch_size=512):
-        # Batched calls rather than predict, which fails under MultiWorkerMirroredStrategy.
-        images = np.asarray(images)
-        return np.concatenate([
-            np.asarray(self.backbone(self.rescale(images[i:i + batch_size].astype(np.float32)),
-                                     training=False))
-            for i in range(0, len(images), batch_size)])
 
     def after_fit(self, splits, seed=0):
         est = self.estimator(self.bits, **self.params).fit(self.features(splits.train.x))
