@@ -187,6 +187,16 @@ def test_a_resumed_augmented_fit_ends_as_the_uninterrupted_run(tmp_path):
     _kill_resume_and_compare("after epoch 1", whole, writes, tmp_path / "resumed", args)
 
 
+def test_a_fit_resumed_within_its_cached_warm_up_ends_as_the_uninterrupted_run(tmp_path):
+    """Killed in the warm-up epochs that train on stored features: the resumed run reads
+    the stored features, joins the backbone on images after the warm-up, and ends as the
+    run never killed."""
+    args = [*RESUME_ARGS, "--set", "backbone_warmup_epochs=2", "--learning-rate", "0.005"]
+    whole, writes = _fit_uninterrupted(tmp_path / "whole", args)
+    assert any("features" in write for write in writes)  # it trained on a cache
+    _kill_resume_and_compare("after epoch 1", whole, writes, tmp_path / "resumed", args)
+
+
 def _kill_resume_and_compare(kill, whole, writes, out, args):
     from keras_hashing import runs
 

@@ -56,6 +56,11 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.history: list = []
         self.collapsed_epochs: list = []
 
+    def score_on(self, queries, database, encode=None) -> None:
+        """Score the coming epochs on these splits (the cached features' splits while the
+        head trains on a cache, then the images'), keeping the selection so far."""
+        self.queries, self.database, self.encode = queries, database, encode
+
     def on_epoch_end(self, epoch, logs=None):
         from keras_hashing.encoders import encode_split
 
@@ -296,6 +301,62 @@ class BackboneWarmup(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
 
 
+class PhasedCallback(keras.callbacks.Callback):
+    """One callback of a training run that Keras' ``fit`` runs in consecutive phases (the
+    epochs on a frozen backbone's cached features, then the epochs on images): it sees
+    ``on_train_begin`` only in the first phase and ``on_train_end`` only in the last, so
+    it keeps its state across the phases as it does across the epochs of one ``fit``.
+
+    Example:
+        >>> phases = [[PhasedCallback(c, first=True, last=False) for c in callbacks],
+        ...           [PhasedCallback(c, first=False, last=True) for c in callbacks]]  # doctest: +SKIP
+    """
+
+    def __init__(self, callback, first: bool, last: bool):
+        super().__init__()
+        self.callback, self.first, self.last = callback, first, last
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        if self.first:
+            self.callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        if self.last:
+            self.callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.callback.on_epoch_end(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.callback.on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.callback.on_train_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None):
+        self.callback.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        self.callback.on_test_end(logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.callback.on_test_batch_begin(batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.callback.on_test_batch_end(batch, logs)
+
+
 class HashingTensorBoard(keras.callbacks.Callback):
     """Hashing-specific TensorBoard summaries, beside Keras' own scalars.
 
@@ -327,8 +388,10 @@ class HashingTensorBoard(keras.callbacks.Callback):
     def __init__(self, log_dir, split, class_names=None, max_samples=1000, seed=0):
         super().__init__()
         rng = np.random.default_rng(seed)
-        sample = split.subset(np.sort(rng.permutation(len(split))[:max_samples]))
+        self.sample_index = np.sort(rng.permutation(len(split))[:max_samples])
+        sample = split.subset(self.sample_index)
         self.images, self.labels = sample.x, sample.y
+        self.features = None  # the sample's backbone features while training on a cache
         self.class_names = class_names
         self.log_dir = log_dir
         self.hashing_dir = os.path.join(log_dir, "hashing")
@@ -337,7 +400,8 @@ class HashingTensorBoard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
-        out = model.predict_arrays(self.images, batch_size=256)
+        out = (model.predict_arrays(self.images, batch_size=256) if self.features is None
+               else model.head_arrays(self.features))
         h = np.asarray(out["code"], np.float32)
         bits = np.asarray(out["bits"], np.uint8)
         stats = code_statistics(bits)
@@ -357,11 +421,18 @@ class HashingTensorBoard(keras.callbacks.Callback):
             tf.summary.histogram("bits/ones_rate", bits.mean(axis=0))
         self._writer.flush()
 
+    def use_features(self, val_features) -> None:
+        """Summarise the coming epochs from the validation split's stored backbone
+        features (rows of ``val_features``, N x D), or from the images again (None)."""
+        self.features = (None if val_features is None
+                         else np.asarray(val_features[self.sample_index], np.float32))
+
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
-        write_projector(self.projector_dir, self.model.embed(self.images), self.labels,
-                        self.images, self.class_names)
+        codes = (self.model.embed(self.images) if self.features is None
+                 else self.model.head_arrays(self.features)["code"])
+        write_projector(self.projector_dir, codes, self.labels, self.images, self.class_names)
 
 
 def write_projector(out_dir, embeddings, labels, images=None, class_names=None) -> None:

@@ -60,7 +60,8 @@ DEFAULTS = {
     "backbone_lr_multiplier": 1.0,
     # the backbone frozen for the whole run (a feature extractor, in inference mode); with
     # feature_cache and no augmentation the training split is encoded once and the head
-    # trains on the stored features (training.feature_cache)
+    # trains on the stored features (training.feature_cache), as it does in the frozen
+    # epochs of backbone_warmup_epochs
     "freeze_backbone": False,
     "feature_cache": True,
     # re-estimate BatchNormalization statistics on training batches at each epoch end:

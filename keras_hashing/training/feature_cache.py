@@ -1,6 +1,7 @@
-"""Cached frozen features: with the backbone frozen for the whole run (``freeze_backbone``)
-and no augmentation, the training split goes through the backbone once and the head
-trains on the stored features, so an epoch costs the head's work, not the backbone's.
+"""Cached frozen features: with the backbone frozen (for the whole run, ``freeze_backbone``,
+or for the warm-up epochs, ``backbone_warmup_epochs``) and no augmentation, the training
+split goes through the backbone once and the head trains on the stored features, so a
+frozen epoch costs the head's work, not the backbone's.
 
 The features of the training and validation splits (validation then scores the head on
 them too) are ``.npy`` files (float32, N x D) in the run's backup folder, written
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,12 +39,51 @@ from keras_hashing.runs import FEATURES_DIR
 BATCH = 128
 
 
-def eligible(cfg: dict, model) -> bool:
-    """Whether this fit trains on cached features: a frozen backbone, no augmentation,
-    gradient training of a method whose loss needs features only."""
-    return bool(cfg["freeze_backbone"] and cfg["feature_cache"] and not cfg["augmentation"]
-                and model.gradient_training and model.feature_cacheable
-                and not model.spatial_features)
+def cached_epochs(cfg: dict, model) -> int:
+    """How many leading epochs train on cached features: every epoch with the backbone
+    frozen for the whole run (``freeze_backbone``), the warm-up epochs with
+    ``backbone_warmup_epochs`` (the backbone joins on images after them), else 0. Only a
+    gradient-trained method whose loss needs features alone, without augmentation (each
+    epoch would see other images) and with ``feature_cache`` on, trains on a cache."""
+    if not (cfg["feature_cache"] and not cfg["augmentation"] and model.gradient_training
+            and model.feature_cacheable and not model.spatial_features):
+        return 0
+    if cfg["freeze_backbone"]:
+        return int(cfg["epochs"])
+    return min(int(cfg["backbone_warmup_epochs"]), int(cfg["epochs"]))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Consecutive epochs of a fit that train on the same inputs: ``train`` and ``val``
+    (images, or their stored features where ``on_features``) up to epoch ``end``."""
+
+    train: object
+    val: object
+    end: int
+    on_features: bool
+
+
+def fit_phases(cfg: dict, model, splits, initial_epoch: int, folder) -> list[Phase]:
+    """The phases of a fit from ``initial_epoch``: the epochs on cached features
+    (``cached_epochs``; the cache is read from or written to ``folder``), then the epochs
+    on images. One images phase where nothing is cached, or where an image of a streamed
+    split cannot be read (the images path then applies the bad-image policy).
+
+    Example:
+        >>> [(p.end, p.on_features) for p in fit_phases(cfg, model, splits, 0, folder)]
+        ... # doctest: +SKIP
+        [(2, True), (20, False)]          # backbone_warmup_epochs=2, epochs=20
+    """
+    phases, start = [], initial_epoch
+    until = cached_epochs(cfg, model)
+    cached = cached_splits(model, splits, folder) if initial_epoch < until else None
+    if cached is not None:
+        phases.append(Phase(cached["train"], cached["val"], until, on_features=True))
+        start = until
+    if start < cfg["epochs"] or not phases:
+        phases.append(Phase(splits.train, splits.val, int(cfg["epochs"]), on_features=False))
+    return phases
 
 
 def feature_key(model, split) -> str:
@@ -58,11 +99,10 @@ def feature_key(model, split) -> str:
     return digest.hexdigest()[:24]
 
 
-def cached_splits(cfg: dict, model, splits, folder):
+def cached_splits(model, splits, folder):
     """{"train", "val"}: the two splits with their stored features in place of images
-    (``feature_split``), where this fit trains on a cache (``eligible``); else None."""
-    if not eligible(cfg, model):
-        return None
+    (``feature_split``), read from or written to ``folder``; None where some image of a
+    streamed split cannot be read (the images path then applies the bad-image policy)."""
     found = {}
     for name in ("train", "val"):
         features = split_features(model, splits.split(name), folder, name)
@@ -77,10 +117,7 @@ def encode_features(model, split, batch=1024):
     for images (validation on the cache: the model's head only)."""
     from keras_hashing.codes import pack_bits
 
-    bits = [np.asarray(model.binarize(model.outputs_of(
-        np.asarray(split.x[start:start + batch], np.float32))["code"]), np.uint8)
-        for start in range(0, len(split), batch)]
-    return pack_bits(np.concatenate(bits)), np.ones(len(split), bool)
+    return pack_bits(model.head_arrays(split.x, batch)["bits"]), np.ones(len(split), bool)
 
 
 def split_features(model, split, folder, name="train"):

@@ -156,15 +156,10 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
                       jit_compile=jit_compile_default())
     rng = np.random.default_rng(cfg["seed"])
     db_idx = np.sort(rng.permutation(len(splits.train))[:cfg["val_database_size"]])
-    # a frozen backbone's stored features stand in for the images of train and val
-    cached = (feature_cache.cached_splits(cfg, model, splits, os.path.join(work, BACKUP_DIR))
-              if model.gradient_training else None)
-    fitted = cached or {"train": splits.train, "val": splits.val}
     # validation "none": the last epoch is kept and val only monitors the fit
-    validation = RetrievalValidation(fitted["val"], fitted["train"].subset(db_idx),
+    validation = RetrievalValidation(splits.val, splits.train.subset(db_idx),
                                      cfg["bits"], map_k=protocol_k(splits.protocol, len(db_idx)),
-                                     restore_best=splits.validation != "none",
-                                     encode=feature_cache.encode_features if cached else None)
+                                     restore_best=splits.validation != "none")
     recalibration = (recalibration_callback(cfg, splits) if cfg["recalibrate_batchnorm"]
                      else None)
     # Workers other than the chief resume from the chief's backup (a shared --out) and
@@ -193,8 +188,11 @@ def _train_and_save(cfg, writer, work, strategy, model, splits, verbose, out=Non
         validation.set_model(model)
         validation.on_train_end()
     elif model.gradient_training:
-        _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
-                       fitted["train"] if cached else None)
+        # a frozen backbone's stored features stand in for the images while it is frozen
+        phases = feature_cache.fit_phases(cfg, model, splits, initial_epoch,
+                                          os.path.join(work, BACKUP_DIR))
+        _fit_gradients(cfg, model, phases, strategy, steps, callbacks, initial_epoch, verbose,
+                       db_idx)
     after_fit = model.after_fit(splits, seed=cfg["seed"])
     if not model.gradient_training:  # closed form: one validation measurement
         validation.set_model(model)
@@ -262,34 +260,63 @@ def _callbacks(cfg, model, splits, logs, validation, backup, recalibration=None)
     return [StopOnNonFinite()] + model.training_callbacks(splits) + callbacks
 
 
-def _fit_gradients(cfg, model, splits, strategy, steps, callbacks, initial_epoch, verbose,
-                   train_features=None):
-    """Gradient training: Keras' fit, or the custom loop under multi-worker; on
-    ``train_features`` (a split of a frozen backbone's stored features) where given."""
+def _fit_gradients(cfg, model, phases, strategy, steps, callbacks, initial_epoch, verbose,
+                   db_idx):
+    """Gradient training: Keras' fit, or the custom loop under multi-worker, phase by
+    phase (``feature_cache.fit_phases``: the epochs on stored features, then on images);
+    the callbacks see one training run across the phases (``PhasedCallback``)."""
+    from keras_hashing.training.callbacks import PhasedCallback
+
     multi_worker = custom_loop.multi_worker(strategy)
-    model.trains_on_features = train_features is not None
-    train = make_tf_dataset(splits.train if train_features is None else train_features,
-                            cfg["batch_size"], shuffle=True,
-                            seed=cfg["seed"],
-                            with_index=model.needs_index, augmentation=cfg["augmentation"],
-                            # every worker must take the same number of full global steps
-                            drop_remainder=multi_worker,
-                            # a resumed run takes up the data order where it stopped
-                            first_epoch=initial_epoch)
+    start = initial_epoch
     try:
-        _run_fit(cfg, model, splits, train, strategy, steps, callbacks, initial_epoch, verbose)
+        for number, phase in enumerate(phases):
+            _enter_phase(model, phase, callbacks, db_idx)
+            phased = callbacks if len(phases) == 1 else [
+                PhasedCallback(c, first=number == 0, last=number == len(phases) - 1)
+                for c in callbacks]
+            train = make_tf_dataset(phase.train, cfg["batch_size"], shuffle=True,
+                                    seed=cfg["seed"], with_index=model.needs_index,
+                                    augmentation=cfg["augmentation"],
+                                    # every worker must take the same number of full steps
+                                    drop_remainder=multi_worker,
+                                    # a resumed run takes up the data order where it stopped
+                                    first_epoch=start)
+            _run_fit(cfg, model, phase, train, strategy, steps, phased, start, verbose)
+            if model.stop_training and number < len(phases) - 1:
+                # early stopping within the cached epochs ends the run there
+                for callback in phased:
+                    callback.callback.on_train_end()
+                break
+            start = phase.end
     finally:
         model.trains_on_features = False  # every later call takes images
 
 
-def _run_fit(cfg, model, splits, train, strategy, steps, callbacks, initial_epoch, verbose):
+def _enter_phase(model, phase, callbacks, db_idx) -> None:
+    """Point the model, validation and TensorBoard at the phase's inputs."""
+    from keras_hashing.training.callbacks import HashingTensorBoard, RetrievalValidation
+
+    model.trains_on_features = phase.on_features
+    # the compiled steps captured the inputs they were traced for
+    model.make_train_function(force=True)
+    model.make_test_function(force=True)
+    for callback in callbacks:
+        if isinstance(callback, RetrievalValidation):
+            callback.score_on(phase.val, phase.train.subset(db_idx),
+                              feature_cache.encode_features if phase.on_features else None)
+        elif isinstance(callback, HashingTensorBoard):
+            callback.use_features(phase.val.x if phase.on_features else None)
+
+
+def _run_fit(cfg, model, phase, train, strategy, steps, callbacks, initial_epoch, verbose):
     if custom_loop.multi_worker(strategy):
-        custom_loop.fit_in_custom_loop(model, train, strategy, cfg["epochs"],
+        custom_loop.fit_in_custom_loop(model, train, strategy, phase.end,
                                        initial_epoch=initial_epoch, callbacks=callbacks,
                                        verbose=verbose)
         return
     fit_steps = None
-    if cfg["steps_per_epoch"] or not splits.train.in_memory:
+    if cfg["steps_per_epoch"] or not phase.train.in_memory:
         # A streamed split's length is unknown to tf.data (unreadable images may be
         # skipped): repeat it and cut epochs by steps, so Keras never runs out of data.
         train, fit_steps = train.repeat(), steps
@@ -301,8 +328,8 @@ def _run_fit(cfg, model, splits, train, strategy, steps, callbacks, initial_epoc
         # epoch, uses predict, which works. So the validation loss is single-device only.
         # A streamed validation split is scored by RetrievalValidation alone (its
         # length is unknown to Keras' evaluate loop).
-        validation_data=(make_tf_dataset(splits.val, max(256, cfg["batch_size"]))
-                         if strategy.num_replicas_in_sync == 1 and splits.val.in_memory
+        validation_data=(make_tf_dataset(phase.val, max(256, cfg["batch_size"]))
+                         if strategy.num_replicas_in_sync == 1 and phase.val.in_memory
                          else None),
-        epochs=cfg["epochs"], initial_epoch=initial_epoch, callbacks=callbacks,
+        epochs=phase.end, initial_epoch=initial_epoch, callbacks=callbacks,
         verbose=verbose, shuffle=False, steps_per_epoch=fit_steps)

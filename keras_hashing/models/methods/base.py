@@ -292,10 +292,7 @@ class HashingModel(keras.Model):
     def train_step(self, data):
         inputs, targets = data[0], data[1]
         with tf.GradientTape() as tape:
-            # the training split's stored backbone features (a frozen backbone's cache,
-            # training.feature_cache), or its images
-            outputs = (self.outputs_of(ops.cast(inputs, "float32"), training=True)
-                       if self.trains_on_features else self(inputs, training=True))
+            outputs = self._forward(inputs, training=True)
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             # Under a strategy every replica computes the loss of the *global* batch (so
             # pairs and triplets span replicas) with gradients flowing only through its own
@@ -314,8 +311,16 @@ class HashingModel(keras.Model):
 
     def test_step(self, data):
         images, targets = data[0], data[1]
-        terms, _, _ = self._terms_with_decay(self(images, training=False), targets)
+        terms, _, _ = self._terms_with_decay(self._forward(images, training=False), targets)
         return self._record(terms)
+
+    def _forward(self, inputs, training):
+        """The outputs of a training or validation batch: of its stored backbone features
+        while the head trains on a frozen backbone's cache (training.feature_cache), else
+        of its images."""
+        if self.trains_on_features:
+            return self.outputs_of(ops.cast(inputs, "float32"), training=training)
+        return self(inputs, training=training)
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
@@ -367,6 +372,20 @@ class HashingModel(keras.Model):
             np.asarray(self.backbone(self.rescale(images[i:i + batch_size].astype(np.float32)),
                                      training=False))
             for i in range(0, len(images), batch_size)])
+
+    def head_arrays(self, features, batch_size=1024) -> dict:
+        """{"code", "bits"} of backbone ``features`` (N, D), the head alone: what
+        ``predict_arrays`` gives for the images those features came from.
+
+        Example:
+            >>> model.head_arrays(model.features(images))["bits"].shape  # doctest: +SKIP
+            (100, 32)
+        """
+        codes = [np.asarray(self.outputs_of(np.asarray(features[i:i + batch_size],
+                                                       np.float32))["code"], np.float32)
+                 for i in range(0, len(features), batch_size)]
+        code = np.concatenate(codes) if codes else np.zeros((0, self.bits), np.float32)
+        return {"code": code, "bits": np.asarray(self.binarize(code), np.uint8)}
 
     def embed(self, images, batch_size=256, verbose=0) -> np.ndarray:
         """Continuous codes h (N, K) as float32."""
