@@ -13,16 +13,23 @@ from keras_hashing.errors import ConfigError, DataError
 keras_hub = pytest.importorskip("keras_hub")
 
 
-def _dino_preset(path, seed=0):
+def _dino_preset(path, seed=0, version=2):
     import keras
 
     keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.DINOV2Backbone(
-        patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
-        image_shape=(16, 16, 3), position_embedding_shape=(16, 16, 3))
-    converter = keras_hub.layers.DINOV2ImageConverter(
-        image_size=(16, 16), scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
-        offset=[-m / s for m, s in ((0.485, 0.229), (0.456, 0.224), (0.406, 0.225))])
+    sizes = dict(patch_size=4, num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32,
+                 image_shape=(16, 16, 3))
+    normalise = dict(image_size=(16, 16),
+                     scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
+                     offset=[-m / s for m, s in ((0.485, 0.229), (0.456, 0.224),
+                                                 (0.406, 0.225))])
+    if version == 2:
+        backbone = keras_hub.models.DINOV2Backbone(position_embedding_shape=(16, 16, 3),
+                                                   **sizes)
+        converter = keras_hub.layers.DINOV2ImageConverter(**normalise)
+    else:  # CLS, then register tokens, then patches
+        backbone = keras_hub.models.DINOV3Backbone(num_register_tokens=2, **sizes)
+        converter = keras_hub.layers.DINOV3ImageConverter(**normalise)
     backbone.save_to_preset(str(path))
     converter.save_to_preset(str(path))
     return str(path)
@@ -33,9 +40,11 @@ def dino(tmp_path_factory):
     return _dino_preset(tmp_path_factory.mktemp("presets") / "dino_tiny")
 
 
-def test_a_hub_backbone_is_the_presets_converter_tower_and_cls_token(dino):
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_hub_backbone_is_the_presets_converter_tower_and_cls_token(version, tmp_path):
     from keras_hashing.models.backbones import build_backbone, load_pretrained
 
+    dino = _dino_preset(tmp_path / f"dinov{version}", version=version)
     net = build_backbone(f"hub:{dino}", (8, 8, 1))
     assert tuple(net.output.shape) == (None, 16)  # the CLS token of a 16-d model
     load_pretrained(net, f"hub:{dino}", "preset")
@@ -43,12 +52,14 @@ def test_a_hub_backbone_is_the_presets_converter_tower_and_cls_token(dino):
     converter = keras_hub.layers.ImageConverter.from_preset(dino)
     images = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
     grey = np.repeat(images * 255.0, 3, axis=-1)
-    expected = np.asarray(tower({"images": converter(grey)}))[:, 0]
+    (name,) = tower.input.keys()
+    expected = np.asarray(tower({name: converter(grey)}))[:, 0]
     np.testing.assert_allclose(np.asarray(net(images)), expected, atol=1e-5)
 
 
 def _two_tower_preset(path, family):
-    """A tiny CLIP or SigLIP preset (its text tower only makes the backbone whole)."""
+    """A tiny CLIP, MetaCLIP 2 or SigLIP preset (its text tower only makes the backbone
+    whole)."""
     sizes = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32)
     text = dict(vocabulary_size=50, embedding_dim=16, max_sequence_length=8, **sizes)
     if family == "clip":
@@ -57,6 +68,14 @@ def _two_tower_preset(path, family):
         keras_hub.models.CLIPBackbone(vision, keras_hub.models.CLIPTextEncoder(**text),
                                       projection_dim=12).save_to_preset(str(path))
         converter = keras_hub.layers.CLIPImageConverter(image_size=(16, 16), scale=1 / 255)
+    elif family == "metaclip2":
+        vision = keras_hub.models.MetaCLIP2VisionEncoder(patch_size=4,
+                                                         image_shape=(16, 16, 3), **sizes)
+        keras_hub.models.MetaCLIP2Backbone(
+            vision, keras_hub.models.MetaCLIP2TextEncoder(**text), projection_dim=10
+        ).save_to_preset(str(path))
+        converter = keras_hub.layers.MetaCLIP2ImageConverter(image_size=(16, 16),
+                                                             scale=1 / 255)
     else:
         vision = keras_hub.models.SigLIPVisionEncoder(patch_size=4, image_shape=(16, 16, 3),
                                                       **sizes)
@@ -68,10 +87,11 @@ def _two_tower_preset(path, family):
     return str(path)
 
 
-@pytest.mark.parametrize("family, dim", [("clip", 12), ("siglip", 16)])
+@pytest.mark.parametrize("family, dim", [("clip", 12), ("metaclip2", 10), ("siglip", 16)])
 def test_clip_and_siglip_give_their_image_embedding(tmp_path, family, dim):
-    """CLIP's pooled embedding projected to its joint space (12-d here), SigLIP's pooled
-    one; the preset's trained weights land in the tower, and a saved model loads."""
+    """CLIP's and MetaCLIP 2's pooled embeddings projected to their joint space (12-d and
+    10-d here), SigLIP's pooled one; the preset's trained weights land in the tower, and
+    a saved model loads."""
     import keras
 
     from keras_hashing.models.backbones import build_backbone, load_pretrained
@@ -230,3 +250,14 @@ def test_csq_on_a_folder_trains_from_cached_hub_features_exports_and_serves(dino
     first = answer["results"][0]
     assert first["distances"][0] == 0
     assert str(photo) in [p for p, d in zip(first["paths"], first["distances"]) if d == 0]
+
+
+def test_a_backbone_of_another_family_is_one_line_naming_those_known():
+    from keras_hashing.models.hub_backbones import vision_tower
+
+    vit = keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
+                                       num_heads=2, hidden_dim=8, mlp_dim=16)
+    converter = keras_hub.layers.ImageConverter(image_size=(16, 16))
+    with pytest.raises(ConfigError, match="ViTBackbone is not an image backbone") as info:
+        vision_tower(vit, converter)
+    assert "DINOv2 or DINOv3" in str(info.value) and "\n" not in str(info.value)

@@ -34,9 +34,11 @@ HUB_PREFIX = "hub:"
 EXTRA = 'pip install "keras-hashing[hub]"'
 # ``weights`` values of a hub backbone: the preset's trained weights
 PRESET_WEIGHTS = "preset"
-# image backbones whose output is a token sequence: the CLS token is the feature (the
-# others give their image embedding through get_vision_embeddings)
+# image backbones whose output is a token sequence: the CLS token is the feature
 TOKEN_BACKBONES = ("DINOV2Backbone", "DINOV3Backbone")
+# image-text backbones: the image embedding of get_vision_embeddings is the feature
+# (SigLIP 2 presets load as SigLIPBackbone)
+EMBEDDING_BACKBONES = ("CLIPBackbone", "SigLIPBackbone", "MetaCLIP2Backbone")
 
 
 def hub_preset(spec):
@@ -92,8 +94,10 @@ def vision_tower(backbone, converter) -> keras.Model:
     images = keras.Input((*size, 3))
     kind = type(backbone).__name__
     if kind in TOKEN_BACKBONES:
-        features = ClassToken(name="cls_token")(backbone(images))
-    elif callable(getattr(type(backbone), "get_vision_embeddings", None)):
+        # fed by its input's own name (DINOv2 "images", DINOv3 "pixel_values")
+        (name,) = backbone.input.keys()
+        features = ClassToken(name="cls_token")(backbone({name: images}))
+    elif kind in EMBEDDING_BACKBONES:
         features = backbone.get_vision_embeddings(images)
     else:
         raise ConfigError(f"hub: {kind} is not an image backbone keras-hashing knows "
