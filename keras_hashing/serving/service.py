@@ -39,6 +39,7 @@ import numpy as np
 from keras_hashing.errors import HashingError, IndexFileError
 from keras_hashing.search import kernel
 from keras_hashing.search.index import HammingIndex
+from keras_hashing.serving.guard import RequestGuard, error_response
 from keras_hashing.serving.search_request import (INT64_MAX, INT64_MIN, ClientError,
                                                image_size_of)
 from keras_hashing.fileio import open_regular
@@ -366,56 +367,29 @@ class ServiceMetrics:
         return generate_latest(self.registry).decode()
 
 
-def _error(message, status):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def _add_guards(app, token, max_body, metrics, body_timeout=BODY_TIMEOUT_SECONDS) -> None:
-    """The token, the body-size cap, JSON errors for client mistakes, and the metrics."""
-    from fastapi import Request
+    """The token, the body-size cap and timeout, and the metrics (``guard.RequestGuard``);
+    JSON errors for client mistakes."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    @app.middleware("http")
-    async def guard_and_measure(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if token and request.url.path != "/healthz" and not _authorized(request, token):
-            response = _error("missing or wrong bearer token", 401)
-        elif request.method == "POST" and length is None:
-            # a chunked body could be any size: only declared lengths are read
-            response = _error("a request body needs a Content-Length", 411)
-        elif length is not None and (not length.isdigit() or int(length) > max_body):
-            response = _error(f"request body over {max_body} bytes", 413)
-        else:
-            try:
-                if length:  # a client that stops sending its body holds no worker
-                    await asyncio.wait_for(request.body(), body_timeout)
-                response = await call_next(request)
-            except ClientError as e:
-                response = _error(str(e), e.status)
-            except asyncio.TimeoutError:
-                response = _error(f"the request body did not arrive within {body_timeout:g} "
-                                  "s", 408)
-        metrics.observe(request.url.path, response.status_code, time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestGuard, token=token, max_body=max_body, observe=metrics.observe,
+                       body_timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(f"{where + ': ' if where else ''}{first.get('msg', 'invalid request')}",
-                      400)
+        message = first.get("msg", "invalid request")
+        return error_response(f"{where + ': ' if where else ''}{message}", 400)
 
     @app.exception_handler(ClientError)
     async def client_error(request, exc):
-        return _error(str(exc), exc.status)
+        return error_response(str(exc), exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):  # 404 of an unknown path, 405, ...: the same shape
-        response = _error(str(exc.detail), exc.status_code)
+        response = error_response(str(exc.detail), exc.status_code)
         response.headers.update(exc.headers or {})
         return response
 
@@ -494,20 +468,3 @@ def _add_routes(app, holder, encoder, metrics, max_delay) -> None:
 
 
 ROUTES = ("/v1/search", "/v1/index", "/v1/items", "/healthz", "/metrics", "/", "/openapi.json")
-
-
-def _takes_query_token(path: str) -> bool:
-    """The routes a browser opens without a header: the page (typed into the address bar)
-    and the thumbnails (``<img src>``). Elsewhere a token in the URL is not accepted: URLs
-    end up in logs and histories."""
-    return path == "/" or (path.startswith("/v1/items/") and path.endswith("/thumbnail"))
-
-
-def _authorized(request, token) -> bool:
-    import hmac
-
-    header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
-    if not given and request.method in ("GET", "HEAD") and _takes_query_token(request.url.path):
-        given = request.query_params.get("token", "")
-    return hmac.compare_digest(given.encode(), str(token).encode())
