@@ -48,6 +48,19 @@ def direct(path, queries, k) -> dict:
     return {"calls_per_s": round(len(queries) / sum(times), 1), **percentiles(times)}
 
 
+def round_trip(url, requests=2000) -> dict:
+    """p50 and p99 of ``GET /healthz`` from one client: HTTP with no work behind it."""
+    import httpx
+
+    times = []
+    with httpx.Client(timeout=60) as http:
+        for _ in range(requests):
+            start = time.perf_counter()
+            http.get(url + "/healthz").raise_for_status()
+            times.append(time.perf_counter() - start)
+    return {"requests": requests, **percentiles(times)}
+
+
 def drive(url, queries, k, clients, requests, swap=None) -> dict:
     import httpx
 
@@ -115,6 +128,7 @@ def main(argv=None) -> int:
             wait_until_healthy(url)
             report = {"codes": args.codes, "bits": args.bits, "k": args.k,
                       "direct": direct(path, queries, args.k), "service": []}
+            report["healthz"] = round_trip(url)  # HTTP alone: the floor of a request
             for clients in (1, 8, 32):
                 report["service"].append(drive(url, queries, args.k, clients, args.requests))
 
