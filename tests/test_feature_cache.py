@@ -125,3 +125,15 @@ def test_a_warm_up_trains_on_the_cache_then_the_backbone_joins_on_images(tmp_pat
     moved = [not np.allclose(a, b) for a, b in zip(cached.model.backbone.get_weights(),
                                                      fresh.model.backbone.get_weights())]
     assert any(moved)
+
+
+def test_early_stopping_within_the_cached_warm_up_ends_the_run_there(tmp_path, monkeypatch):
+    """Stopped in the epochs on stored features, the run ends as one fit would: no epoch on
+    images, the best epoch restored, the projector written."""
+    calls = []
+    stopped = _fit(tmp_path, "stopped", True, monkeypatch, calls, epochs=6,
+                   sets=["backbone_warmup_epochs=4", "patience=1", "learning_rate=0.0"])
+    validation = stopped.metrics["validation"]
+    assert stopped.metrics["epochs_run"] == 2  # epoch 2 did not beat epoch 1
+    assert validation["best_epoch"] == 1
+    assert (tmp_path / "stopped" / "logs" / "hashing" / "projector_config.pbtxt").is_file()
