@@ -171,6 +171,7 @@ def test_bench_serve_runs_the_service_and_drops_no_request(tmp_path):
     assert all(row["failed"] == 0 and row["requests"] == 64 for row in report["service"])
     assert report["hot_swap"]["failed"] == 0 and report["hot_swap"]["swaps"] == 3
     assert report["direct"]["p50_ms"] > 0
+    assert report["healthz"]["requests"] == 64 and report["healthz"]["p50_ms"] > 0
 
 
 def test_reproduce_default_table_and_cell_syntax(monkeypatch):

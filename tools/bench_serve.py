@@ -128,7 +128,7 @@ def main(argv=None) -> int:
             wait_until_healthy(url)
             report = {"codes": args.codes, "bits": args.bits, "k": args.k,
                       "direct": direct(path, queries, args.k), "service": []}
-            report["healthz"] = round_trip(url)  # HTTP alone: the floor of a request
+            report["healthz"] = round_trip(url, args.requests)  # HTTP alone: a request's floor
             for clients in (1, 8, 32):
                 report["service"].append(drive(url, queries, args.k, clients, args.requests))
 
