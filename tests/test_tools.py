@@ -311,3 +311,42 @@ def test_reproduce_scores_unseen_all_cells_with_the_unseen_runs(tmp_path, fake_f
     rows = json.loads((tmp_path / "docs" / "results.json").read_text())
     unseen = next(r for r in rows if r["protocol"] == "fmnist-unseen")
     assert unseen["map_all"] == round(own["map_all"], 4)
+
+
+def test_readme_results_table_is_what_results_json_gives(monkeypatch):
+    """Every number in the README's table is measured: the table is the one the recorded
+    rows give (``python tools/reproduce.py --report-only`` refreshes it)."""
+    reproduce = _load_reproduce(monkeypatch)
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split("\n")
+    start = readme.index(reproduce.README_TABLE_MARK) + 1
+    table = reproduce.readme_table(reproduce.load_rows(os.path.join(ROOT, "docs")))
+    assert readme[start:start + len(table)] == table
+    assert not readme[start + len(table)].strip()  # nothing stale left under it
+
+
+def test_readme_table_shows_spread_and_refresh_touches_only_the_table(tmp_path, monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+    rows = ([{"method": "dsh", "bits": 32, "protocol": "fmnist", "map_all": v, "seed": s}
+             for s, v in enumerate([0.90, 0.91, 0.92])]
+            + [{"method": "csq", "bits": 32, "protocol": "fmnist", "map_all": v, "seed": s}
+               for s, v in enumerate([0.93, 0.95])]
+            + [{"method": "dsh", "bits": 32, "protocol": "fmnist-unseen", "map_all": v,
+                "fold": f} for f, v in enumerate([0.6, 0.7, 0.8, 0.9, 1.0])]
+            + [{"method": "itq", "bits": 12, "protocol": "fmnist", "map_all": 0.4}])
+    table = reproduce.readme_table(rows)
+    # best learned code first, reference rows last; a cell short of its runs says so
+    assert table[2] == "| csq | – | – | 0.940 ± 0.0141 (n = 2) | – | – | – |"
+    assert table[3] == "| dsh | – | – | 0.910 ± 0.0100 | – | 0.800 ± 0.1581 | – |"
+    assert table[4] == "| itq (pixels) | 0.400 | – | – | – | – | – |"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n{reproduce.README_TABLE_MARK}\n| stale |\n|---|\n"
+                      "| old | row |\n\n## After\ntext\n")
+    assert reproduce.refresh_readme_table(rows, str(readme))
+    text = readme.read_text()
+    assert text == (f"# x\n\nintro\n{reproduce.README_TABLE_MARK}\n" + "\n".join(table)
+                    + "\n\n## After\ntext\n")
+    unmarked = tmp_path / "OTHER.md"
+    unmarked.write_text("| a table | of someone else's |\n")
+    assert not reproduce.refresh_readme_table(rows, str(unmarked))
+    assert unmarked.read_text() == "| a table | of someone else's |\n"
+    assert not reproduce.refresh_readme_table(rows, str(tmp_path / "missing.md"))
