@@ -313,15 +313,40 @@ def test_reproduce_scores_unseen_all_cells_with_the_unseen_runs(tmp_path, fake_f
     assert unseen["map_all"] == round(own["map_all"], 4)
 
 
-def test_readme_results_table_is_what_results_json_gives(monkeypatch):
-    """Every number in the README's table is measured: the table is the one the recorded
-    rows give (``python tools/reproduce.py --report-only`` refreshes it)."""
+def test_readme_results_are_what_results_json_gives(tmp_path, monkeypatch):
+    """Every number and ordering in the README's results is measured: its table and its
+    orderings are what the recorded rows give (``python tools/reproduce.py --report-only``
+    refreshes them)."""
     reproduce = _load_reproduce(monkeypatch)
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().split("\n")
-    start = readme.index(reproduce.README_TABLE_MARK) + 1
-    table = reproduce.readme_table(reproduce.load_rows(os.path.join(ROOT, "docs")))
-    assert readme[start:start + len(table)] == table
-    assert not readme[start + len(table)].strip()  # nothing stale left under it
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert all(mark in readme.split("\n") for mark in reproduce.README_BLOCKS)
+    copy = tmp_path / "README.md"
+    copy.write_text(readme, encoding="utf-8")
+    assert reproduce.refresh_readme(reproduce.load_rows(os.path.join(ROOT, "docs")), str(copy))
+    assert copy.read_text(encoding="utf-8") == readme
+
+
+def test_readme_orderings_claim_only_tested_differences(monkeypatch):
+    reproduce = _load_reproduce(monkeypatch)
+
+    def seeds(method, values):
+        return [{"method": method, "bits": 32, "protocol": "fmnist", "map_all": v, "seed": s}
+                for s, v in enumerate(values)]
+
+    rows = (seeds("orthohash", [0.95, 0.951, 0.952]) + seeds("dsh", [0.90, 0.901, 0.902])
+            + seeds("csq", [0.85, 0.851, 0.852]) + seeds("sdsh", [0.80, 0.95, 0.90])
+            + seeds("ssdh", [0.5]))
+    ranked = reproduce.orderings(rows, "fmnist", 32)
+    edges = reproduce.hasse_edges(ranked)
+    # orthohash > csq is tested and also follows from orthohash > dsh > csq: said once
+    assert edges == [(["orthohash"], ["dsh"]), (["dsh"], ["csq"])]
+    assert reproduce.implied_but_tied(ranked, edges) == []
+    text = " ".join(reproduce.readme_orderings(rows))
+    assert "On `fmnist` (seeds): orthohash > dsh; dsh > csq; one seed, not ordered: ssdh." in text
+    assert "sdsh" not in text  # too wide to differ from any: tied with all, so not named
+    # Welch's test is not transitive: a chain that orders a pair its own test does not
+    chain = [("a", [], ["b"]), ("b", [], ["c"]), ("c", [], [])]
+    assert reproduce.implied_but_tied(chain, reproduce.hasse_edges(chain)) == [("a", "c")]
 
 
 def test_readme_table_shows_spread_and_refresh_touches_only_the_table(tmp_path, monkeypatch):
@@ -341,12 +366,12 @@ def test_readme_table_shows_spread_and_refresh_touches_only_the_table(tmp_path, 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nintro\n{reproduce.README_TABLE_MARK}\n| stale |\n|---|\n"
                       "| old | row |\n\n## After\ntext\n")
-    assert reproduce.refresh_readme_table(rows, str(readme))
+    assert reproduce.refresh_readme(rows, str(readme))
     text = readme.read_text()
     assert text == (f"# x\n\nintro\n{reproduce.README_TABLE_MARK}\n" + "\n".join(table)
                     + "\n\n## After\ntext\n")
     unmarked = tmp_path / "OTHER.md"
     unmarked.write_text("| a table | of someone else's |\n")
-    assert not reproduce.refresh_readme_table(rows, str(unmarked))
+    assert not reproduce.refresh_readme(rows, str(unmarked))
     assert unmarked.read_text() == "| a table | of someone else's |\n"
-    assert not reproduce.refresh_readme_table(rows, str(tmp_path / "missing.md"))
+    assert not reproduce.refresh_readme(rows, str(tmp_path / "missing.md"))
