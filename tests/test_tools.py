@@ -195,6 +195,9 @@ def test_reproduce_default_table_and_cell_syntax(monkeypatch):
             runs = {getattr(c, field) for c in cells
                     if (c.label, c.bits, c.protocol) == (method, 32, protocol)}
             assert runs == values, (method, protocol)
+    # the pixel reference on every unseen fold too, how hard each held-out pair is
+    assert {c.fold for c in cells if (c.label, c.bits, c.protocol) == (
+        "itq", 32, "fmnist-unseen")} == {0, 1, 2, 3, 4}
     assert not [c for c in cells if c.seed and c.fold]
     assert len(set(cells)) == len(cells)
     assert reproduce.parse_cell("dsh:32:fmnist:2", ["x"]) == [("dsh", 32, "fmnist", 2, 0)]
@@ -235,6 +238,8 @@ def test_reproduce_reports_spread_and_orders_only_what_welch_separates(monkeypat
              + rows("c", "fmnist", [0.905, 0.93, 0.91], "seed")
              + rows("a", "fmnist-unseen", [0.6, 0.7, 0.8, 0.7, 0.7], "fold"))
     assert reproduce.map_all_cells(table[:3])[("a", 32)] == "0.9200 ± 0.0100 (n = 3)"
+    # a lone run of another fold than 0 says which (a bare value reads as fold 0)
+    assert reproduce.map_all_cells(table[-1:])[("a", 32)] == "0.7000 (fold 4)"
     ranked = reproduce.orderings(table, "fmnist", 32)
     assert [m for m, _, _ in ranked] == ["a", "c", "b"]
     assert ranked[0][2] == ["b"] and ranked[1][2] == ["b"]  # a and c overlap: tied
@@ -344,6 +349,15 @@ def test_readme_orderings_claim_only_tested_differences(monkeypatch):
     text = " ".join(reproduce.readme_orderings(rows))
     assert "On `fmnist` (seeds): orthohash > dsh; dsh > csq; one seed, not ordered: ssdh." in text
     assert "sdsh" not in text  # too wide to differ from any: tied with all, so not named
+    # on folds, only cells with all five: two folds agreeing closely is not a design
+    folds = [{"method": m, "bits": 32, "protocol": "fmnist-unseen", "map_all": v, "fold": f}
+             for m, values in (("dsh", [0.95, 0.66, 0.84, 0.76, 0.55]),
+                               ("csq", [0.9, 0.6, 0.8, 0.7, 0.5]), ("ssdh", [0.93, 0.63]))
+             for f, v in enumerate(values)]
+    assert [m for m, _, _ in reproduce.orderings(folds, "fmnist-unseen", 32)] == ["dsh", "csq"]
+    text = " ".join(reproduce.readme_orderings(rows + folds))
+    assert ("On `fmnist-unseen` (folds): dsh > csq; not all five folds, not ordered: ssdh."
+            in text)
     # Welch's test is not transitive: a chain that orders a pair its own test does not
     chain = [("a", [], ["b"]), ("b", [], ["c"]), ("c", [], [])]
     assert reproduce.implied_but_tied(chain, reproduce.hasse_edges(chain)) == [("a", "c")]
