@@ -129,8 +129,6 @@ def default_cells(protocols, methods=None, bits=DEFAULT_BITS) -> list:
             for b in lengths:
                 if label in ("dmrh-n1", "dmrh-n3") and protocol == "fmnist" and b != 32:
                     continue
-                if protocol == "fmnist-unseen-all" and b == SPREAD_BITS and label == "itq":
-                    continue  # the unseen-all 32-bit cells are the fold means of deep methods
                 cells.append(Cell(label, b, protocol))
     spread_labels = [m for m in (*SEED_METHODS, *MODERN_METHODS, "classifier-code")
                      if not methods or m in methods]
@@ -141,10 +139,11 @@ def default_cells(protocols, methods=None, bits=DEFAULT_BITS) -> list:
         if protocol in protocols and SPREAD_BITS in bits:
             cells += [Cell(m, SPREAD_BITS, protocol, 0, fold) for m in spread_labels
                       for fold in UNSEEN_FOLDS if fold]
-    if "fmnist-unseen" in protocols and SPREAD_BITS in bits and (not methods or "itq" in methods):
+    if not methods or "itq" in methods:
         # the feature-free reference on every fold: how hard each held-out pair is
-        cells += [Cell("itq", SPREAD_BITS, "fmnist-unseen", 0, fold) for fold in UNSEEN_FOLDS
-                  if fold]
+        cells += [Cell("itq", SPREAD_BITS, protocol, 0, fold) for protocol in UNSEEN_PROTOCOLS
+                  if protocol in protocols and SPREAD_BITS in bits
+                  for fold in UNSEEN_FOLDS if fold]
     return cells
 
 
