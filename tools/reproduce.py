@@ -892,7 +892,8 @@ def orderings(rows: list, protocol: str, bits: int) -> list:
 
 def orderings_section(rows: list) -> list:
     """Which orderings of methods the spread supports: a t-test between every pair of
-    cells with several runs (seeds: Welch's; folds: paired), at ``SPREAD_BITS``."""
+    cells that ``orderings`` admits (seeds: Welch's; all five folds: paired), at
+    ``SPREAD_BITS``."""
     lines = []
     for protocol in ("fmnist", *UNSEEN_PROTOCOLS):
         ranked = orderings(rows, protocol, SPREAD_BITS)
@@ -911,10 +912,10 @@ def orderings_section(rows: list) -> list:
     return ["## Which differences are real", "",
             "A sentence here or in the README that orders two methods rests on this table, "
             "p < 0.05, two-sided: on `fmnist`, Welch's t-test (unequal variances) between "
-            "the two cells' seeds; on the unseen protocols, the paired t-test over the folds "
-            "both cells have (a fold's held-out pair moves every method together, by far "
-            "more than methods differ on one fold). Methods listed as tied are not ordered "
-            "anywhere in the docs.", "",
+            "the two cells' seeds; on the unseen protocols, the paired t-test over the five "
+            "folds (a fold's held-out pair moves every method together, by far more than "
+            "methods differ on one fold), so a cell short of folds is not in this table. "
+            "Methods listed as tied are not ordered anywhere in the docs.", "",
             *lines]
 
 
@@ -935,7 +936,8 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="skip cells already in docs/results.json")
     p.add_argument("--report-only", action="store_true",
-                   help="only re-render RESULTS.md and the README's results table")
+                   help="only re-render RESULTS.md and the README's results (table and "
+                        "orderings)")
     p.add_argument("--rescore", action="store_true",
                    help="evaluate the finished runs of --cells again (this version's "
                         "metrics) and update their rows' scores, not their training")
