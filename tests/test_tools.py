@@ -245,7 +245,7 @@ def test_reproduce_reports_spread_and_orders_only_what_welch_separates(monkeypat
     assert [m for m, _, _ in ranked] == ["a", "c", "b"]
     assert ranked[0][2] == ["b"] and ranked[1][2] == ["b"]  # a and c overlap: tied
     section = "\n".join(reproduce.orderings_section(table))
-    assert "| a | 0.9200 ± 0.0100 (n = 3) | b | c |" in section
+    assert "| a | 0.9200 ± 0.0100 (n = 3) | b | – | c |" in section
     spread = "\n".join(reproduce.spread_section(table))
     assert "| a | 32 | fmnist-unseen | folds 0, 1, 2, 3, 4 |" in spread
     assert "0.7000 ± 0.0707 |" in spread
@@ -261,6 +261,36 @@ def test_reproduce_reports_spread_and_orders_only_what_welch_separates(monkeypat
     assert [(m, above) for m, _, above in ranked] == [("a", ["b"]), ("b", [])]
     assert reproduce.welch_p([0.9, 0.6, 0.8, 0.7, 0.5], [0.86, 0.55, 0.77, 0.64, 0.47]) > 0.5
     assert reproduce.paired_p({0: 0.9, 1: 0.8}, {2: 0.7, 3: 0.6}) is None  # no shared fold
+
+
+def test_orderings_hold_the_whole_table_to_five_percent(monkeypatch):
+    """A table tests every pair of its methods at once: a p of 0.04 that orders two cells
+    alone stops ordering them once four more cells make six pairs (Holm's adjustment)."""
+    reproduce = _load_reproduce(monkeypatch)
+    # Holm by hand: 0.005, 0.01, 0.03, 0.04, 0.6, 0.7 times 6, 5, 4, 3, 2, 1 -> 0.03, 0.05,
+    # 0.12, 0.12, 1.2 (capped at 1) and 0.7, which must not fall below the 1 before it
+    adjusted = reproduce.holm({"ab": 0.01, "ac": 0.04, "bc": 0.03, "ad": 0.005, "ae": 0.6,
+                               "cd": 0.7})
+    assert {k: round(v, 6) for k, v in adjusted.items()} == {
+        "ad": 0.03, "ab": 0.05, "bc": 0.12, "ac": 0.12, "ae": 1.0, "cd": 1.0}
+    assert reproduce.holm({}) == {}
+
+    def seeds(method, values):
+        return [{"method": method, "bits": 32, "protocol": "fmnist", "map_all": v, "seed": s}
+                for s, v in enumerate(values)]
+
+    pair = seeds("x", [0.90, 0.91, 0.92]) + seeds("y", [0.875, 0.885, 0.895])
+    assert 0.03 < reproduce.welch_p([0.90, 0.91, 0.92], [0.875, 0.885, 0.895]) < 0.05
+    assert [above for _, _, above in reproduce.orderings(pair, "fmnist", 32)] == [["y"], []]
+    table = pair + seeds("w", [0.88, 0.93, 0.90]) + seeds("v", [0.87, 0.92, 0.91])
+    assert all(not above for _, _, above in reproduce.orderings(table, "fmnist", 32))
+    raw = {m: above for m, _, above in reproduce.orderings(table, "fmnist", 32, False)}
+    assert raw["x"] == ["y"]
+    section = "\n".join(reproduce.orderings_section(table))
+    assert "`fmnist`, 32 bits (6 pairs):" in section
+    assert "| x | 0.9100 ± 0.0100 (n = 3) | – | y | w, v |" in section
+    text = " ".join(reproduce.readme_orderings(table))
+    assert "On `fmnist` (seeds): no two methods differ." in text
 
 
 def test_reproduce_marks_over_budget(monkeypatch):
