@@ -887,13 +887,12 @@ def holm(pvalues: dict) -> dict:
     return adjusted
 
 
-def orderings(rows: list, protocol: str, bits: int, corrected: bool = True) -> list:
-    """(method, runs' mAP@all, [methods it is above]) of every cell of ``protocol`` at
-    ``bits`` that has several seeds, or on an unseen protocol every fold, best mean first.
-    Above means p < ORDER_ALPHA after ``holm`` over every testable pair of the table
-    (``corrected=False``: before it): Welch's test between seeds, the paired test
-    (``paired_p``) between folds. (Two of five folds are another design: a pair held out
-    decides more than the method does, so a cell short of folds is not ordered.)"""
+def pair_tests(rows: list, protocol: str, bits: int) -> tuple:
+    """The cells of ``protocol`` at ``bits`` that can be ordered, best mean first (several
+    seeds; on an unseen protocol every fold), and the two-sided p of every pair that has a
+    test ({(upper, lower): p}): Welch's between seeds, the paired test (``paired_p``)
+    between folds. (Two of five folds are another design: a pair held out decides more
+    than the method does, so a cell short of folds is not ordered.)"""
     by_fold = protocol in UNSEEN_PROTOCOLS
     cells = [(m, group) for (m, b), group in
              groups([r for r in rows if r["protocol"] == protocol]).items()
@@ -906,8 +905,16 @@ def orderings(rows: list, protocol: str, bits: int, corrected: bool = True) -> l
                             {r.get("fold", 0): r["map_all"] for r in theirs})
         return welch_p([r["map_all"] for r in mine], [r["map_all"] for r in theirs])
 
-    tested = {(m, other): p for i, (m, group) in enumerate(cells)
-              for other, theirs in cells[i + 1:] if (p := p_value(group, theirs)) is not None}
+    return cells, {(m, other): p for i, (m, group) in enumerate(cells)
+                   for other, theirs in cells[i + 1:]
+                   if (p := p_value(group, theirs)) is not None}
+
+
+def orderings(rows: list, protocol: str, bits: int, corrected: bool = True) -> list:
+    """(method, runs' mAP@all, [methods it is above]) of every cell ``pair_tests`` admits,
+    best mean first. Above means p < ORDER_ALPHA after ``holm`` over every tested pair of
+    the table (``corrected=False``: before it)."""
+    cells, tested = pair_tests(rows, protocol, bits)
     if corrected:
         tested = holm(tested)
     return [(m, [r["map_all"] for r in group],
@@ -926,7 +933,7 @@ def orderings_section(rows: list) -> list:
         if len(ranked) < 2:
             continue
         raw = {m: above for m, _, above in orderings(rows, protocol, SPREAD_BITS, False)}
-        pairs = len(ranked) * (len(ranked) - 1) // 2
+        pairs = len(pair_tests(rows, protocol, SPREAD_BITS)[1])
         lines += [f"`{protocol}`, {SPREAD_BITS} bits ({pairs} pairs):", "",
                   f"| method | mAP@all | ranks above (Holm p < {ORDER_ALPHA}) | p < "
                   f"{ORDER_ALPHA} only before correction: not ordered | tied (p ≥ "
