@@ -58,6 +58,10 @@ RUN_FORMAT = "keras-hashing-run"
 # work is spread and what is logged, not what is learned.
 RESUMABLE_CHANGES = ("data_dir", "download", "strategy", "logical_cpus", "on_bad_image",
                      "tensorboard_samples")
+# Settings added after runs were first written, each with the value a run written before
+# it trained with: a config.yaml without the key reads as that value, so an upgrade
+# neither refuses to resume an older run nor loads other splits for it.
+SETTINGS_BEFORE_ADDED = {"validation": "from-train"}
 
 
 @dataclasses.dataclass
@@ -126,6 +130,7 @@ def config_differences(path, cfg: dict) -> list:
         started = load_yaml(os.path.join(path, CONFIG_FILE))
     except HashingError:
         return [CONFIG_FILE]
+    started = {**SETTINGS_BEFORE_ADDED, **started}
     return [key for key in _diff(started, cfg) if key.split(".")[0] not in RESUMABLE_CHANGES]
 
 
@@ -598,8 +603,8 @@ def load_splits(cfg: dict):
                         channels=cfg["channels"], download=cfg.get("download", True),
                         on_bad_image=cfg.get("on_bad_image", "fail"),
                         unseen_fold=cfg.get("unseen_fold"),
-                        # a run from before the setting held validation out
-                        validation=cfg.get("validation", "from-train"))
+                        validation=cfg.get("validation",
+                                           SETTINGS_BEFORE_ADDED["validation"]))
 
 
 def resolved_image_size(cfg: dict):

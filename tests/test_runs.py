@@ -110,6 +110,20 @@ def test_a_resume_must_have_the_settings_the_run_started_with(tmp_path):
     assert runs.default_run_dir(changed, base=str(base)).endswith("ssdh_digits_12b_2")
 
 
+def test_a_run_written_before_a_setting_existed_resumes_under_its_old_value(tmp_path):
+    """An upgrade that adds a setting keeps older interrupted runs resumable: a config.yaml
+    without ``validation`` trained with validation from the training split."""
+    cfg = config.resolve_config(overrides={"bits": 12})
+    assert cfg["validation"] == "from-train"
+    older = {k: v for k, v in cfg.items() if k not in runs.SETTINGS_BEFORE_ADDED}
+    _interrupted_run(tmp_path / "r", older)
+    assert runs.check_writable(tmp_path / "r", cfg) == "training"
+    # but the old value is a value: a resume asking for another one is refused
+    other = config.resolve_config(overrides={"bits": 12, "validation": "none"})
+    with pytest.raises(RunDirError, match=r"other settings \(validation\)"):
+        runs.check_writable(tmp_path / "r", other)
+
+
 def test_restart_trains_a_finished_run_again(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli.main(["fit", "--out", str(out), *FAST]) == 0
